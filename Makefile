@@ -1,0 +1,42 @@
+# The two commands of the README:
+#   make run    set up from nothing and run the main example with `torchyard run`
+#   make test   set up from nothing (venv, control plane) and run every test tier
+# Caches (wheels, Go builds, control-plane binaries) live in $(TORCHYARD_CACHE), outside the clone.
+SHELL := /bin/bash
+export TORCHYARD_CACHE ?= $(HOME)/.cache/torchyard
+VENV := .venv
+PY := $(VENV)/bin/python
+EXAMPLE ?= examples/digits-ddp.yaml
+PYTEST_ARGS ?=
+
+.PHONY: run test venv lint typecheck unit crds control-plane clean
+
+run: venv
+	$(VENV)/bin/torchyard run $(EXAMPLE)
+
+test: venv control-plane lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+venv:
+	@bash hack/setup-venv.sh
+
+control-plane: venv
+	@if [ -x hack/build-control-plane.sh ]; then bash hack/build-control-plane.sh; fi
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check operator/torchyard/api operator/torchyard/crd.py
+
+typecheck: venv
+	$(PY) -m mypy operator/torchyard
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# Regenerate the CRDs (and the Helm chart's copy) from the API models.
+crds: venv
+	$(VENV)/bin/torchyard crds --output-dir crds
+	@if [ -d charts/torchyard ]; then mkdir -p charts/torchyard/crds && cp crds/*.yaml charts/torchyard/crds/; fi
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

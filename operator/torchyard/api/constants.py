@@ -1,0 +1,106 @@
+"""Names that are part of the API contract: group/version, phases, condition types and reasons,
+the worker environment, and labels. Kept in one place so builders, the status machine, the
+worker and the tests agree by construction."""
+
+from typing import Final
+
+GROUP: Final = "torchyard.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+TRAINING_JOB_KIND: Final = "TrainingJob"
+COMPRESSION_JOB_KIND: Final = "CompressionJob"
+TRAINING_JOB_PLURAL: Final = "trainingjobs"
+COMPRESSION_JOB_PLURAL: Final = "compressionjobs"
+
+# Longest job name whose derived names still fit Kubernetes' 63-character label/DNS limits:
+# the Indexed Job's pod hostname is "<name>-<index>" and the Service is "<name>".
+MAX_JOB_NAME_LENGTH: Final = 52
+DNS_1035_LABEL: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+class Phase:
+    """Values of ``status.phase``."""
+
+    PENDING: Final = "Pending"
+    WAITING: Final = "Waiting"
+    RUNNING: Final = "Running"
+    RESTARTING: Final = "Restarting"
+    SUSPENDED: Final = "Suspended"
+    SUCCEEDED: Final = "Succeeded"
+    FAILED: Final = "Failed"
+
+    FINISHED: Final = (SUCCEEDED, FAILED)
+
+
+class ConditionType:
+    """Values of ``status.conditions[].type``."""
+
+    CREATED: Final = "Created"
+    WAITING: Final = "Waiting"
+    RUNNING: Final = "Running"
+    RESTARTING: Final = "Restarting"
+    SUSPENDED: Final = "Suspended"
+    SUCCEEDED: Final = "Succeeded"
+    FAILED: Final = "Failed"
+
+
+class Reason:
+    """Values of ``status.conditions[].reason`` (CamelCase, as Kubernetes expects)."""
+
+    JOB_CREATED: Final = "JobCreated"
+    WAITING_FOR_SOURCE: Final = "WaitingForSourceModel"
+    WORKERS_RUNNING: Final = "WorkersRunning"
+    WORKERS_PENDING: Final = "WorkersPending"
+    RETRYABLE_FAILURE: Final = "RetryableFailure"
+    PERMANENT_FAILURE: Final = "PermanentFailure"
+    BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"
+    DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+    SUSPENDED: Final = "JobSuspended"
+    RESUMED: Final = "JobResumed"
+    COMPLETED: Final = "JobCompleted"
+    INVALID_SPEC: Final = "InvalidSpec"
+    ACCURACY_GATE_FAILED: Final = "AccuracyGateFailed"
+
+
+class Env:
+    """Environment variables of the operator↔worker contract (DESIGN §3)."""
+
+    NNODES: Final = "PET_NNODES"
+    NPROC_PER_NODE: Final = "PET_NPROC_PER_NODE"
+    NODE_RANK: Final = "PET_NODE_RANK"
+    MASTER_ADDR: Final = "PET_MASTER_ADDR"
+    MASTER_PORT: Final = "PET_MASTER_PORT"
+    SPEC: Final = "TORCHYARD_SPEC"
+    METRICS_PORT: Final = "TORCHYARD_METRICS_PORT"
+    JOB_NAME: Final = "TORCHYARD_JOB_NAME"
+    NAMESPACE: Final = "TORCHYARD_NAMESPACE"
+    OUTPUT_DIR: Final = "TORCHYARD_OUTPUT_DIR"
+    RESULT_FILE: Final = "TORCHYARD_RESULT_FILE"
+    RESTART_COUNT: Final = "TORCHYARD_RESTART_COUNT"
+
+
+# Names the operator sets on every worker; a user `env` entry that sets one is rejected.
+RESERVED_ENV_NAMES: Final = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "NODE_RANK",
+)
+RESERVED_ENV_PREFIXES: Final = ("PET_", "TORCHYARD_")
+
+DEFAULT_MASTER_PORT: Final = 29500
+DEFAULT_METRICS_PORT: Final = 9400
+DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/torchyard/trainer:0.1.0"
+
+
+class Label:
+    """Labels the operator puts on what it creates."""
+
+    JOB_NAME: Final = "torchyard.io/job-name"
+    JOB_KIND: Final = "torchyard.io/job-kind"
+    ROLE: Final = "torchyard.io/role"
+    MANAGED_BY: Final = "app.kubernetes.io/managed-by"

@@ -1,0 +1,113 @@
+"""The `torchyard` command line."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from torchyard.api import ManifestError, load_manifests
+from torchyard.crd import all_crds, render, write_crds
+
+app = typer.Typer(
+    name="torchyard",
+    help="Train, compress and version PyTorch models — on Kubernetes or on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# soft_wrap: paths and messages stay on one line, so they can be grepped and copied.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def _version() -> str:
+    try:
+        return version("torchyard")
+    except PackageNotFoundError:  # running from a source checkout without install
+        return "0.0.0+unknown"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        out.print(f"torchyard {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """torchyard: train → compress → version PyTorch models."""
+
+
+@app.command()
+def crds(
+    output_dir: Annotated[
+        Path | None,
+        typer.Option("--output-dir", "-o", help="Write one file per CRD here instead of printing."),
+    ] = None,
+) -> None:
+    """Print (or write) the CustomResourceDefinitions generated from the API models."""
+    if output_dir is not None:
+        for path in write_crds(output_dir):
+            out.print(f"wrote {path}")
+        return
+    docs = [render(crd) for crd in all_crds().values()]
+    sys.stdout.write("---\n".join(docs))
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Manifest files (YAML, multi-document ok).")],
+) -> None:
+    """Check manifests with the same rules the cluster applies; errors name the field path."""
+    failures = 0
+    for path in files:
+        if not path.is_file():
+            err.print(f"[red]✗[/] {path}: no such file")
+            failures += 1
+            continue
+        try:
+            jobs = load_manifests(path)
+        except ManifestError as exc:
+            failures += 1
+            err.print(f"[red]✗[/] {exc.source}")
+            for line in exc.errors:
+                err.print(f"    {line}")
+            continue
+        for job in jobs:
+            out.print(f"[green]✓[/] {path}: {job.kind} {job.metadata.name} is valid")
+    if failures:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def run(
+    manifest: Annotated[Path, typer.Argument(help="A TrainingJob or CompressionJob manifest.")],
+    workers: Annotated[int | None, typer.Option("--workers", help="Override spec.workers.")] = None,
+    procs_per_worker: Annotated[
+        int | None, typer.Option("--procs-per-worker", help="Override spec.procsPerWorker.")
+    ] = None,
+) -> None:
+    """Run a job on this machine: the same pods the operator builds, as local processes."""
+    from torchyard.local import run_manifest
+
+    raise typer.Exit(code=run_manifest(manifest, workers, procs_per_worker))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

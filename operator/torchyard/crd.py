@@ -1,0 +1,227 @@
+"""Generate structural CustomResourceDefinitions from the pydantic models.
+
+Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no ``$ref``, no
+``nullable``-by-``anyOf``, unknown-field pruning stated with ``x-kubernetes-*`` extensions.
+Pydantic emits JSON Schema 2020-12 with ``$defs``; this module rewrites that into the form the
+API server accepts. ``crds/`` holds the output and a unit test fails when it drifts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from torchyard.api import CompressionJob, TrainingJob
+from torchyard.api.base import KubeModel
+from torchyard.api.constants import (
+    COMPRESSION_JOB_KIND,
+    COMPRESSION_JOB_PLURAL,
+    DNS_1035_LABEL,
+    GROUP,
+    MAX_JOB_NAME_LENGTH,
+    TRAINING_JOB_KIND,
+    TRAINING_JOB_PLURAL,
+    VERSION,
+)
+
+Schema = dict[str, Any]
+
+# JSON Schema keywords Kubernetes' structural schemas do not take (or we do not want).
+_DROPPED_KEYS = {"title", "$defs", "additionalProperties"}
+
+
+class StructuralError(ValueError):
+    """A model produced a schema form Kubernetes would reject."""
+
+
+def _is_null(node: Schema) -> bool:
+    return node == {"type": "null"}
+
+
+def structural(node: Schema, defs: dict[str, Schema], path: str = "") -> Schema:
+    """Rewrite one pydantic JSON-schema node (and its children) into structural form."""
+    node = dict(node)
+    if "$ref" in node:
+        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+        # Field-level keys (description, default) win over the referenced model's.
+        node = {**target, **node}
+    if "allOf" in node and len(node["allOf"]) == 1:
+        node = {**structural(node.pop("allOf")[0], defs, path), **node}
+    if "anyOf" in node:
+        variants = [v for v in node.pop("anyOf") if not _is_null(v)]
+        types = {v.get("type") for v in variants}
+        if len(variants) == 1:
+            node = {**structural(variants[0], defs, path), **node}
+        elif types == {"integer", "string"}:
+            node["x-kubernetes-int-or-string"] = True
+        else:
+            raise StructuralError(f"{path or '(root)'}: union {types} has no structural form")
+    if node.get("default", 0) is None:
+        del node["default"]
+
+    out: Schema = {}
+    for key, value in node.items():
+        if key in _DROPPED_KEYS:
+            continue
+        if key == "const":
+            out["enum"] = [value]
+        elif key == "properties":
+            out["properties"] = {
+                name: structural(child, defs, f"{path}.{name}") for name, child in value.items()
+            }
+        elif key == "items":
+            out["items"] = structural(value, defs, f"{path}[]")
+        elif key == "description":
+            # Docstrings wrap lines; `kubectl explain` re-wraps, so keep one paragraph.
+            out["description"] = " ".join(str(value).split())
+        else:
+            out[key] = value
+
+    extra = node.get("additionalProperties")
+    if out.get("type") == "object" and "properties" not in out:
+        if isinstance(extra, dict) and extra:
+            out["additionalProperties"] = structural(extra, defs, f"{path}.*")
+        else:
+            # dict[str, Any]: free-form object kept as written.
+            out["x-kubernetes-preserve-unknown-fields"] = True
+    if "type" not in out and not out.get("x-kubernetes-int-or-string"):
+        if set(out) - {"description", "default"}:
+            raise StructuralError(f"{path or '(root)'}: untyped schema {sorted(out)}")
+        out["x-kubernetes-preserve-unknown-fields"] = True
+        out["type"] = "object"
+    return out
+
+
+def _model_schema(model: type[KubeModel]) -> Schema:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return structural(raw, raw.get("$defs", {}))
+
+
+def _printer_columns(kind: str) -> list[dict[str, Any]]:
+    phase = {"name": "Phase", "type": "string", "jsonPath": ".status.phase"}
+    age = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+    if kind == TRAINING_JOB_KIND:
+        return [
+            phase,
+            {"name": "Strategy", "type": "string", "jsonPath": ".spec.strategy"},
+            {"name": "Workers", "type": "integer", "jsonPath": ".spec.workers"},
+            {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch"},
+            {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
+            {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+            {"name": "Accuracy", "type": "number", "jsonPath": ".status.progress.accuracy"},
+            {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1},
+            {"name": "Model", "type": "string", "jsonPath": ".status.model.uri", "priority": 1},
+            age,
+        ]
+    return [
+        phase,
+        {"name": "Source", "type": "string", "jsonPath": ".spec.source.trainingJobRef"},
+        {"name": "Size-Ratio", "type": "number", "jsonPath": ".status.report.ratios.size"},
+        {"name": "Speedup", "type": "number", "jsonPath": ".status.report.ratios.speedup"},
+        {"name": "Acc-Delta", "type": "number", "jsonPath": ".status.report.accuracyDelta"},
+        {"name": "Passed", "type": "boolean", "jsonPath": ".status.report.passed"},
+        {"name": "Model", "type": "string", "jsonPath": ".status.model.uri", "priority": 1},
+        age,
+    ]
+
+
+def build_crd(model: type[TrainingJob] | type[CompressionJob]) -> dict[str, Any]:
+    """The CustomResourceDefinition of one job kind."""
+    kind = TRAINING_JOB_KIND if model is TrainingJob else COMPRESSION_JOB_KIND
+    plural = TRAINING_JOB_PLURAL if model is TrainingJob else COMPRESSION_JOB_PLURAL
+    short = "tj" if model is TrainingJob else "cj"
+    root = _model_schema(model)
+    props = root["properties"]
+    props["metadata"] = {
+        "type": "object",
+        "properties": {
+            "name": {
+                "type": "string",
+                "maxLength": MAX_JOB_NAME_LENGTH,
+                "pattern": DNS_1035_LABEL,
+                "description": "Job name: a DNS-1035 label of at most 52 characters "
+                "(it names the Service and the pods).",
+            }
+        },
+    }
+    for key in ("apiVersion", "kind"):
+        props[key] = {"type": "string", "description": props[key].get("description", "")}
+        props[key].pop("default", None)
+    root["required"] = ["spec"]
+    subresources: dict[str, Any] = {"status": {}}
+    if model is TrainingJob:
+        subresources["scale"] = {
+            "specReplicasPath": ".spec.workers",
+            "statusReplicasPath": ".status.workers.active",
+            "labelSelectorPath": ".status.selector",
+        }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{GROUP}",
+            "labels": {
+                "app.kubernetes.io/name": "torchyard",
+                "app.kubernetes.io/part-of": "torchyard",
+            },
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
+                "categories": ["torchyard", "all"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": root},
+                    "subresources": subresources,
+                    "additionalPrinterColumns": _printer_columns(kind),
+                }
+            ],
+        },
+    }
+
+
+def all_crds() -> dict[str, dict[str, Any]]:
+    """File name -> CRD, for every kind."""
+    return {
+        f"{GROUP}_{TRAINING_JOB_PLURAL}.yaml": build_crd(TrainingJob),
+        f"{GROUP}_{COMPRESSION_JOB_PLURAL}.yaml": build_crd(CompressionJob),
+    }
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Repeated sub-schemas are written out in full: YAML anchors confuse readers and tools."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+HEADER = (
+    "# Generated by `torchyard crds --output-dir crds/` from operator/torchyard/api. Do not edit.\n"
+)
+
+
+def render(crd: dict[str, Any]) -> str:
+    body = yaml.dump(crd, Dumper=_NoAliasDumper, sort_keys=False, width=100, allow_unicode=True)
+    return HEADER + body
+
+
+def write_crds(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, crd in all_crds().items():
+        path = directory / name
+        path.write_text(render(crd))
+        written.append(path)
+    return written
