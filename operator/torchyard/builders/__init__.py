@@ -1,0 +1,43 @@
+"""Pure functions from a job spec to the Kubernetes objects that run it."""
+
+from torchyard.builders.workers import (
+    DEFAULT_COMMAND,
+    RESULT_FILE,
+    SPEC_FILE,
+    SPEC_MOUNT_DIR,
+    Children,
+    GangMode,
+    Workload,
+    build_children,
+    build_podgroup,
+    build_service,
+    build_spec_configmap,
+    build_worker_job,
+    configmap_name,
+    master_address,
+    selector_labels,
+    service_name,
+    worker_env,
+    workload_of,
+)
+
+__all__ = [
+    "DEFAULT_COMMAND",
+    "RESULT_FILE",
+    "SPEC_FILE",
+    "SPEC_MOUNT_DIR",
+    "Children",
+    "GangMode",
+    "Workload",
+    "build_children",
+    "build_podgroup",
+    "build_service",
+    "build_spec_configmap",
+    "build_worker_job",
+    "configmap_name",
+    "master_address",
+    "selector_labels",
+    "service_name",
+    "worker_env",
+    "workload_of",
+]

@@ -1,0 +1,426 @@
+"""Pure builders: a job spec in, the Kubernetes objects that run its workers out.
+
+Per job (DESIGN §3): a headless Service, a ConfigMap holding the resolved manifest, and an
+Indexed batch/v1 Job (one pod per worker, completion index = node rank). The operator applies
+these; `torchyard run` starts the same pod command with the same environment as local
+processes. Nothing here talks to a cluster, so everything here is unit-tested as data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from torchyard.api import CompressionJob, TrainingJob, dump
+from torchyard.api.common import PodMetadata, ResourceSpec, RunPolicy, SchedulingSpec
+from torchyard.api.constants import (
+    DEFAULT_MASTER_PORT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_TRAINER_IMAGE,
+    Env,
+    Label,
+)
+
+Manifest = dict[str, Any]
+GangMode = Literal["volcano", "coscheduling", "kueue", "none"]
+
+SPEC_MOUNT_DIR = "/etc/torchyard"
+SPEC_FILE = "spec.yaml"
+STORAGE_MOUNT_ROOT = "/mnt/torchyard"
+# The worker writes its result JSON here; Kubernetes copies it into the pod status
+# (state.terminated.message, 4 KiB max), which is how the operator reads it without storage access.
+RESULT_FILE = "/dev/termination-log"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+DEFAULT_COMMAND = ("torchrun", "-m", "torchyard_trainer")
+RESTART_ANNOTATION = "torchyard.io/restart-count"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the builders need of a job, whatever its kind."""
+
+    kind: str
+    name: str
+    namespace: str
+    workers: int
+    procs_per_worker: int
+    resources: ResourceSpec
+    image: str | None
+    image_pull_policy: str | None
+    command: list[str] | None
+    env: list[tuple[str, str]]
+    pod_metadata: PodMetadata
+    run_policy: RunPolicy
+    scheduling: SchedulingSpec
+    storage_uris: list[str] = field(default_factory=list)
+
+    @property
+    def world_size(self) -> int:
+        return self.workers * self.procs_per_worker
+
+
+def workload_of(job: TrainingJob | CompressionJob, namespace: str = "default") -> Workload:
+    spec = job.spec
+    uris = [spec.output.storage]
+    if isinstance(job, TrainingJob):
+        uris += [job.spec.checkpoint.storage, job.spec.data.uri, job.spec.model.checkpoint]
+        procs, command = job.spec.procs_per_worker, job.spec.command
+    else:
+        uris += [job.spec.data.uri]
+        procs, command = 1, None
+    return Workload(
+        kind=job.kind,
+        name=job.metadata.name,
+        namespace=job.metadata.namespace or namespace,
+        workers=spec.workers,
+        procs_per_worker=procs,
+        resources=spec.resources,
+        image=spec.image,
+        image_pull_policy=spec.image_pull_policy,
+        command=command,
+        env=[(e.name, e.value) for e in spec.env],
+        pod_metadata=spec.pod_metadata,
+        run_policy=spec.run_policy,
+        scheduling=spec.scheduling,
+        storage_uris=[u for u in uris if u],
+    )
+
+
+def service_name(name: str) -> str:
+    return name
+
+
+def configmap_name(name: str) -> str:
+    return f"{name}-spec"
+
+
+def podgroup_name(name: str) -> str:
+    return name
+
+
+def master_address(name: str, namespace: str) -> str:
+    """DNS name of rank 0: the Indexed Job's pod hostname within the headless Service."""
+    return f"{name}-0.{service_name(name)}.{namespace}.svc"
+
+
+def selector_labels(kind: str, name: str) -> dict[str, str]:
+    return {Label.JOB_NAME: name, Label.JOB_KIND: kind.lower(), Label.ROLE: "worker"}
+
+
+def _common_labels(w: Workload) -> dict[str, str]:
+    return {**selector_labels(w.kind, w.name), Label.MANAGED_BY: "torchyard"}
+
+
+def pvc_mounts(uris: list[str]) -> list[tuple[str, str]]:
+    """(claim, mount path) for every pvc://<claim>/... URI, each claim once."""
+    claims: dict[str, str] = {}
+    for uri in uris:
+        if uri.startswith("pvc://"):
+            claim = uri.removeprefix("pvc://").split("/", 1)[0]
+            claims.setdefault(claim, f"{STORAGE_MOUNT_ROOT}/{claim}")
+    return sorted(claims.items())
+
+
+def worker_env(w: Workload, restart_count: int = 0) -> list[dict[str, Any]]:
+    """The DESIGN §3 environment, in the order a reader expects it."""
+    master = master_address(w.name, w.namespace)
+    env: list[dict[str, Any]] = [
+        {"name": Env.NNODES, "value": str(w.workers)},
+        {"name": Env.NPROC_PER_NODE, "value": str(w.procs_per_worker)},
+        {
+            "name": Env.NODE_RANK,
+            "valueFrom": {"fieldRef": {"fieldPath": _index_field()}},
+        },
+        {"name": Env.MASTER_ADDR, "value": master},
+        {"name": Env.MASTER_PORT, "value": str(DEFAULT_MASTER_PORT)},
+        # For scripts that do not go through torchrun (Kubeflow's PyTorchJob convention).
+        {"name": "MASTER_ADDR", "value": master},
+        {"name": "MASTER_PORT", "value": str(DEFAULT_MASTER_PORT)},
+    ]
+    if w.procs_per_worker == 1:
+        # One process per pod: the pod's rank is the process rank. With several processes
+        # torchrun assigns these itself, and a pod-level value would be wrong.
+        env += [
+            {"name": "WORLD_SIZE", "value": str(w.world_size)},
+            {"name": "RANK", "valueFrom": {"fieldRef": {"fieldPath": _index_field()}}},
+        ]
+    env += [
+        {"name": Env.SPEC, "value": f"{SPEC_MOUNT_DIR}/{SPEC_FILE}"},
+        {"name": Env.METRICS_PORT, "value": str(DEFAULT_METRICS_PORT)},
+        {"name": Env.JOB_NAME, "value": w.name},
+        {"name": Env.NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": Env.RESULT_FILE, "value": RESULT_FILE},
+        {"name": Env.RESTART_COUNT, "value": str(restart_count)},
+    ]
+    env += [{"name": n, "value": v} for n, v in w.env]
+    return env
+
+
+def _index_field() -> str:
+    return f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
+
+
+def _resources(r: ResourceSpec) -> dict[str, Any]:
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if r.cpu is not None:
+        requests["cpu"] = str(r.cpu)
+    if r.memory is not None:
+        requests["memory"] = limits["memory"] = str(r.memory)
+    if r.gpu:
+        # Extended resources must have requests == limits.
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(r.gpu)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def exit_code_rules(policy: RunPolicy) -> list[dict[str, Any]]:
+    """podFailurePolicy: which failures end the job at once, which do not count at all.
+
+    Everything else fails the batch Job (backoffLimit 0) and the operator decides whether to
+    restart the whole group: DDP and pipeline ranks hang when one peer is replaced alone.
+    """
+    rules: list[dict[str, Any]] = [
+        # Preemption, eviction, node drain: not the workload's fault.
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]
+    if policy.retry_policy == "ExitCode":
+        permanent = [c for c in range(1, 128) if c not in set(policy.retryable_exit_codes)]
+        rules.append(
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": "worker",
+                    "operator": "In",
+                    "values": permanent,
+                },
+            }
+        )
+    return rules
+
+
+def build_service(w: Workload) -> Manifest:
+    """Headless Service giving each worker a stable DNS name; not-ready addresses are published
+    so that ranks never race rank 0's DNS record at start-up."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(w.name),
+            "namespace": w.namespace,
+            "labels": _common_labels(w),
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(w.kind, w.name),
+            "ports": [
+                {
+                    "name": "rendezvous",
+                    "port": DEFAULT_MASTER_PORT,
+                    "targetPort": DEFAULT_MASTER_PORT,
+                },
+                {
+                    "name": "metrics",
+                    "port": DEFAULT_METRICS_PORT,
+                    "targetPort": DEFAULT_METRICS_PORT,
+                },
+            ],
+        },
+    }
+
+
+def build_spec_configmap(job: TrainingJob | CompressionJob, w: Workload) -> Manifest:
+    """The resolved manifest (defaults filled in) that every worker reads from TORCHYARD_SPEC."""
+    resolved = dump(job)
+    resolved.pop("status", None)
+    meta = resolved["metadata"]
+    resolved["metadata"] = {"name": meta["name"], "namespace": w.namespace}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(w.name),
+            "namespace": w.namespace,
+            "labels": _common_labels(w),
+        },
+        "data": {SPEC_FILE: yaml.safe_dump(resolved, sort_keys=False)},
+    }
+
+
+def build_worker_job(
+    w: Workload,
+    *,
+    gang: GangMode = "none",
+    restart_count: int = 0,
+    default_image: str = DEFAULT_TRAINER_IMAGE,
+) -> Manifest:
+    """The Indexed batch/v1 Job running the worker pods."""
+    image = w.image or default_image
+    labels = {**w.pod_metadata.labels, **_common_labels(w)}
+    annotations = {**w.pod_metadata.annotations, RESTART_ANNOTATION: str(restart_count)}
+    sched = w.scheduling
+    scheduler_name = sched.scheduler_name
+    job_labels = _common_labels(w)
+    suspend = w.run_policy.suspend
+    if gang == "volcano":
+        scheduler_name = scheduler_name or "volcano"
+        annotations[VOLCANO_GROUP_ANNOTATION] = podgroup_name(w.name)
+    elif gang == "coscheduling":
+        labels[COSCHEDULING_GROUP_LABEL] = podgroup_name(w.name)
+    elif gang == "kueue" and sched.queue:
+        # Kueue admits the whole Job at once (its quota is the gang) by un-suspending it.
+        job_labels[KUEUE_QUEUE_LABEL] = sched.queue
+        suspend = True
+
+    volumes: list[dict[str, Any]] = [
+        {"name": "spec", "configMap": {"name": configmap_name(w.name)}},
+    ]
+    mounts: list[dict[str, Any]] = [{"name": "spec", "mountPath": SPEC_MOUNT_DIR, "readOnly": True}]
+    if w.resources.shared_memory is not None:
+        volumes.append(
+            {
+                "name": "dshm",
+                "emptyDir": {"medium": "Memory", "sizeLimit": str(w.resources.shared_memory)},
+            }
+        )
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    for i, (claim, path) in enumerate(pvc_mounts(w.storage_uris)):
+        volumes.append({"name": f"storage-{i}", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": f"storage-{i}", "mountPath": path})
+
+    security: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if w.image is None:
+        security["runAsNonRoot"] = True  # the released trainer image runs as uid 1000
+
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": image,
+        "command": list(w.command or DEFAULT_COMMAND),
+        "env": worker_env(w, restart_count),
+        "ports": [
+            {"name": "rendezvous", "containerPort": DEFAULT_MASTER_PORT},
+            {"name": "metrics", "containerPort": DEFAULT_METRICS_PORT},
+        ],
+        "resources": _resources(w.resources),
+        "volumeMounts": mounts,
+        "securityContext": security,
+        # The result JSON is written to the termination log; logs help when a worker crashes.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if w.image_pull_policy:
+        container["imagePullPolicy"] = w.image_pull_policy
+
+    pod_spec: dict[str, Any] = {
+        "subdomain": service_name(w.name),
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if sched.node_selector:
+        pod_spec["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod_spec["tolerations"] = list(sched.tolerations)
+    if sched.affinity:
+        pod_spec["affinity"] = dict(sched.affinity)
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    if scheduler_name:
+        pod_spec["schedulerName"] = scheduler_name
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": w.name,
+            "namespace": w.namespace,
+            "labels": job_labels,
+            "annotations": {RESTART_ANNOTATION: str(restart_count)},
+        },
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": w.workers,
+            "parallelism": w.workers,
+            # One failed pod fails the Job; the operator restarts the whole group (see above).
+            "backoffLimit": 0,
+            "podFailurePolicy": {"rules": exit_code_rules(w.run_policy)},
+            "suspend": suspend,
+            "template": {
+                "metadata": {"labels": labels, "annotations": annotations},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_podgroup(w: Workload, gang: GangMode) -> Manifest | None:
+    """The gang object for volcano or coscheduling; None for the other modes."""
+    meta = {"name": podgroup_name(w.name), "namespace": w.namespace, "labels": _common_labels(w)}
+    if gang == "volcano":
+        spec: dict[str, Any] = {"minMember": w.workers}
+        if w.scheduling.queue:
+            spec["queue"] = w.scheduling.queue
+        if w.scheduling.priority_class_name:
+            spec["priorityClassName"] = w.scheduling.priority_class_name
+        return {
+            "apiVersion": "scheduling.volcano.sh/v1beta1",
+            "kind": "PodGroup",
+            "metadata": meta,
+            "spec": spec,
+        }
+    if gang == "coscheduling":
+        cspec: dict[str, Any] = {"minMember": w.workers}
+        if w.scheduling.schedule_timeout_seconds:
+            cspec["scheduleTimeoutSeconds"] = w.scheduling.schedule_timeout_seconds
+        return {
+            "apiVersion": "scheduling.x-k8s.io/v1alpha1",
+            "kind": "PodGroup",
+            "metadata": meta,
+            "spec": cspec,
+        }
+    return None
+
+
+@dataclass(frozen=True)
+class Children:
+    """Everything one job attempt needs, in the order to create it."""
+
+    configmap: Manifest
+    service: Manifest
+    job: Manifest
+    podgroup: Manifest | None
+
+    def all(self) -> list[Manifest]:
+        return [o for o in (self.configmap, self.service, self.podgroup, self.job) if o is not None]
+
+
+def build_children(
+    job: TrainingJob | CompressionJob,
+    *,
+    namespace: str = "default",
+    gang: GangMode = "none",
+    restart_count: int = 0,
+    default_image: str = DEFAULT_TRAINER_IMAGE,
+) -> Children:
+    w = workload_of(job, namespace)
+    return Children(
+        configmap=build_spec_configmap(job, w),
+        service=build_service(w),
+        job=build_worker_job(
+            w, gang=gang, restart_count=restart_count, default_image=default_image
+        ),
+        podgroup=build_podgroup(w, gang),
+    )
