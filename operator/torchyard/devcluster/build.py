@@ -1,0 +1,52 @@
+"""Make sure the control-plane binaries exist; build them with hack/build-control-plane.sh."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from torchyard.devcluster import paths
+
+
+def expected_stamp_prefix() -> str:
+    v = paths.versions()
+    return f"k8s={v['K8S_VERSION']} etcd={v['ETCD_VERSION']} kwok={v['KWOK_VERSION']} "
+
+
+def binaries_ready() -> bool:
+    """True when every binary is present and the build stamp matches the pinned versions."""
+    bdir = paths.bin_dir()
+    if os.environ.get("TORCHYARD_K8S_BIN_DIR"):
+        # Prebuilt binaries supplied by the user: no stamp required.
+        return all((bdir / b).is_file() for b in paths.BINARIES if b != "kubectl")
+    stamp = bdir / ".stamp"
+    if not stamp.is_file() or not stamp.read_text().startswith(expected_stamp_prefix()):
+        return False
+    return all(os.access(bdir / b, os.X_OK) for b in paths.BINARIES)
+
+
+def ensure_binaries(*, quiet: bool = False) -> float:
+    """Build the binaries when missing or stale; returns the seconds spent (0.0 when cached).
+
+    The script takes a lock, so concurrent callers wait for one build.
+    """
+    if binaries_ready():
+        return 0.0
+    script = paths.build_script()
+    if script is None:
+        raise FileNotFoundError(
+            f"control-plane binaries missing in {paths.bin_dir()} and hack/build-control-plane.sh "
+            "is not available (not running from a checkout); set TORCHYARD_K8S_BIN_DIR"
+        )
+    if not quiet:
+        print(
+            f"building the control plane into {paths.bin_dir()} (first time: tens of minutes "
+            "on 2 cores)…",
+            file=sys.stderr,
+            flush=True,
+        )
+    start = time.monotonic()
+    subprocess.run(["bash", str(script)], check=True)
+    return time.monotonic() - start

@@ -1,0 +1,121 @@
+"""``torchyard dev-cluster …``: the real control plane (etcd, apiserver, controller-manager,
+scheduler, KWOK) as local processes. Mounted by the main CLI with
+``app.add_typer(devcluster.cli.app, name="dev-cluster")``; also runnable as
+``python -m torchyard.devcluster``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from typing import Any
+
+import typer
+
+from torchyard.devcluster import build, cluster, nodes, paths
+
+app = typer.Typer(
+    name="dev-cluster",
+    help="Run a real Kubernetes control plane with KWOK fake GPU nodes (no Docker).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def up(
+    nodes_: int = typer.Option(4, "--nodes", "-n", min=0, help="Fake GPU nodes to create."),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node", min=0, help="nvidia.com/gpu per node."),
+    pod_run_ms: int = typer.Option(
+        1000, "--pod-run-ms", min=0, help="How long Job pods stay Running before they complete."
+    ),
+    build_: bool = typer.Option(True, "--build/--no-build", help="Build missing binaries first."),
+    timeout: float = typer.Option(180.0, "--timeout", help="Seconds to wait for each component."),
+) -> None:
+    """Start the cluster (or reuse the running one); builds the binaries on first use."""
+    t0 = time.monotonic()
+    try:
+        c = cluster.up(
+            nodes=nodes_,
+            gpus_per_node=gpus_per_node,
+            pod_run_ms=pod_run_ms,
+            build_binaries=build_,
+            timeout=timeout,
+        )
+    except (cluster.DevClusterError, FileNotFoundError) as e:
+        typer.echo(f"dev-cluster up failed: {e}", err=True)
+        raise typer.Exit(1) from e
+    verb = "started" if c.started else "already running, reused"
+    typer.echo(f"dev cluster {verb} in {time.monotonic() - t0:.1f}s: {c.server}", err=True)
+    typer.echo(f"export KUBECONFIG={shlex.quote(str(c.kubeconfig))}")
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly the processes `up` started and remove the cluster state."""
+    if cluster.down():
+        typer.echo("dev cluster stopped", err=True)
+    else:
+        typer.echo("dev cluster was not running", err=True)
+
+
+@app.command()
+def env() -> None:
+    """Print `export KUBECONFIG=…` for the running cluster (use: eval "$(… env)")."""
+    c = cluster.current()
+    if c is None:
+        typer.echo("dev cluster is not running (run `torchyard dev-cluster up`)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"export KUBECONFIG={shlex.quote(str(c.kubeconfig))}")
+
+
+@app.command("nodes")
+def nodes_cmd(
+    add: int = typer.Option(0, "--add", min=0, help="Create this many more fake GPU nodes."),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node", min=0),
+) -> None:
+    """List the fake nodes (name, Ready, GPUs); `--add N` creates N more first."""
+    c = cluster.current()
+    if c is None:
+        typer.echo("dev cluster is not running", err=True)
+        raise typer.Exit(1)
+    from kubernetes import client
+
+    api = c.api_client()
+    try:
+        core: Any = client.CoreV1Api(api)
+        if add:
+            existing = core.list_node(label_selector=nodes.MANAGED_LABEL).items
+            taken = {n.metadata.name for n in existing}
+            start = 0
+            while f"{nodes.NODE_PREFIX}{start}" in taken:
+                start += 1
+            # Fill from the first free index; create_nodes is idempotent for taken names.
+            nodes.create_nodes(api, n=add, gpus_per_node=gpus_per_node, start=start)
+        for n in core.list_node().items:
+            ready = next(
+                (c_.status for c_ in (n.status.conditions or []) if c_.type == "Ready"), "Unknown"
+            )
+            gpus = (n.status.allocatable or {}).get(nodes.GPU_RESOURCE, "0")
+            product = (n.metadata.labels or {}).get("nvidia.com/gpu.product", "-")
+            typer.echo(f"{n.metadata.name}\tReady={ready}\tgpus={gpus}\t{product}")
+    finally:
+        api.close()
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Show processes, ports, versions and whether the apiserver is ready."""
+    info = cluster.status()
+    info["binaries"] = {"dir": str(paths.bin_dir()), "built": build.binaries_ready()}
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        typer.echo(f"running: {info['running']}  state: {info['state_dir']}")
+        if "server" in info:
+            typer.echo(f"server: {info['server']}  kubeconfig: {info['kubeconfig']}")
+            for name, p in info["processes"].items():
+                typer.echo(f"  {name:<24} pid={p['pid']:<8} alive={p['alive']}  {p['log']}")
+        typer.echo(f"binaries: {info['binaries']['dir']} (built: {info['binaries']['built']})")
+    if not info["running"]:
+        raise typer.Exit(1)

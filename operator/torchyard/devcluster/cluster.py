@@ -1,0 +1,534 @@
+"""Start and stop the dev control plane: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and a KWOK controller, as plain processes on 127.0.0.1 (envtest-style).
+
+State (certs, etcd data, kubeconfigs, ``state.json`` with pids and ports, ``logs/``) lives in
+:func:`torchyard.devcluster.paths.state_dir`. ``up`` reuses a healthy running cluster, cleans a
+crashed one and starts afresh; ``down`` stops exactly the recorded processes and removes the
+state (the logs are kept in ``<state-dir>.last-logs/``). A lock file next to the state folder
+serialises concurrent ``up``/``down`` calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from torchyard.devcluster import build, certs, paths, procs, stages
+
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"
+CONTEXT = "torchyard-dev"
+#: Order of start; ``down`` stops in reverse.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+# Flags sized for 100+ fake nodes and ~1000 pods on a small machine.
+APISERVER_MAX_INFLIGHT = 3000
+APISERVER_MAX_MUTATING_INFLIGHT = 1000
+CLIENT_QPS = 500
+CLIENT_BURST = 1000
+
+
+class DevClusterError(RuntimeError):
+    """The control plane could not be started; the message holds the failing log's tail."""
+
+
+@dataclass
+class ClusterState:
+    state_dir: Path
+    ports: dict[str, int]
+    processes: list[procs.Proc] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    def save(self) -> None:
+        data = {
+            "ports": self.ports,
+            "processes": [p.to_json() for p in self.processes],
+            "versions": self.versions,
+            "created": self.created,
+            "kubeconfig": str(self.kubeconfig),
+            "server": self.server,
+        }
+        tmp = self.state_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.state_dir / "state.json")
+
+    @classmethod
+    def load(cls, state_dir: Path) -> ClusterState | None:
+        try:
+            data = json.loads((state_dir / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(
+            state_dir=state_dir,
+            ports={str(k): int(v) for k, v in data.get("ports", {}).items()},
+            processes=[procs.Proc.from_json(p) for p in data.get("processes", [])],
+            versions={str(k): str(v) for k, v in data.get("versions", {}).items()},
+            created=float(data.get("created", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class DevCluster:
+    """A running dev cluster. ``started`` is True when this ``up`` call started it."""
+
+    state_dir: Path
+    kubeconfig: Path
+    server: str
+    started: bool
+
+    def api_client(self) -> Any:
+        """A ``kubernetes.client.ApiClient`` for the admin user (pool sized for scale tests)."""
+        from kubernetes import client
+
+        pki = self.state_dir / "pki"
+        cfg = client.Configuration()
+        cfg.host = self.server
+        cfg.ssl_ca_cert = str(pki / "ca.crt")
+        cfg.cert_file = str(pki / "admin.crt")
+        cfg.key_file = str(pki / "admin.key")
+        cfg.verify_ssl = True
+        cfg.connection_pool_maxsize = 32
+        return client.ApiClient(configuration=cfg)
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
+        return subprocess.run(
+            [str(paths.binary("kubectl")), *args],
+            env=env,
+            check=check,
+            text=True,
+            capture_output=True,
+            input=input,
+            timeout=120,
+        )
+
+
+# --- locking -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = state_dir.parent / f".{state_dir.name}.lock"
+    with lock.open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# --- health --------------------------------------------------------------------------------
+
+
+def _apiserver_ready(state: ClusterState, timeout: float = 5.0) -> bool:
+    d = state.state_dir / "pki"
+    try:
+        with httpx.Client(
+            verify=str(d / "ca.crt"),
+            cert=(str(d / "admin.crt"), str(d / "admin.key")),
+            timeout=timeout,
+        ) as c:
+            return c.get(f"{state.server}/readyz").status_code == 200
+    except (httpx.HTTPError, OSError):
+        return False
+
+
+def healthy(state: ClusterState) -> bool:
+    """Every recorded process runs and the apiserver answers /readyz."""
+    names = {p.name for p in state.processes}
+    if not set(COMPONENTS) <= names:
+        return False
+    return all(procs.alive(p) for p in state.processes) and _apiserver_ready(state)
+
+
+def _wait_http(
+    proc: procs.Proc, url: str, *, timeout: float, ok: Any = None, **client_kw: Any
+) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    with httpx.Client(timeout=5.0, **client_kw) as c:
+        while time.monotonic() < deadline:
+            if not procs.alive(proc):
+                raise DevClusterError(
+                    f"{proc.name} exited during start-up; last log lines ({proc.log}):\n"
+                    + procs.tail(proc.log)
+                )
+            try:
+                r = c.get(url)
+                if r.status_code == 200 and (ok is None or ok(r)):
+                    return
+                last = f"HTTP {r.status_code}: {r.text[:300]}"
+            except (httpx.HTTPError, OSError) as e:
+                last = repr(e)
+            time.sleep(0.25)
+    raise DevClusterError(
+        f"{proc.name} not ready at {url} after {timeout:.0f}s ({last}); log tail ({proc.log}):\n"
+        + procs.tail(proc.log)
+    )
+
+
+# --- config files --------------------------------------------------------------------------
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _kubeconfig(path: Path, server: str, ca: Path, cert: certs.CertPaths, user: str) -> None:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": CONTEXT,
+                "cluster": {"server": server, "certificate-authority-data": _b64(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": _b64(cert.cert),
+                    "client-key-data": _b64(cert.key),
+                },
+            }
+        ],
+        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": user}}],
+        "current-context": CONTEXT,
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    path.chmod(0o600)
+
+
+# --- up / down -----------------------------------------------------------------------------
+
+
+def _cleanup(state_dir: Path, state: ClusterState | None) -> None:
+    """Stop recorded processes (exactly those pids) and remove the state; keep the logs."""
+    if state is not None:
+        for p in reversed(state.processes):
+            procs.stop(p)
+    logs = state_dir / "logs"
+    if logs.is_dir():
+        keep = state_dir.parent / f"{state_dir.name}.last-logs"
+        shutil.rmtree(keep, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            shutil.copytree(logs, keep)
+    shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _start(
+    state_dir: Path,
+    *,
+    pod_run_ms: int,
+    timeout: float,
+    verbosity: int,
+) -> ClusterState:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
+    logs = state_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    pki = certs.generate(state_dir / "pki", service_ip=SERVICE_IP)
+    names = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")
+    ports = dict(zip(names, procs.free_ports(len(names)), strict=True))
+    state = ClusterState(state_dir=state_dir, ports=ports, versions=paths.versions())
+    state.save()
+    server = state.server
+    bins = {b: str(paths.binary(b)) for b in COMPONENTS}
+    v = f"--v={verbosity}"
+
+    def launch(name: str, argv: list[str]) -> procs.Proc:
+        p = procs.start(name, argv, logs / f"{name}.log", cwd=state_dir)
+        state.processes.append(p)
+        state.save()
+        return p
+
+    # etcd -------------------------------------------------------------------------------
+    etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+    peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
+    etcd = launch(
+        "etcd",
+        [
+            bins["etcd"],
+            "--name=default",
+            f"--data-dir={state_dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=default={peer_url}",
+            "--initial-cluster-state=new",
+            "--unsafe-no-fsync=true",  # throw-away data: no fsync, much faster on shared disks
+            "--quota-backend-bytes=8589934592",
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=5m",
+            "--log-level=warn",
+        ],
+    )
+    _wait_http(
+        etcd,
+        f"{etcd_url}/health",
+        timeout=timeout,
+        ok=lambda r: str(r.json().get("health")) == "true",
+    )
+
+    # kube-apiserver ---------------------------------------------------------------------
+    api = launch(
+        "kube-apiserver",
+        [
+            bins["kube-apiserver"],
+            "--advertise-address=127.0.0.1",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}",
+            f"--cert-dir={state_dir / 'pki'}",
+            f"--tls-cert-file={pki.serving.cert}",
+            f"--tls-private-key-file={pki.serving.key}",
+            f"--client-ca-file={pki.ca.cert}",
+            f"--etcd-servers={etcd_url}",
+            "--authorization-mode=Node,RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki.sa_public}",
+            f"--service-account-signing-key-file={pki.sa_private}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            f"--max-requests-inflight={APISERVER_MAX_INFLIGHT}",
+            f"--max-mutating-requests-inflight={APISERVER_MAX_MUTATING_INFLIGHT}",
+            "--delete-collection-workers=4",
+            "--event-ttl=30m",
+            "--profiling=false",
+            v,
+        ],
+    )
+    _wait_http(
+        api,
+        f"{server}/readyz",
+        timeout=timeout,
+        verify=str(pki.ca.cert),
+        cert=(str(pki.admin.cert), str(pki.admin.key)),
+    )
+
+    admin_kc = state_dir / "kubeconfig"
+    _kubeconfig(admin_kc, server, pki.ca.cert, pki.admin, "torchyard-admin")
+    cm_kc = state_dir / "controller-manager.kubeconfig"
+    _kubeconfig(
+        cm_kc, server, pki.ca.cert, pki.controller_manager, "system:kube-controller-manager"
+    )
+    sched_kc = state_dir / "scheduler.kubeconfig"
+    _kubeconfig(sched_kc, server, pki.ca.cert, pki.scheduler, "system:kube-scheduler")
+    kwok_kc = state_dir / "kwok.kubeconfig"
+    _kubeconfig(kwok_kc, server, pki.ca.cert, pki.kwok, "kwok-controller")
+
+    # kube-controller-manager ------------------------------------------------------------
+    cm = launch(
+        "kube-controller-manager",
+        [
+            bins["kube-controller-manager"],
+            f"--kubeconfig={cm_kc}",
+            f"--authentication-kubeconfig={cm_kc}",
+            f"--authorization-kubeconfig={cm_kc}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['controller-manager']}",
+            "--leader-elect=false",
+            "--controllers=*",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki.sa_private}",
+            f"--root-ca-file={pki.ca.cert}",
+            f"--cluster-signing-cert-file={pki.ca.cert}",
+            f"--cluster-signing-key-file={pki.ca.key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--kube-api-qps={CLIENT_QPS}",
+            f"--kube-api-burst={CLIENT_BURST}",
+            "--concurrent-job-syncs=10",
+            "--concurrent-gc-syncs=20",
+            "--concurrent-namespace-syncs=10",
+            v,
+        ],
+    )
+
+    # kube-scheduler ---------------------------------------------------------------------
+    sched_conf = state_dir / "scheduler-config.yaml"
+    sched_conf.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kubescheduler.config.k8s.io/v1",
+                "kind": "KubeSchedulerConfiguration",
+                "clientConnection": {
+                    "kubeconfig": str(sched_kc),
+                    "qps": CLIENT_QPS,
+                    "burst": CLIENT_BURST,
+                },
+                "leaderElection": {"leaderElect": False},
+            },
+            sort_keys=False,
+        )
+    )
+    sched = launch(
+        "kube-scheduler",
+        [
+            bins["kube-scheduler"],
+            f"--config={sched_conf}",
+            f"--authentication-kubeconfig={sched_kc}",
+            f"--authorization-kubeconfig={sched_kc}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['scheduler']}",
+            v,
+        ],
+    )
+
+    # kwok -------------------------------------------------------------------------------
+    kwok_conf = state_dir / "kwok.yaml"
+    kwok_conf.write_text(
+        stages.kwok_config(server_address=f"127.0.0.1:{ports['kwok']}", pod_run_ms=pod_run_ms)
+    )
+    kwok = launch(
+        "kwok",
+        [bins["kwok"], f"--kubeconfig={kwok_kc}", f"--config={kwok_conf}", v],
+    )
+
+    _wait_http(
+        cm,
+        f"https://127.0.0.1:{ports['controller-manager']}/healthz",
+        timeout=timeout,
+        verify=False,
+    )
+    _wait_http(
+        sched, f"https://127.0.0.1:{ports['scheduler']}/healthz", timeout=timeout, verify=False
+    )
+    _wait_http(kwok, f"http://127.0.0.1:{ports['kwok']}/healthz", timeout=timeout)
+    _wait_default_service_account(state, timeout=timeout)
+    return state
+
+
+def _wait_default_service_account(state: ClusterState, *, timeout: float) -> None:
+    """The ServiceAccount controller has made ``default/default``: controllers are working."""
+    d = state.state_dir / "pki"
+    url = f"{state.server}/api/v1/namespaces/default/serviceaccounts/default"
+    deadline = time.monotonic() + timeout
+    with httpx.Client(
+        verify=str(d / "ca.crt"), cert=(str(d / "admin.crt"), str(d / "admin.key")), timeout=5.0
+    ) as c:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if c.get(url).status_code == 200:
+                    return
+            time.sleep(0.25)
+    cm = next(p for p in state.processes if p.name == "kube-controller-manager")
+    raise DevClusterError(
+        "kube-controller-manager did not create default/default ServiceAccount in time; "
+        f"log tail:\n{procs.tail(cm.log)}"
+    )
+
+
+def up(
+    *,
+    nodes: int = 4,
+    gpus_per_node: int = 8,
+    state_dir: Path | None = None,
+    build_binaries: bool = True,
+    pod_run_ms: int = 1000,
+    timeout: float = 180.0,
+    verbosity: int = 0,
+) -> DevCluster:
+    """Start the dev cluster, or reuse the healthy one already running (then a no-op but for
+    creating missing nodes). A crashed previous run is cleaned up first. ``nodes`` fake GPU
+    nodes (``gpus_per_node`` each) exist when this returns; ``nodes=0`` creates none."""
+    from torchyard.devcluster import nodes as nodes_mod
+
+    sdir = state_dir or paths.state_dir()
+    if build_binaries:
+        build.ensure_binaries()
+    with _locked(sdir):
+        state = ClusterState.load(sdir)
+        started = False
+        if state is not None and healthy(state):
+            pass
+        else:
+            if state is not None or sdir.exists():
+                _cleanup(sdir, state)
+            try:
+                state = _start(sdir, pod_run_ms=pod_run_ms, timeout=timeout, verbosity=verbosity)
+            except BaseException:
+                _cleanup(sdir, ClusterState.load(sdir))
+                raise
+            started = True
+        cluster = DevCluster(
+            state_dir=sdir, kubeconfig=state.kubeconfig, server=state.server, started=started
+        )
+        if nodes > 0:
+            api = cluster.api_client()
+            try:
+                nodes_mod.create_nodes(api, n=nodes, gpus_per_node=gpus_per_node)
+            finally:
+                api.close()
+        return cluster
+
+
+def down(*, state_dir: Path | None = None) -> bool:
+    """Stop exactly the processes ``up`` recorded and remove the state. False if none ran."""
+    sdir = state_dir or paths.state_dir()
+    with _locked(sdir):
+        state = ClusterState.load(sdir)
+        if state is None and not sdir.exists():
+            return False
+        _cleanup(sdir, state)
+        return state is not None
+
+
+def current(*, state_dir: Path | None = None) -> DevCluster | None:
+    """The healthy running cluster, or None."""
+    sdir = state_dir or paths.state_dir()
+    state = ClusterState.load(sdir)
+    if state is None or not healthy(state):
+        return None
+    return DevCluster(
+        state_dir=sdir, kubeconfig=state.kubeconfig, server=state.server, started=False
+    )
+
+
+def status(*, state_dir: Path | None = None) -> dict[str, Any]:
+    """A JSON-able report: per process pid/alive/log, ports, apiserver readiness."""
+    sdir = state_dir or paths.state_dir()
+    state = ClusterState.load(sdir)
+    if state is None:
+        return {"running": False, "state_dir": str(sdir)}
+    procs_info = {
+        p.name: {"pid": p.pid, "alive": procs.alive(p), "log": p.log} for p in state.processes
+    }
+    ready = _apiserver_ready(state)
+    return {
+        "running": ready and all(i["alive"] for i in procs_info.values()),
+        "state_dir": str(sdir),
+        "server": state.server,
+        "kubeconfig": str(state.kubeconfig),
+        "apiserver_ready": ready,
+        "ports": state.ports,
+        "processes": procs_info,
+        "versions": state.versions,
+        "age_s": round(time.time() - state.created, 1),
+    }
