@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 EXAMPLE ?= examples/digits-ddp.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test venv lint typecheck unit crds control-plane clean
+.PHONY: run test venv lint typecheck unit crds docs control-plane clean
 
 run: venv
 	$(VENV)/bin/torchyard run $(EXAMPLE)
@@ -33,10 +33,13 @@ typecheck: venv
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-# Regenerate the CRDs (and the Helm chart's copy) from the API models.
+# Regenerate the CRDs (and the Helm chart's copy) and docs/api.md from the API models.
 crds: venv
 	$(VENV)/bin/torchyard crds --output-dir crds
+	$(PY) -c "from torchyard.crd import render_api_docs; open('docs/api.md','w').write(render_api_docs())"
 	@if [ -d charts/torchyard ]; then mkdir -p charts/torchyard/crds && cp crds/*.yaml charts/torchyard/crds/; fi
+
+docs: crds
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -225,3 +225,60 @@ def write_crds(directory: Path) -> list[Path]:
         path.write_text(render(crd))
         written.append(path)
     return written
+
+
+def _doc_rows(node: Schema, path: str, rows: list[tuple[str, str, str, str]]) -> None:
+    for name, child in node.get("properties", {}).items():
+        child_path = f"{path}.{name}" if path else name
+        kind = child.get("type", "int-or-string")
+        if "enum" in child:
+            kind = " \\| ".join(f"`{v}`" for v in child["enum"])
+        elif kind == "array" and "type" in child.get("items", {}):
+            kind = f"[]{child['items']['type']}"
+        default = child.get("default")
+        flow = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        shown = "" if default is None else f"`{flow}`"
+        rows.append((child_path, kind, shown, child.get("description", "")))
+        _doc_rows(child, child_path, rows)
+        if child.get("type") == "array":
+            _doc_rows(child.get("items", {}), f"{child_path}[]", rows)
+
+
+def _rule_lines(node: Schema, path: str) -> list[str]:
+    lines = [
+        f"- `{path}{rule.get('fieldPath', '')}`: {rule['message']}"
+        for rule in node.get("x-kubernetes-validations", [])
+    ]
+    for name, child in node.get("properties", {}).items():
+        lines += _rule_lines(child, f"{path}.{name}" if path else name)
+    if "items" in node:
+        lines += _rule_lines(node["items"], f"{path}[]")
+    return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_api_docs() -> str:
+    """docs/api.md: every spec field with its type, default and description, and every rule."""
+    out = [
+        "# API reference (torchyard.io/v1alpha1)",
+        "",
+        "Generated from the pydantic models by `make docs` (the same source as `crds/`); "
+        "a unit test fails when it drifts. `kubectl explain trainingjob.spec` shows the same "
+        "descriptions.",
+    ]
+    for crd in all_crds().values():
+        (version,) = crd["spec"]["versions"]
+        schema = version["schema"]["openAPIV3Schema"]
+        kind = crd["spec"]["names"]["kind"]
+        short = crd["spec"]["names"]["shortNames"][0]
+        out += ["", f"## {kind} (`{short}`)", "", schema.get("description", ""), ""]
+        rows: list[tuple[str, str, str, str]] = []
+        _doc_rows(schema["properties"]["spec"], "spec", rows)
+        out += ["| field | type | default | description |", "|---|---|---|---|"]
+        out += [f"| `{p}` | {t} | {d} | {_cell(desc)} |" for p, t, d, desc in rows]
+        out += ["", f"### {kind} validation rules (CEL, also checked by `torchyard validate`)", ""]
+        out += _rule_lines(schema, "")
+    return "\n".join(out) + "\n"

@@ -8,7 +8,6 @@ import pytest
 
 from tests.conftest import EXAMPLES
 from torchyard.api import TrainingJob, load_manifest
-from torchyard.api.constants import RESERVED_ENV_NAMES
 from torchyard.builders import build_children
 
 

@@ -117,3 +117,11 @@ def test_cli_prints_the_committed_crds() -> None:
     by_name = {d["metadata"]["name"]: d for d in printed}
     for doc in committed:
         assert by_name[doc["metadata"]["name"]] == doc
+
+
+def test_api_reference_matches_the_models() -> None:
+    from torchyard.crd import render_api_docs
+
+    assert (REPO / "docs" / "api.md").read_text() == render_api_docs(), (
+        "docs/api.md drifted from the models: run `make docs`"
+    )
