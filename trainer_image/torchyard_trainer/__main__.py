@@ -1,0 +1,139 @@
+"""Entry point: ``torchrun [...] -m torchyard_trainer`` (or ``python -m torchyard_trainer`` for
+one process). Reads the manifest at ``$TORCHYARD_SPEC`` and runs its strategy.
+
+Exit codes (DESIGN §3: 1–127 permanent, ≥ 128 retryable):
+  0   succeeded (rank 0 wrote the result file)
+  1   unexpected error (permanent)
+  2   invalid spec / environment (permanent)
+  200 a peer rank vanished mid-collective (retryable: the group restarts from its checkpoint)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from torchyard_trainer.env import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, ConfigError, WorkerEnv
+
+EXIT_PEER_LOST = 200
+log = logging.getLogger("torchyard_trainer")
+
+
+def load_job(path: Path) -> Any:
+    """Parse and validate the manifest (YAML or JSON) with torchyard's API models."""
+    import yaml
+    from pydantic import ValidationError
+
+    from torchyard.api.training import TrainingJob
+
+    if not path.is_file():
+        raise ConfigError(f"TORCHYARD_SPEC={path} does not exist")
+    text = path.read_text()
+    try:
+        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected one manifest object")
+    kind = doc.get("kind")
+    if kind != "TrainingJob":
+        raise ConfigError(f"{path}: kind {kind!r} is not run by this entry point (TrainingJob)")
+    try:
+        return TrainingJob.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid TrainingJob:\n{exc}") from exc
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """A collective failed because another rank died: retryable, not this rank's fault."""
+    import torch.distributed as dist
+
+    if isinstance(exc, dist.DistError) and not isinstance(exc, dist.DistStoreError):
+        return True
+    text = str(exc)
+    markers = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+               "NCCL communicator was aborted", "gloo/transport", "ProcessGroupGloo")
+    return isinstance(exc, RuntimeError) and any(m in text for m in markers)
+
+
+def run(env: WorkerEnv) -> dict[str, Any]:
+    if env.spec_path is None:
+        raise ConfigError("TORCHYARD_SPEC is not set (path of the job manifest)")
+    job = load_job(env.spec_path)
+    from torchyard_trainer.train.common import build_runtime
+
+    rt = build_runtime(env, job)
+    try:
+        if job.spec.strategy == "ddp":
+            from torchyard_trainer.train import ddp as mod
+        elif job.spec.strategy == "pipeline":
+            from torchyard_trainer.train import pipeline as mod  # type: ignore[no-redef]
+        elif job.spec.strategy == "distillation":
+            from torchyard_trainer.train import distill as mod  # type: ignore[no-redef]
+        else:
+            raise ConfigError(f"unknown strategy {job.spec.strategy!r}")
+        return mod.run(rt)
+    finally:
+        rt.metrics.close()
+
+
+def _write_failure(env: WorkerEnv, code: int, exc: BaseException) -> None:
+    if env.rank != 0:
+        return
+    from torchyard_trainer.artifacts import write_result
+
+    try:
+        write_result(env.result_file, {
+            "status": "Failed", "exitCode": code, "retryable": code >= 128,
+            "reason": type(exc).__name__, "message": str(exc)[:4000],
+            "restarts": env.restart_count,
+        })
+    except OSError:
+        pass
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=os.environ.get("TORCHYARD_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(levelname)s %(message)s",
+    )
+    try:
+        env = WorkerEnv.from_environ()
+    except ConfigError as exc:
+        print(f"torchyard_trainer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        run(env)
+        code = EXIT_OK
+    except ConfigError as exc:
+        log.error("invalid job: %s", exc)
+        _write_failure(env, EXIT_CONFIG, exc)
+        code = EXIT_CONFIG
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        if is_peer_failure(exc):
+            log.error("a peer rank failed (%s); exiting for a group restart", exc)
+            code = EXIT_PEER_LOST
+        else:
+            traceback.print_exc()
+            code = EXIT_ERROR
+        _write_failure(env, code, exc)
+    finally:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized() and code == EXIT_OK:
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - teardown must not mask the result
+            pass
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""``python -m torchyard_trainer.launch [torchrun args] [-m torchyard_trainer]``: torchrun that
+keeps the workers' exit codes.
+
+Plain torchrun exits 1 whenever any worker fails, which erases the DESIGN §3 classification
+(1–127 permanent, ≥ 128 retryable): an OOM-killed or SIGKILLed rank would look like a bug. This
+wrapper runs the very same launcher (same flags, same PET_* environment) and exits with the
+first failed worker's code, 128 + N when it died of signal N. Without a script it runs
+``-m torchyard_trainer``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def exit_code_of(failure_exitcode: int) -> int:
+    """Exit code of the pod for a worker's exit code (negative = killed by that signal)."""
+    if failure_exitcode < 0:
+        return 128 + (-failure_exitcode)
+    return failure_exitcode or 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-m" not in argv and "--module" not in argv and not any(a.endswith(".py") for a in argv):
+        argv += ["-m", "torchyard_trainer"]
+    args = parse_args(argv)
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = exit_code_of(failure.exitcode)
+        print(f"torchyard launch: rank {rank} failed with exit code {failure.exitcode}; "
+              f"exiting {code}", file=sys.stderr)
+        return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Worker metrics (DESIGN §4): a prometheus-client endpoint per process and a JSONL log.
+
+Every process serves ``TORCHYARD_METRICS_PORT + LOCAL_RANK`` with labels job/namespace/rank.
+Rank 0 additionally appends progress events to ``$TORCHYARD_OUTPUT_DIR/progress.jsonl`` — one
+JSON object per line, flushed at once, which ``torchyard run`` tails for its progress bar:
+
+    {"event": "start", "time": …, "totalSteps": N, "epochs": E, "stepsPerEpoch": S, …}
+    {"event": "step",  "time": …, "epoch": e, "step": s, "loss": …, "lr": …, "samplesPerSecond": …,
+     "tokensPerSecond": …, "stepTime": …, "dataWait": …, "mfu": …}
+    {"event": "eval",  "time": …, "epoch": e, "step": s, "valLoss": …, "accuracy": …}
+    {"event": "checkpoint", "time": …, "step": s, "uri": …, "seconds": …}
+    {"event": "end",   "time": …, "status": "Succeeded", …}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("torchyard_trainer")
+
+LABELS = ("job", "namespace", "rank")
+
+
+class WorkerMetrics:
+    """Prometheus gauges/histograms of one worker process plus rank 0's JSONL progress log."""
+
+    def __init__(
+        self, job: str, namespace: str, rank: int, port: int | None, jsonl: Path | None
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.labels = {"job": job, "namespace": namespace, "rank": str(rank)}
+        r = self.registry
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, LABELS, registry=r)
+
+        self.loss = gauge("torchyard_worker_loss", "Training loss (mean over the last log interval)")
+        self.accuracy = gauge("torchyard_worker_accuracy", "Evaluation accuracy (0-1)")
+        self.val_loss = gauge("torchyard_worker_validation_loss", "Evaluation loss")
+        self.samples_ps = gauge("torchyard_worker_samples_per_second", "Training samples/s (all ranks)")
+        self.tokens_ps = gauge("torchyard_worker_tokens_per_second", "Training tokens/s (all ranks)")
+        self.step_time = gauge("torchyard_worker_step_time_seconds", "Mean optimizer step time")
+        self.data_wait = gauge("torchyard_worker_data_wait_seconds", "Mean time a step waited for data")
+        self.mfu = gauge("torchyard_worker_mfu", "Model FLOPs utilisation (0-1), where the peak is known")
+        self.gpu_mem = gauge("torchyard_worker_gpu_memory_bytes", "Peak GPU memory allocated")
+        self.step = gauge("torchyard_worker_step", "Optimizer steps done")
+        self.epoch = gauge("torchyard_worker_epoch", "Current epoch")
+        self.lr = gauge("torchyard_worker_learning_rate", "Current learning rate")
+        self.ckpt = Histogram(
+            "torchyard_worker_checkpoint_duration_seconds", "Checkpoint save duration (to commit)",
+            LABELS, registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+        self.step_hist = Histogram(
+            "torchyard_worker_step_duration_seconds", "Optimizer step duration", LABELS, registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.restarts = gauge("torchyard_worker_restarts", "Group restarts before this attempt")
+        self.server: Any = None
+        if port is not None:
+            try:
+                self.server = start_http_server(port, registry=r)
+            except OSError as exc:  # a busy port must not kill training
+                log.warning("metrics port %s unavailable: %s", port, exc)
+        self._jsonl = jsonl.open("a", buffering=1) if jsonl is not None else None
+
+    def set(self, gauge: Gauge, value: float | None) -> None:
+        if value is not None:
+            gauge.labels(**self.labels).set(value)
+
+    def observe(self, hist: Histogram, value: float) -> None:
+        hist.labels(**self.labels).observe(value)
+
+    def event(self, event: str, **fields: Any) -> None:
+        if self._jsonl is None:
+            return
+        rec = {"event": event, "time": time.time(), **{k: v for k, v in fields.items() if v is not None}}
+        self._jsonl.write(json.dumps(rec) + "\n")
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self.server is not None:
+            try:
+                server, thread = self.server
+                server.shutdown()
+                thread.join(timeout=2)
+            except (TypeError, ValueError):
+                pass
+            self.server = None

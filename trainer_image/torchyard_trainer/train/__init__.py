@@ -1,0 +1,1 @@
+"""Training strategies: ddp, pipeline, distillation (one module each) on a shared loop."""
