@@ -10,6 +10,7 @@ Exit codes (DESIGN §3: 1–127 permanent, ≥ 128 retryable):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -56,8 +57,14 @@ def is_peer_failure(exc: BaseException) -> bool:
     if isinstance(exc, dist.DistError) and not isinstance(exc, dist.DistStoreError):
         return True
     text = str(exc)
-    markers = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
-               "NCCL communicator was aborted", "gloo/transport", "ProcessGroupGloo")
+    markers = (
+        "Connection closed by peer",
+        "Connection reset by peer",
+        "Broken pipe",
+        "NCCL communicator was aborted",
+        "gloo/transport",
+        "ProcessGroupGloo",
+    )
     return isinstance(exc, RuntimeError) and any(m in text for m in markers)
 
 
@@ -87,14 +94,18 @@ def _write_failure(env: WorkerEnv, code: int, exc: BaseException) -> None:
         return
     from torchyard_trainer.artifacts import write_result
 
-    try:
-        write_result(env.result_file, {
-            "status": "Failed", "exitCode": code, "retryable": code >= 128,
-            "reason": type(exc).__name__, "message": str(exc)[:4000],
-            "restarts": env.restart_count,
-        })
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        write_result(
+            env.result_file,
+            {
+                "status": "Failed",
+                "exitCode": code,
+                "retryable": code >= 128,
+                "reason": type(exc).__name__,
+                "message": str(exc)[:4000],
+                "restarts": env.restart_count,
+            },
+        )
 
 
 def main() -> int:
@@ -130,7 +141,7 @@ def main() -> int:
 
             if dist.is_initialized() and code == EXIT_OK:
                 dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - teardown must not mask the result
+        except Exception:
             pass
     return code
 

@@ -52,7 +52,9 @@ def sha256_file(path: Path) -> str:
 
 def spec_hash(spec: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a job spec (lineage: same hash = same recipe)."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -62,8 +64,12 @@ def versions(model_dir: Path) -> list[int]:
 
 
 def write_model_version(
-    store_uri: str, pvc_root: Path, name: str, state_dict: dict[str, torch.Tensor],
-    card: dict[str, Any], staging_dir: Path,
+    store_uri: str,
+    pvc_root: Path,
+    name: str,
+    state_dict: dict[str, torch.Tensor],
+    card: dict[str, Any],
+    staging_dir: Path,
 ) -> dict[str, Any]:
     """Write weights + card as the next version of ``name``; returns the card (with uri)."""
     remote = is_remote(store_uri)

@@ -101,12 +101,18 @@ class CheckpointManager:
             # Background saves get their own gloo group: collectives issued from the writer
             # thread must never interleave with the training collectives of the main thread.
             self._pg = dist.new_group(backend="gloo")
-        self.last_committed: tuple[int, Path] | None = latest_checkpoint(root) if rank == 0 else None
+        self.last_committed: tuple[int, Path] | None = (
+            latest_checkpoint(root) if rank == 0 else None
+        )
 
     # -- save ----------------------------------------------------------------------------------
 
     def save(
-        self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any]
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        trainer_state: dict[str, Any],
     ) -> None:
         self.wait()
         started = time.perf_counter()
@@ -171,8 +177,10 @@ class CheckpointManager:
             state = {"model": get_state_dict(model, [])[0]}
         dcp.load(state, checkpoint_id=str(path))
         set_state_dict(
-            model, optimizer if optimizer is not None else [],
-            model_state_dict=state["model"], optim_state_dict=state.get("optim", {}),
+            model,
+            optimizer if optimizer is not None else [],
+            model_state_dict=state["model"],
+            optim_state_dict=state.get("optim", {}),
             options=StateDictOptions(strict=True),
         )
         rng_file = path / f"rng-{self.rank}.pt"

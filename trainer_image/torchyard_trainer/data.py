@@ -117,7 +117,11 @@ def _synthetic_images(args: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, Dat
     noise = float(args.get("noise", 1.5))
     x = templates[y] + noise * rng.normal(size=(n, channels, size, size)).astype(np.float32)
     shape = (channels, size, size)
-    return x, y.astype(np.int64), DataInfo("classification", shape, classes, shape, name="synthetic images")
+    return (
+        x,
+        y.astype(np.int64),
+        DataInfo("classification", shape, classes, shape, name="synthetic images"),
+    )
 
 
 def _npz(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -239,11 +243,11 @@ def load_dataset(spec: Any, seed: int, pvc_root: Path, cache_dir: Path) -> Datas
         )
     else:
         idx_train, idx_val = np.arange(n), np.arange(0)
-    if "standardize" in args or spec.builtin == "breast_cancer":
-        if args.get("standardize", True):
-            mean = x[idx_train].mean(axis=0, keepdims=True)
-            std = x[idx_train].std(axis=0, keepdims=True) + 1e-6
-            x = ((x - mean) / std).astype(np.float32)
+    if args.get("standardize", spec.builtin == "breast_cancer"):
+        # statistics of the training split only: nothing leaks from the held-out data
+        mean = x[idx_train].mean(axis=0, keepdims=True)
+        std = x[idx_train].std(axis=0, keepdims=True) + 1e-6
+        x = ((x - mean) / std).astype(np.float32)
     unlabeled = None
     if spec.labeled_samples is not None and spec.labeled_samples < len(idx_train):
         strat = y[idx_train] if stratify is not None else None
@@ -259,13 +263,21 @@ def load_dataset(spec: Any, seed: int, pvc_root: Path, cache_dir: Path) -> Datas
         unlabeled = torch.from_numpy(np.ascontiguousarray(x[idx_unl]))
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     extra.update(
-        {"source": info.name, "train": len(idx_train), "validation": len(idx_val),
-         "unlabeled": 0 if unlabeled is None else len(unlabeled)}
+        {
+            "source": info.name,
+            "train": len(idx_train),
+            "validation": len(idx_val),
+            "unlabeled": 0 if unlabeled is None else len(unlabeled),
+        }
     )
     return Dataset(
-        train_x=to_t(x[idx_train]), train_y=to_t(y[idx_train]),
-        val_x=to_t(x[idx_val]), val_y=to_t(y[idx_val]),
-        info=info, unlabeled_x=unlabeled, extra=extra,
+        train_x=to_t(x[idx_train]),
+        train_y=to_t(y[idx_train]),
+        val_x=to_t(x[idx_val]),
+        val_y=to_t(y[idx_val]),
+        info=info,
+        unlabeled_x=unlabeled,
+        extra=extra,
     )
 
 
@@ -294,7 +306,11 @@ class ShardedBatches:
         self.micro_batch = micro_batch
         self.sampler = DistributedSampler(
             range(len(tensors[0])),  # type: ignore[arg-type]
-            num_replicas=dp, rank=dp_rank, shuffle=shuffle, seed=seed, drop_last=True,
+            num_replicas=dp,
+            rank=dp_rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=True,
         )
         self.micro_steps_per_epoch = len(self.sampler) // micro_batch
         if self.micro_steps_per_epoch == 0:

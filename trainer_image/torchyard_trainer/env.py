@@ -57,7 +57,8 @@ class WorkerEnv:
     restart_count: int
     """TORCHYARD_RESTART_COUNT: whole-group restarts before this attempt."""
     pvc_root: Path
-    """TORCHYARD_PVC_ROOT: where ``pvc://<claim>/<path>`` URIs are mounted (default /mnt/pvc)."""
+    """TORCHYARD_PVC_ROOT: where ``pvc://<claim>/<path>`` URIs are mounted (default
+    /mnt/torchyard, where the operator mounts every claim)."""
 
     @property
     def is_distributed(self) -> bool:
@@ -86,5 +87,5 @@ class WorkerEnv:
             output_dir=output_dir,
             result_file=result_file,
             restart_count=_int_env(env, "TORCHYARD_RESTART_COUNT", 0),
-            pvc_root=Path(env.get("TORCHYARD_PVC_ROOT") or "/mnt/pvc"),
+            pvc_root=Path(env.get("TORCHYARD_PVC_ROOT") or "/mnt/torchyard"),
         )

@@ -33,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = exit_code_of(failure.exitcode)
-        print(f"torchyard launch: rank {rank} failed with exit code {failure.exitcode}; "
-              f"exiting {code}", file=sys.stderr)
+        print(
+            f"torchyard launch: rank {rank} failed with exit code {failure.exitcode}; "
+            f"exiting {code}",
+            file=sys.stderr,
+        )
         return code
     return 0
 

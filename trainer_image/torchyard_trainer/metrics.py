@@ -40,24 +40,40 @@ class WorkerMetrics:
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, LABELS, registry=r)
 
-        self.loss = gauge("torchyard_worker_loss", "Training loss (mean over the last log interval)")
+        self.loss = gauge(
+            "torchyard_worker_loss", "Training loss (mean over the last log interval)"
+        )
         self.accuracy = gauge("torchyard_worker_accuracy", "Evaluation accuracy (0-1)")
         self.val_loss = gauge("torchyard_worker_validation_loss", "Evaluation loss")
-        self.samples_ps = gauge("torchyard_worker_samples_per_second", "Training samples/s (all ranks)")
-        self.tokens_ps = gauge("torchyard_worker_tokens_per_second", "Training tokens/s (all ranks)")
+        self.samples_ps = gauge(
+            "torchyard_worker_samples_per_second", "Training samples/s (all ranks)"
+        )
+        self.tokens_ps = gauge(
+            "torchyard_worker_tokens_per_second", "Training tokens/s (all ranks)"
+        )
         self.step_time = gauge("torchyard_worker_step_time_seconds", "Mean optimizer step time")
-        self.data_wait = gauge("torchyard_worker_data_wait_seconds", "Mean time a step waited for data")
-        self.mfu = gauge("torchyard_worker_mfu", "Model FLOPs utilisation (0-1), where the peak is known")
+        self.data_wait = gauge(
+            "torchyard_worker_data_wait_seconds", "Mean time a step waited for data"
+        )
+        self.mfu = gauge(
+            "torchyard_worker_mfu", "Model FLOPs utilisation (0-1), where the peak is known"
+        )
         self.gpu_mem = gauge("torchyard_worker_gpu_memory_bytes", "Peak GPU memory allocated")
         self.step = gauge("torchyard_worker_step", "Optimizer steps done")
         self.epoch = gauge("torchyard_worker_epoch", "Current epoch")
         self.lr = gauge("torchyard_worker_learning_rate", "Current learning rate")
         self.ckpt = Histogram(
-            "torchyard_worker_checkpoint_duration_seconds", "Checkpoint save duration (to commit)",
-            LABELS, registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            "torchyard_worker_checkpoint_duration_seconds",
+            "Checkpoint save duration (to commit)",
+            LABELS,
+            registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )
         self.step_hist = Histogram(
-            "torchyard_worker_step_duration_seconds", "Optimizer step duration", LABELS, registry=r,
+            "torchyard_worker_step_duration_seconds",
+            "Optimizer step duration",
+            LABELS,
+            registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.restarts = gauge("torchyard_worker_restarts", "Group restarts before this attempt")
@@ -79,7 +95,11 @@ class WorkerMetrics:
     def event(self, event: str, **fields: Any) -> None:
         if self._jsonl is None:
             return
-        rec = {"event": event, "time": time.time(), **{k: v for k, v in fields.items() if v is not None}}
+        rec = {
+            "event": event,
+            "time": time.time(),
+            **{k: v for k, v in fields.items() if v is not None},
+        }
         self._jsonl.write(json.dumps(rec) + "\n")
 
     def close(self) -> None:

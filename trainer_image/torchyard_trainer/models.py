@@ -67,24 +67,36 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.short: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.short = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.short(x))
 
 
-def _resnet(info: DataInfo, widths: list[int] | None = None, blocks_per_stage: int = 1) -> nn.Module:
+def _resnet(
+    info: DataInfo, widths: list[int] | None = None, blocks_per_stage: int = 1
+) -> nn.Module:
     c, _, _ = _image_shape(info)
     widths = [16, 32, 64] if widths is None else list(widths)
-    layers: list[nn.Module] = [nn.Unflatten(1, _image_shape(info))] if len(info.input_shape) == 1 else []
-    layers.append(nn.Sequential(nn.Conv2d(c, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()))
+    layers: list[nn.Module] = (
+        [nn.Unflatten(1, _image_shape(info))] if len(info.input_shape) == 1 else []
+    )
+    layers.append(
+        nn.Sequential(
+            nn.Conv2d(c, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+    )
     cin = widths[0]
     for i, w in enumerate(widths):
         for b in range(blocks_per_stage):
             layers.append(BasicBlock(cin, w, 2 if (i > 0 and b == 0) else 1))
             cin = w
-    layers.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, info.num_classes)))
+    layers.append(
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, info.num_classes))
+    )
     return nn.Sequential(*layers)
 
 
@@ -115,13 +127,16 @@ class TransformerBlock(nn.Module):
         self.proj = nn.Linear(d_model, d_model, bias=False)
         self.ln2 = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(
-            nn.Linear(d_model, ff_mult * d_model, bias=False), nn.GELU(),
+            nn.Linear(d_model, ff_mult * d_model, bias=False),
+            nn.GELU(),
             nn.Linear(ff_mult * d_model, d_model, bias=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        )
         att = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
@@ -130,14 +145,20 @@ class TransformerBlock(nn.Module):
 
 
 def _transformer(
-    info: DataInfo, d_model: int = 128, layers: int = 2, heads: int = 4, ff_mult: int = 4,
+    info: DataInfo,
+    d_model: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    ff_mult: int = 4,
     dropout: float = 0.0,
 ) -> nn.Module:
     if info.task != "lm" or info.seq_len is None:
         raise ConfigError("the transformer model needs token data (e.g. builtin synthetic_tokens)")
     mods: list[nn.Module] = [TokenEmbedding(info.num_classes, d_model, info.seq_len)]
     mods += [TransformerBlock(d_model, heads, ff_mult, dropout) for _ in range(layers)]
-    mods.append(nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, info.num_classes, bias=False)))
+    mods.append(
+        nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, info.num_classes, bias=False))
+    )
     model = nn.Sequential(*mods)
     for name, p in model.named_parameters():
         if p.dim() >= 2 and "pos" not in name:
@@ -173,12 +194,15 @@ def build_model(spec: Any, info: DataInfo) -> nn.Module:
 def loss_fn(task: str) -> Any:
     """Mean cross-entropy: over samples (classification) or over tokens (lm)."""
     if task == "lm":
+
         def lm_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+
         return lm_loss
 
     def cls_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), target)
+
     return cls_loss
 
 
@@ -229,7 +253,9 @@ def split_boundaries(model: nn.Module, num_stages: int, split_points: list[str])
         if unknown:
             raise ConfigError(f"splitPoints {unknown} are not top-level modules; have {names}")
         if len(split_points) != num_stages - 1:
-            raise ConfigError(f"{num_stages} stages need {num_stages - 1} splitPoints, got {len(split_points)}")
+            raise ConfigError(
+                f"{num_stages} stages need {num_stages - 1} splitPoints, got {len(split_points)}"
+            )
         cuts = sorted(names.index(p) for p in split_points)
         bounds = [0, *cuts, len(names)]
         return [names[bounds[i] : bounds[i + 1]] for i in range(num_stages)]

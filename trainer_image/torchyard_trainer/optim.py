@@ -14,12 +14,17 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], spec: Any, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], spec: Any, device: torch.device
+) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov, L2 weight decay) or AdamW (fused on CUDA)."""
     params = [p for p in params if p.requires_grad]
     if spec.name == "sgd":
         return torch.optim.SGD(
-            params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0,
+            params,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            nesterov=spec.nesterov and spec.momentum > 0,
             weight_decay=spec.weight_decay,
         )
     return torch.optim.AdamW(
@@ -60,5 +65,7 @@ def lr_factor(spec: Any, peak_lr: float, total_steps: int) -> Callable[[int], fl
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, spec: Any, peak_lr: float, total_steps: int) -> LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, spec: Any, peak_lr: float, total_steps: int
+) -> LambdaLR:
     return LambdaLR(optimizer, lr_factor(spec, peak_lr, total_steps))

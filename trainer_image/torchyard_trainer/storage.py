@@ -42,7 +42,9 @@ def _fs(uri: str):  # type: ignore[no-untyped-def]
     try:
         import fsspec
     except ImportError as exc:  # pragma: no cover - depends on the image
-        raise ConfigError(f"{uri}: s3:// and gs:// need fsspec (pip install fsspec s3fs gcsfs)") from exc
+        raise ConfigError(
+            f"{uri}: s3:// and gs:// need fsspec (pip install fsspec s3fs gcsfs)"
+        ) from exc
     fs, path = fsspec.core.url_to_fs(uri)
     return fs, path
 

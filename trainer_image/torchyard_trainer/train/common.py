@@ -138,20 +138,27 @@ def init_distributed(env: WorkerEnv) -> torch.device:
         else:  # plain `python -m torchyard_trainer`: a world of one, no rendezvous needed
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     if dist.get_world_size() != env.world_size:
-        raise ConfigError(f"process group has {dist.get_world_size()} ranks, WORLD_SIZE={env.world_size}")
+        raise ConfigError(
+            f"process group has {dist.get_world_size()} ranks, WORLD_SIZE={env.world_size}"
+        )
     return device
 
 
 def build_runtime(env: WorkerEnv, job: Any) -> Runtime:
     spec = job.spec
     pp = spec.pipeline.stages if spec.strategy == "pipeline" and spec.pipeline else 1
-    virtual = spec.pipeline.virtual_stages_per_rank if spec.strategy == "pipeline" and spec.pipeline else 1
+    virtual = (
+        spec.pipeline.virtual_stages_per_rank
+        if spec.strategy == "pipeline" and spec.pipeline
+        else 1
+    )
     dims = ParallelDims.build(env.world_size, pp=pp, virtual_stages=virtual)
     expected = spec.workers * spec.procs_per_worker
     if expected != env.world_size:
         log.warning(
             "WORLD_SIZE=%d differs from workers × procsPerWorker = %d; using WORLD_SIZE",
-            env.world_size, expected,
+            env.world_size,
+            expected,
         )
     device = init_distributed(env)
     if device.type == "cpu":
@@ -170,7 +177,9 @@ def build_runtime(env: WorkerEnv, job: Any) -> Runtime:
         ckpt_root = local_path(store, env.pvc_root) / ".checkpoints" / ns / name
     env.output_dir.mkdir(parents=True, exist_ok=True)
     metrics = WorkerMetrics(
-        job=env.job_name or name, namespace=ns, rank=env.rank,
+        job=env.job_name or name,
+        namespace=ns,
+        rank=env.rank,
         port=None if env.metrics_port is None else env.metrics_port + env.local_rank,
         jsonl=env.output_dir / "progress.jsonl" if env.rank == 0 else None,
     )
@@ -203,7 +212,9 @@ def _maybe_inject_fault(rt: Runtime, step: int) -> None:
 # the loop
 
 
-def _micro_steps(batches: ShardedBatches, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, ...]]:
+def _micro_steps(
+    batches: ShardedBatches, epoch: int, skip: int
+) -> Iterator[tuple[torch.Tensor, ...]]:
     yield from batches.epoch(epoch, skip_micro_steps=skip)
 
 
@@ -234,8 +245,13 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
         m.observe(m.ckpt, seconds)
         m.event("checkpoint", step=step, uri=str(path), seconds=round(seconds, 4))
 
-    ckpt = CheckpointManager(rt.checkpoint_root, spec.checkpoint.keep, spec.checkpoint.async_save,
-                             rt.rank, on_commit=on_commit)
+    ckpt = CheckpointManager(
+        rt.checkpoint_root,
+        spec.checkpoint.keep,
+        spec.checkpoint.async_save,
+        rt.rank,
+        on_commit=on_commit,
+    )
     step = 0
     saved_step = -1
     resumed_from = None
@@ -259,14 +275,28 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
     peak = _peak_flops(rt.device, spec.precision)
     log_every = max(1, min(50, total // 100))
     m.event(
-        "start", totalSteps=total, epochs=spec.epochs, stepsPerEpoch=steps_per_epoch,
-        startStep=step, restarts=env.restart_count, worldSize=env.world_size, dp=dims.dp,
-        pp=dims.pp, strategy=spec.strategy, resumedFrom=resumed_from, data=ds.extra,
+        "start",
+        totalSteps=total,
+        epochs=spec.epochs,
+        stepsPerEpoch=steps_per_epoch,
+        startStep=step,
+        restarts=env.restart_count,
+        worldSize=env.world_size,
+        dp=dims.dp,
+        pp=dims.pp,
+        strategy=spec.strategy,
+        resumedFrom=resumed_from,
+        data=ds.extra,
     )
 
     def trainer_state(step: int) -> dict[str, Any]:
-        return {"step": step, "epoch": step // steps_per_epoch, "stepsPerEpoch": steps_per_epoch,
-                "scheduler": sched.state_dict(), "worldSize": env.world_size}
+        return {
+            "step": step,
+            "epoch": step // steps_per_epoch,
+            "stepsPerEpoch": steps_per_epoch,
+            "scheduler": sched.state_dict(),
+            "worldSize": env.world_size,
+        }
 
     def should_save(step: int) -> bool:
         every = spec.checkpoint.every_steps
@@ -283,7 +313,9 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
         it = _micro_steps(batches, epoch, in_epoch * accum)
         while step < total and step // steps_per_epoch == epoch:
             t0 = time.perf_counter()
-            micro = [tuple(t.to(rt.device, non_blocking=True) for t in next(it)) for _ in range(accum)]
+            micro = [
+                tuple(t.to(rt.device, non_blocking=True) for t in next(it)) for _ in range(accum)
+            ]
             data_wait += time.perf_counter() - t0
             loss, weight = strategy.train_step(micro)
             sched.step()
@@ -316,10 +348,16 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
                 if rt.device.type == "cuda":
                     m.set(m.gpu_mem, torch.cuda.max_memory_allocated(rt.device))
                 m.event(
-                    "step", epoch=epoch, step=step, totalSteps=total, loss=last_loss,
-                    lr=sched.get_last_lr()[0], samplesPerSecond=round(sps, 2),
+                    "step",
+                    epoch=epoch,
+                    step=step,
+                    totalSteps=total,
+                    loss=last_loss,
+                    lr=sched.get_last_lr()[0],
+                    samplesPerSecond=round(sps, 2),
                     tokensPerSecond=None if tps is None else round(tps, 1),
-                    stepTime=round(dt / steps_since, 6), dataWait=round(data_wait / steps_since, 6),
+                    stepTime=round(dt / steps_since, 6),
+                    dataWait=round(data_wait / steps_since, 6),
                     mfu=None if mfu is None else round(mfu, 4),
                 )
                 if flags[2].item() == 0:
@@ -366,15 +404,23 @@ def evaluate(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, float]:
 
 
 def finish(
-    rt: Runtime, ds: Dataset, strategy: Strategy, step: int, total: int, loss: float | None,
-    evals: dict[str, float], ckpt: CheckpointManager,
+    rt: Runtime,
+    ds: Dataset,
+    strategy: Strategy,
+    step: int,
+    total: int,
+    loss: float | None,
+    evals: dict[str, float],
+    ckpt: CheckpointManager,
 ) -> dict[str, Any]:
     spec = rt.spec
     state = strategy.full_state_dict()  # collective
     result: dict[str, Any] = {}
     if rt.rank == 0:
         assert state is not None
-        metrics = {k: v for k, v in {"loss": loss, **evals}.items() if v is not None and math.isfinite(v)}
+        metrics = {
+            k: v for k, v in {"loss": loss, **evals}.items() if v is not None and math.isfinite(v)
+        }
         spec_dict = rt.job.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
         card = {
             "specHash": spec_hash(spec_dict),
@@ -382,14 +428,20 @@ def finish(
             "data": {**spec_dict["data"], **ds.extra},
             "metrics": metrics,
             "lineage": {
-                "job": rt.job.metadata.name, "namespace": rt.metrics.labels["namespace"],
-                "kind": "TrainingJob", "strategy": spec.strategy, "steps": step,
-                "restarts": rt.env.restart_count, "worldSize": rt.env.world_size,
-                "initCheckpoint": spec.model.checkpoint, **strategy.lineage(),
+                "job": rt.job.metadata.name,
+                "namespace": rt.metrics.labels["namespace"],
+                "kind": "TrainingJob",
+                "strategy": spec.strategy,
+                "steps": step,
+                "restarts": rt.env.restart_count,
+                "worldSize": rt.env.world_size,
+                "initCheckpoint": spec.model.checkpoint,
+                **strategy.lineage(),
             },
         }
-        card = write_model_version(rt.model_store, rt.env.pvc_root, rt.model_name, state, card,
-                                   rt.env.output_dir)
+        card = write_model_version(
+            rt.model_store, rt.env.pvc_root, rt.model_name, state, card, rt.env.output_dir
+        )
         last = ckpt.last_committed
         result = {
             "status": "Succeeded",
@@ -399,9 +451,13 @@ def finish(
             "totalSteps": total,
             "epoch": spec.epochs,
             "metrics": metrics,
-            "model": {k: card[k] for k in ("name", "version", "uri", "sha256")} | {"metrics": metrics},
-            "lastCheckpoint": None if last is None else {
-                "step": last[0], "uri": str(last[1]),
+            "model": {k: card[k] for k in ("name", "version", "uri", "sha256")}
+            | {"metrics": metrics},
+            "lastCheckpoint": None
+            if last is None
+            else {
+                "step": last[0],
+                "uri": str(last[1]),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
             "restarts": rt.env.restart_count,

@@ -27,13 +27,16 @@ class DDPStrategy:
         torch.manual_seed(spec.seed)  # identical initial weights on every rank
         raw = build_model(spec.model, ds.info)
         if spec.model.checkpoint:
-            load_weights(fetch(spec.model.checkpoint, rt.env.pvc_root, rt.env.output_dir / "cache"), raw)
+            load_weights(
+                fetch(spec.model.checkpoint, rt.env.pvc_root, rt.env.output_dir / "cache"), raw
+            )
         self.raw = raw.to(rt.device)
         self.model: nn.Module = self.raw  # what gets checkpointed (no DDP prefix)
         self.train_model: nn.Module = self.raw
         if rt.dims.dp > 1:
             self.train_model = DDP(
-                self.raw, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                self.raw,
+                device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
             )
         if spec.compile:

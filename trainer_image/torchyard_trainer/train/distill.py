@@ -28,7 +28,10 @@ UNLABELED = -1
 
 
 def distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float,
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float,
     alpha: float,
 ) -> torch.Tensor:
     """alpha·T²·KL(soft) over all samples + (1 − alpha)·CE(hard) over the labeled ones."""
@@ -38,8 +41,10 @@ def distillation_loss(
         target = target.reshape(-1)
     t = temperature
     soft = F.kl_div(
-        F.log_softmax(student.float() / t, dim=-1), F.log_softmax(teacher.float() / t, dim=-1),
-        reduction="batchmean", log_target=True,
+        F.log_softmax(student.float() / t, dim=-1),
+        F.log_softmax(teacher.float() / t, dim=-1),
+        reduction="batchmean",
+        log_target=True,
     )
     labeled = target != UNLABELED
     if bool(labeled.any()):
@@ -74,8 +79,12 @@ def resolve_teacher(rt: Runtime, ds: Dataset) -> tuple[nn.Module, dict[str, Any]
     card = read_card(vdir)
     model = build_model(ModelSpec.model_validate(card["model"]), ds.info)
     load_weights(Path(vdir), model)
-    ref = {"name": card.get("name", name), "version": card.get("version"), "uri": card.get("uri"),
-           "sha256": card.get("sha256")}
+    ref = {
+        "name": card.get("name", name),
+        "version": card.get("version"),
+        "uri": card.get("uri"),
+        "sha256": card.get("sha256"),
+    }
     return model, {"teacher": ref}
 
 
@@ -92,14 +101,18 @@ class DistillStrategy(DDPStrategy):
         self.temperature = float(cfg.temperature)
         self.alpha = float(cfg.alpha)
         self.transfer = cfg.transfer_set
-        self._lineage["distillation"] = {"temperature": self.temperature, "alpha": self.alpha,
-                                         "transferSet": self.transfer}
+        self._lineage["distillation"] = {
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "transferSet": self.transfer,
+        }
 
     def train_tensors(self, ds: Dataset) -> tuple[torch.Tensor, ...]:
         if self.transfer == "unlabeled" and ds.unlabeled_x is not None and len(ds.unlabeled_x):
             x = torch.cat([ds.train_x, ds.unlabeled_x])
-            y = torch.cat([ds.train_y, torch.full((len(ds.unlabeled_x),), UNLABELED,
-                                                  dtype=ds.train_y.dtype)])
+            y = torch.cat(
+                [ds.train_y, torch.full((len(ds.unlabeled_x),), UNLABELED, dtype=ds.train_y.dtype)]
+            )
             return x, y
         return ds.train_x, ds.train_y
 

@@ -29,10 +29,16 @@ from torch.utils._pytree import tree_flatten
 from torchyard_trainer.artifacts import load_weights
 from torchyard_trainer.data import Dataset, eval_batches
 from torchyard_trainer.env import ConfigError
-from torchyard_trainer.models import build_model, count_correct, loss_fn, split_boundaries, stage_module
-from torchyard_trainer.storage import fetch
+from torchyard_trainer.models import (
+    build_model,
+    count_correct,
+    loss_fn,
+    split_boundaries,
+    stage_module,
+)
 from torchyard_trainer.optim import build_optimizer
 from torchyard_trainer.parallel import ParallelDims
+from torchyard_trainer.storage import fetch
 from torchyard_trainer.train.common import Runtime, run_training, setup_data
 
 
@@ -71,14 +77,18 @@ class PipelineStrategy:
         torch.manual_seed(spec.seed)
         full = build_model(spec.model, ds.info)
         if spec.model.checkpoint:
-            load_weights(fetch(spec.model.checkpoint, rt.env.pvc_root, rt.env.output_dir / "cache"), full)
+            load_weights(
+                fetch(spec.model.checkpoint, rt.env.pvc_root, rt.env.output_dir / "cache"), full
+            )
         self.bounds = split_boundaries(full, dims.num_stages, list(spec.model.split_points))
         self.stage_ids = local_stage_ids(dims, self.pp_rank)
         self.stage_mods = [stage_module(full, self.bounds[i]).to(rt.device) for i in self.stage_ids]
         # One module holding this rank's blocks under their original names: checkpoint + optim.
-        self.model: nn.Module = nn.Sequential(OrderedDict(
-            (name, child) for mod in self.stage_mods for name, child in mod.named_children()
-        ))
+        self.model: nn.Module = nn.Sequential(
+            OrderedDict(
+                (name, child) for mod in self.stage_mods for name, child in mod.named_children()
+            )
+        )
         del full
         self.n_micro = spec.pipeline.microbatches * spec.grad_accumulation_steps
         self.stages = [
@@ -98,12 +108,16 @@ class PipelineStrategy:
                 f"pipeline.microbatches × gradAccumulationSteps = {self.n_micro}"
             )
         if rt.autocast_dtype == torch.float16:
-            raise ConfigError("precision fp16 (GradScaler) is not supported with pipeline; use bf16")
+            raise ConfigError(
+                "precision fp16 (GradScaler) is not supported with pipeline; use bf16"
+            )
 
     def train_tensors(self, ds: Dataset) -> tuple[torch.Tensor, ...]:
         return ds.train_x, ds.train_y
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor | None, losses: list[Any] | None, train: bool) -> Any:
+    def _run(
+        self, x: torch.Tensor, y: torch.Tensor | None, losses: list[Any] | None, train: bool
+    ) -> Any:
         args = (x,) if self.is_first else ()
         target = y if self.is_last else None
         with self.rt.autocast():
@@ -124,7 +138,9 @@ class PipelineStrategy:
             flat = torch._utils._flatten_dense_tensors(grads)  # type: ignore[attr-defined]
             dist.all_reduce(flat, group=self.dp_group)
             flat /= self.dims.dp
-            for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):  # type: ignore[attr-defined]
+            for g, synced in zip(
+                grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True
+            ):  # type: ignore[attr-defined]
                 g.copy_(synced)
         if self.clip:
             clip_grad_norm_pp(params, self.clip, self.pp_group)
@@ -164,7 +180,11 @@ class PipelineStrategy:
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Gather the stages of replica 0 on rank 0 (object collective over the world)."""
-        mine = {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.dp_rank == 0 else {}
+        mine = (
+            {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            if self.dp_rank == 0
+            else {}
+        )
         parts: list[Any] = [None] * dist.get_world_size() if self.rt.rank == 0 else []
         dist.gather_object(mine, parts if self.rt.rank == 0 else None, dst=0)
         if self.rt.rank != 0:

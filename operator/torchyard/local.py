@@ -1,0 +1,498 @@
+"""`torchyard run`: the operator's own pods, started as local processes.
+
+The job is built with the same builders the operator uses (``torchyard.builders``); each worker
+pod's container command is started as a process with the pod's environment, resolved the way the
+kubelet would (completion index, namespace) and rewritten where a laptop differs from a cluster:
+
+* ``PET_MASTER_ADDR``/``MASTER_ADDR`` → 127.0.0.1, the rendezvous port → a free local port;
+* ``TORCHYARD_SPEC`` → the resolved manifest written to ``<run dir>/spec.yaml``;
+* ``TORCHYARD_RESULT_FILE`` (``/dev/termination-log`` in a pod) → ``<run dir>/pod-<i>/result.json``;
+* ``TORCHYARD_OUTPUT_DIR`` → ``<run dir>/pod-<i>``; ``TORCHYARD_PVC_ROOT`` → a local folder;
+* ``TORCHYARD_METRICS_PORT`` → base + i × procsPerWorker (pods share one host here).
+
+Like the operator, one failed worker restarts the *whole group* (all pods), counted against
+``runPolicy.backoffLimit``; exit codes are classified by ``runPolicy.retryPolicy`` (ExitCode:
+1–127 permanent, ≥ 128 or a signal retryable). Ctrl-C ends every child process group and keeps
+the last checkpoint, so the next ``torchyard run`` of the same manifest resumes from it.
+
+No torch here: this module is part of the torch-free ``torchyard`` package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from torchyard.api import AnyJob, ManifestError, TrainingJob, dump, load_manifest, parse_job
+from torchyard.builders import SPEC_FILE, build_children
+
+RUNS_DIR = "torchyard-runs"
+LOCAL_NAMESPACE = "default"
+KILL_GRACE_SECONDS = 10.0
+POLL_SECONDS = 0.2
+EXIT_INTERRUPTED = 130
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# preparing the pods
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_overrides(job: AnyJob, workers: int | None, procs_per_worker: int | None) -> AnyJob:
+    """The job with --workers / --procs-per-worker applied (re-validated)."""
+    doc = dump(job)
+    if workers is not None:
+        doc["spec"]["workers"] = workers
+    if procs_per_worker is not None:
+        if not isinstance(job, TrainingJob):
+            raise ManifestError("--procs-per-worker", ["only TrainingJobs have procsPerWorker"])
+        doc["spec"]["procsPerWorker"] = procs_per_worker
+    return parse_job(doc, "overrides")
+
+
+def with_local_storage(job: AnyJob, store_root: Path) -> AnyJob:
+    """Fill ``output.storage`` with the local model store when the manifest leaves it out, so
+    that jobs run on this machine find each other's models (e.g. a distillation teacher)."""
+    doc = dump(job)
+    output = doc["spec"].setdefault("output", {})
+    output.setdefault("storage", f"file://{store_root}")
+    return parse_job(doc, "resolved")
+
+
+def local_path(uri: str, pvc_root: Path) -> Path:
+    scheme, _, rest = uri.partition("://")
+    if scheme == "pvc":
+        return pvc_root / rest.lstrip("/")
+    return Path(rest if scheme == "file" else uri)
+
+
+def checkpoint_dir(job: AnyJob, pvc_root: Path) -> Path | None:
+    """Where the workers keep this job's checkpoints (mirrors torchyard_trainer's rule)."""
+    if not isinstance(job, TrainingJob):
+        return None
+    spec = job.spec
+    if spec.checkpoint.storage:
+        return local_path(spec.checkpoint.storage, pvc_root)
+    if spec.output.storage and not spec.output.storage.startswith(("s3://", "gs://")):
+        return (
+            local_path(spec.output.storage, pvc_root)
+            / ".checkpoints"
+            / LOCAL_NAMESPACE
+            / (job.metadata.name)
+        )
+    return None
+
+
+def _resolve_env(entry: dict[str, Any], index: int) -> str | None:
+    if "value" in entry:
+        return str(entry["value"])
+    ref = entry.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "")
+    if "job-completion-index" in ref:
+        return str(index)
+    if ref == "metadata.namespace":
+        return LOCAL_NAMESPACE
+    if ref == "metadata.name":
+        return f"pod-{index}"
+    return None
+
+
+@dataclass
+class PodPlan:
+    """One worker pod as a local process."""
+
+    index: int
+    command: list[str]
+    env: dict[str, str]
+    out_dir: Path
+
+
+def plan_pods(job: AnyJob, run_dir: Path, pvc_root: Path, attempt: int) -> list[PodPlan]:
+    """The worker pods of one attempt, from the operator's builders."""
+    children = build_children(job, namespace=LOCAL_NAMESPACE, restart_count=attempt)
+    spec_path = run_dir / SPEC_FILE
+    spec_path.write_text(children.configmap["data"][SPEC_FILE])
+    template = children.job["spec"]["template"]["spec"]
+    container = template["containers"][0]
+    command = [*container.get("command", []), *container.get("args", [])]
+    if command and command[0] == "torchrun":
+        # The same launcher, but keeping the workers' exit codes: plain torchrun exits 1 for
+        # any failed rank, which would make every kill look permanent.
+        command = [sys.executable, "-m", "torchyard_trainer.launch", *command[1:]]
+    workers = int(children.job["spec"]["parallelism"])
+    procs = job.spec.procs_per_worker if isinstance(job, TrainingJob) else 1
+    port = free_port()
+    pods = []
+    for index in range(workers):
+        env: dict[str, str] = {}
+        for entry in container.get("env", []):
+            value = _resolve_env(entry, index)
+            if value is not None:
+                env[entry["name"]] = value
+        out_dir = run_dir / f"pod-{index}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        base_metrics = int(env.get("TORCHYARD_METRICS_PORT", "9400"))
+        env.update(
+            {
+                "PET_MASTER_ADDR": "127.0.0.1",
+                "MASTER_ADDR": "127.0.0.1",
+                "PET_MASTER_PORT": str(port),
+                "MASTER_PORT": str(port),
+                "TORCHYARD_SPEC": str(spec_path),
+                "TORCHYARD_OUTPUT_DIR": str(out_dir),
+                "TORCHYARD_RESULT_FILE": str(out_dir / "result.json"),
+                "TORCHYARD_PVC_ROOT": str(pvc_root),
+                "TORCHYARD_METRICS_PORT": str(base_metrics + index * procs),
+                "TORCHYARD_RESTART_COUNT": str(attempt),
+            }
+        )
+        pods.append(PodPlan(index, command, env, out_dir))
+    return pods
+
+
+# ---------------------------------------------------------------------------------------------
+# running them
+
+
+def exit_code(returncode: int) -> int:
+    """Popen's returncode as a pod's exit code (killed by signal N → 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def is_retryable(code: int, job: AnyJob) -> bool:
+    policy = job.spec.run_policy
+    if policy.retry_policy == "OnFailure":
+        return True
+    if policy.retry_policy == "Never":
+        return False
+    return code >= 128 or code in set(policy.retryable_exit_codes)
+
+
+@dataclass
+class Group:
+    """The running processes of one attempt."""
+
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Any] = field(default_factory=list)
+
+    def start(self, pods: list[PodPlan], attempt: int) -> None:
+        for pod in pods:
+            log = (pod.out_dir / "log.txt").open("ab")
+            log.write(f"\n===== attempt {attempt} =====\n".encode())
+            log.flush()
+            self.logs.append(log)
+            self.procs.append(
+                subprocess.Popen(
+                    pod.command,
+                    env={**os.environ, **pod.env},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: we can end the whole tree
+                )
+            )
+
+    def first_failure(self) -> tuple[int, int] | None:
+        for i, p in enumerate(self.procs):
+            rc = p.poll()
+            if rc is not None and rc != 0:
+                return i, exit_code(rc)
+        return None
+
+    def all_succeeded(self) -> bool:
+        return all(p.poll() == 0 for p in self.procs)
+
+    def stop(self) -> None:
+        """SIGTERM every process group, SIGKILL what is left after the grace period."""
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for p in self.procs:
+            # the group may still hold grandchildren even when the leader is gone
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=KILL_GRACE_SECONDS)
+        for log in self.logs:
+            log.close()
+
+
+class ProgressTail:
+    """Follows rank 0's progress.jsonl."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def read(self) -> Iterator[dict[str, Any]]:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        self.offset += end + 1
+        for line in data[: end + 1].splitlines():
+            with contextlib.suppress(ValueError):
+                yield json.loads(line)
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return events
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def run_group(
+    job: AnyJob, pods: list[PodPlan], attempt: int, progress: Progress, task: Any
+) -> tuple[int, int | None]:
+    """Run one attempt to its end; returns (exit code, index of the failed pod or None)."""
+    tail = ProgressTail(pods[0].out_dir / "progress.jsonl")
+    group = Group()
+    group.start(pods, attempt)
+    try:
+        while True:
+            for ev in tail.read():
+                kind = ev.get("event")
+                if kind == "start":
+                    progress.update(
+                        task, total=ev.get("totalSteps"), completed=ev.get("startStep", 0)
+                    )
+                elif kind == "step":
+                    progress.update(
+                        task,
+                        completed=ev.get("step", 0),
+                        info=f"epoch {ev.get('epoch', 0) + 1} loss {_fmt(ev.get('loss'), '.4f')} "
+                        f"{_fmt(ev.get('samplesPerSecond'), '.0f')} samples/s",
+                    )
+                elif kind == "eval":
+                    progress.update(task, acc=f"acc {_fmt(ev.get('accuracy'), '.2%')}")
+            failure = group.first_failure()
+            if failure is not None:
+                index, code = failure
+                return code, index
+            if group.all_succeeded():
+                return 0, None
+            time.sleep(POLL_SECONDS)
+    finally:
+        group.stop()
+
+
+def plot(events: list[dict[str, Any]], path: Path) -> Path | None:
+    """Loss and accuracy curves as a PNG (needs matplotlib, from the trainer extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    loss = {e["step"]: e["loss"] for e in events if e.get("event") == "step" and "loss" in e}
+    acc = {e["step"]: e["accuracy"] for e in events if e.get("event") == "eval" and "accuracy" in e}
+    if not loss and not acc:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if loss:
+        steps = sorted(loss)
+        ax.plot(steps, [loss[s] for s in steps], color="tab:blue", label="training loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    if acc:
+        ax2 = ax.twinx()
+        steps = sorted(acc)
+        ax2.plot(steps, [acc[s] for s in steps], "o-", color="tab:green", label="accuracy")
+        ax2.set_ylabel("accuracy")
+        ax2.set_ylim(0, 1)
+    fig.legend(loc="upper center", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def report(job: AnyJob, run_dir: Path, code: int, restarts: int, started: float) -> None:
+    result_path = run_dir / "pod-0" / "result.json"
+    result: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        result = json.loads(result_path.read_text())
+    table = Table(title=f"{job.kind} {job.metadata.name}", show_header=False)
+    status = "Succeeded" if code == 0 else "Failed"
+    table.add_row(
+        "status", f"[green]{status}[/]" if code == 0 else f"[red]{status}[/] (exit {code})"
+    )
+    table.add_row("restarts", str(restarts))
+    table.add_row("wall time", f"{time.monotonic() - started:.1f} s")
+    for k, v in (result.get("metrics") or {}).items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    model = result.get("model")
+    if model:
+        table.add_row("model version", f"{model.get('name')} v{model.get('version')}")
+        table.add_row("model uri", str(model.get("uri")))
+    last = result.get("lastCheckpoint")
+    if last:
+        table.add_row("last checkpoint", f"step {last.get('step')}: {last.get('uri')}")
+    if result.get("message"):
+        table.add_row("error", str(result["message"])[:500])
+    png = plot(read_events(run_dir / "pod-0" / "progress.jsonl"), run_dir / "curves.png")
+    if png is not None:
+        table.add_row("curves", str(png))
+    table.add_row("logs", str(run_dir / "pod-*" / "log.txt"))
+    console.print(table)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def run_job(job: AnyJob, base_dir: Path) -> int:
+    """Run ``job`` locally under ``base_dir/torchyard-runs``; returns the job's exit code."""
+    runs = (base_dir / RUNS_DIR).absolute()
+    pvc_root = runs / "pvc"
+    job = with_local_storage(job, runs / "models")
+    run_dir = runs / job.metadata.name
+    ckpt = checkpoint_dir(job, pvc_root)
+    previous = run_dir / "pod-0" / "result.json"
+    finished_before = False
+    with contextlib.suppress(OSError, ValueError):
+        finished_before = json.loads(previous.read_text()).get("status") == "Succeeded"
+    if finished_before:
+        # a finished job runs again from scratch; an interrupted or failed one resumes
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if ckpt is not None:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    elif ckpt is not None and ckpt.exists():
+        console.print(f"resuming {job.metadata.name} from the checkpoints in {ckpt}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob("pod-*/result.json"):
+        stale.unlink()
+    backoff = job.spec.run_policy.backoff_limit
+    started = time.monotonic()
+    attempt = 0
+    code = 0
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[acc]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task(job.metadata.name, total=None, info="starting", acc="")
+            while True:
+                pods = plan_pods(job, run_dir, pvc_root, attempt)
+                code, failed = run_group(job, pods, attempt, progress, task)
+                if code == 0:
+                    break
+                assert failed is not None
+                log = pods[failed].out_dir / "log.txt"
+                retry = is_retryable(code, job)
+                console.print(
+                    f"[yellow]pod {failed} exited {code} "
+                    f"({'retryable' if retry else 'permanent'}); log: {log}[/]"
+                )
+                if not retry or attempt >= backoff:
+                    if retry:
+                        console.print(f"[red]backoffLimit {backoff} exceeded[/]")
+                    console.print(_tail(log), markup=False)
+                    break
+                attempt += 1
+                console.print(f"restarting the whole group (restart {attempt}/{backoff})")
+                progress.update(task, info=f"restart {attempt}")
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted: all workers stopped; the last checkpoint is kept"
+            + (f" in {ckpt}" if ckpt else "")
+            + " and the next run resumes from it[/]"
+        )
+        return EXIT_INTERRUPTED
+    report(job, run_dir, code, attempt, started)
+    return code
+
+
+def run_manifest(path: Path, workers: int | None, procs_per_worker: int | None) -> int:
+    """`torchyard run MANIFEST`: exit code 0 when the job succeeded, else the failing worker's."""
+    try:
+        job = with_overrides(load_manifest(path), workers, procs_per_worker)
+    except ManifestError as exc:
+        console.print(f"[red]{exc.source}[/]: invalid manifest")
+        for line in exc.errors:
+            console.print(f"    {line}", markup=False)
+        return 2
+    except OSError as exc:
+        console.print(f"[red]{path}: {exc}[/]")
+        return 2
+    # Ctrl-C reaches our process only (children have their own sessions); SIGTERM likewise.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return run_job(job, Path.cwd())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m torchyard.local MANIFEST [WORKERS [PROCS]]`` (the CLI is ``torchyard run``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        console.print("usage: python -m torchyard.local MANIFEST [WORKERS [PROCS_PER_WORKER]]")
+        return 2
+    workers = int(args[1]) if len(args) > 1 else None
+    procs = int(args[2]) if len(args) > 2 else None
+    return run_manifest(Path(args[0]), workers, procs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["run_job", "run_manifest"]
