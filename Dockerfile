@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# The operator image: the `torchyard` package WITHOUT extras (no torch), a non-root user and
+# nothing else. Build from the repository root:
+#   docker build -t ghcr.io/torchyard/operator:0.1.0 .
+ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/torchyard
+# Only what the wheel needs (see .dockerignore): metadata first, then the two source roots.
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY trainer_image/torchyard_trainer/ trainer_image/torchyard_trainer/
+# `.` = the package's own pinned ranges in pyproject.toml; no [trainer] extra, so no torch.
+RUN /opt/torchyard/bin/pip install --no-cache-dir . \
+    && /opt/torchyard/bin/python -c "import torchyard.cli" \
+    && ! /opt/torchyard/bin/python -c "import torch" 2>/dev/null
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="torchyard operator" \
+      org.opencontainers.image.description="Kopf operator for TrainingJob and CompressionJob" \
+      org.opencontainers.image.source="https://github.com/torchyard/torchyard" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/torchyard /opt/torchyard
+ENV PATH=/opt/torchyard/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+# A numeric uid/gid so `runAsNonRoot` can be verified by the kubelet (65532: "nonroot").
+USER 65532:65532
+# 8080: Kopf liveness (/healthz); 9090: Prometheus metrics (/metrics).
+EXPOSE 8080 9090
+ENTRYPOINT ["torchyard"]
+CMD ["operator", "--all-namespaces"]
