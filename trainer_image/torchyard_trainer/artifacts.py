@@ -120,6 +120,24 @@ def resolve_version_dir(store: Path, name: str, version: int | None) -> Path:
     return store / name / f"v{v}"
 
 
+def find_by_job(store: Path, job: str) -> Path:
+    """The newest model version whose lineage names the TrainingJob ``job``."""
+    best: tuple[str, int, Path] | None = None
+    for model_dir in store.iterdir() if store.is_dir() else []:
+        for v in versions(model_dir):
+            vdir = model_dir / f"v{v}"
+            try:
+                card = read_card(vdir)
+            except (OSError, ValueError):
+                continue
+            if card.get("lineage", {}).get("job") == job:
+                key = (str(card.get("created", "")), v, vdir)
+                best = key if best is None or key[:2] > best[:2] else best
+    if best is None:
+        raise ConfigError(f"no model version produced by TrainingJob {job!r} under {store}")
+    return best[2]
+
+
 def read_card(version_dir: Path) -> dict[str, Any]:
     return dict(json.loads((version_dir / CARD).read_text()))
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchyard_trainer.artifacts import load_weights, read_card, resolve_version_dir
+from torchyard_trainer.artifacts import find_by_job, load_weights, read_card, resolve_version_dir
 from torchyard_trainer.data import Dataset
 from torchyard_trainer.env import ConfigError
 from torchyard_trainer.models import build_model
@@ -68,19 +68,21 @@ def resolve_teacher(rt: Runtime, ds: Dataset) -> tuple[nn.Module, dict[str, Any]
         return model, {"teacher": {"checkpoint": teacher.model.checkpoint}}
     if teacher.model_ref is not None:
         store_uri = teacher.model_ref.storage or rt.model_store
-        name, version = teacher.model_ref.name, teacher.model_ref.version
+        if is_remote(store_uri):
+            raise ConfigError("teacher lookup by name needs a file:// or pvc:// model store")
+        store = local_path(store_uri, rt.env.pvc_root)
+        vdir = resolve_version_dir(store, teacher.model_ref.name, teacher.model_ref.version)
     else:
-        # trainingJobRef: that job's model is stored under its name in the same store (the
-        # operator may resolve it into a modelRef in the resolved spec instead).
-        store_uri, name, version = rt.model_store, teacher.training_job_ref, None
-    if is_remote(store_uri):
-        raise ConfigError("teacher lookup by name needs a file:// or pvc:// model store")
-    vdir = resolve_version_dir(local_path(store_uri, rt.env.pvc_root), name, version)
+        # trainingJobRef: the newest version whose lineage names that job, in the same store
+        # (the operator may resolve it into a modelRef in the resolved spec instead)
+        if is_remote(rt.model_store):
+            raise ConfigError("teacher lookup by job needs a file:// or pvc:// model store")
+        vdir = find_by_job(local_path(rt.model_store, rt.env.pvc_root), teacher.training_job_ref)
     card = read_card(vdir)
     model = build_model(ModelSpec.model_validate(card["model"]), ds.info)
     load_weights(Path(vdir), model)
     ref = {
-        "name": card.get("name", name),
+        "name": card.get("name"),
         "version": card.get("version"),
         "uri": card.get("uri"),
         "sha256": card.get("sha256"),
