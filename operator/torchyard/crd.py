@@ -73,6 +73,11 @@ def structural(node: Schema, defs: dict[str, Schema], path: str = "") -> Schema:
             }
         elif key == "items":
             out["items"] = structural(value, defs, f"{path}[]")
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            # JSON Schema 2020-12 puts the bound in the keyword; OpenAPI v3.0 (what the
+            # API server takes) wants minimum/maximum plus a boolean.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         elif key == "description":
             # Docstrings wrap lines; `kubectl explain` re-wraps, so keep one paragraph.
             out["description"] = " ".join(str(value).split())

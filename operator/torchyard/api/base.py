@@ -80,7 +80,12 @@ class KubeModel(BaseModel):
             factory = field.default_factory
             if isinstance(factory, type) and issubclass(factory, KubeModel):
                 alias = field.alias or name
-                target.setdefault("properties", {}).setdefault(alias, {})["default"] = {}
+                # The defaults written out (not `{}`): the API server checks a default
+                # against the object's CEL rules before nested defaults apply, so `{}`
+                # fails every rule that reads a defaulted field (e.g. scheduling.gang).
+                target.setdefault("properties", {}).setdefault(alias, {})["default"] = (
+                    factory().model_dump(by_alias=True, exclude_none=True, mode="json")
+                )
         return json_schema
 
 

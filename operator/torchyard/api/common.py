@@ -159,7 +159,8 @@ class EnvVar(KubeModel):
 def _reserved_env_cel() -> str:
     names = ", ".join(f"'{n}'" for n in RESERVED_ENV_NAMES)
     prefixes = " && ".join(f"!e.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
-    return f"self.all(e, !(e.name in [{names}]) && {prefixes})"
+    # The rule sits on the spec (its fieldPath is .env), so it ranges over self.env.
+    return f"!has(self.env) || self.env.all(e, !(e.name in [{names}]) && {prefixes})"
 
 
 def env_is_free(env: list[EnvVar]) -> bool:

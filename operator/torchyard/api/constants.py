@@ -49,6 +49,8 @@ class Reason:
 
     JOB_CREATED: Final = "JobCreated"
     WAITING_FOR_SOURCE: Final = "WaitingForSourceModel"
+    SOURCE_READY: Final = "SourceModelReady"
+    SOURCE_FAILED: Final = "SourceJobFailed"
     WORKERS_RUNNING: Final = "WorkersRunning"
     WORKERS_PENDING: Final = "WorkersPending"
     RETRYABLE_FAILURE: Final = "RetryableFailure"
