@@ -30,7 +30,7 @@ ENV PATH=/opt/torchyard/bin:$PATH \
     HOME=/tmp
 # A numeric uid/gid so `runAsNonRoot` can be verified by the kubelet (65532: "nonroot").
 USER 65532:65532
-# 8080: Kopf liveness (/healthz); 9090: Prometheus metrics (/metrics).
-EXPOSE 8080 9090
+# 8080: Prometheus metrics (/metrics, --metrics-port); 8081: Kopf liveness (/healthz, --health-port).
+EXPOSE 8080 8081
 ENTRYPOINT ["torchyard"]
 CMD ["operator", "--all-namespaces"]
