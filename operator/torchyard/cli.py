@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from torchyard.api import ManifestError, load_manifests
+from torchyard.cli_cluster import register as register_cluster_commands
 from torchyard.crd import all_crds, render, write_crds
 
 app = typer.Typer(
@@ -103,6 +104,9 @@ def run(
     from torchyard.local import run_manifest
 
     raise typer.Exit(code=run_manifest(manifest, workers, procs_per_worker))
+
+
+register_cluster_commands(app)  # operator, get, describe, logs
 
 
 def main() -> None:

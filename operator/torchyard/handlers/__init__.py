@@ -1,0 +1,217 @@
+"""Kopf handlers of the torchyard operator: thin, level-based.
+
+Importing this package registers the handlers with Kopf's default registry:
+
+- ``on.event`` of TrainingJobs, CompressionJobs and the batch Jobs we own feed the
+  reconciler's caches and work queue (:mod:`torchyard.handlers.reconciler`); no handler
+  here changes anything itself, so Kopf writes no progress/diff-base annotations and adds no
+  finalizer to ordinary jobs — no extra PATCH per event;
+- ``timer`` (only on jobs with ``activeDeadlineSeconds`` or ``ttlSecondsAfterFinished``)
+  fires the deadline (a reconcile fails the job) and the TTL (the job is deleted, its
+  children follow by garbage collection);
+- ``on.startup`` applies the operator settings (:func:`configure`), ``on.probe`` reports the
+  queue on the liveness endpoint.
+
+Run with :func:`run_operator` (``torchyard operator``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from torchyard.api.constants import (
+    COMPRESSION_JOB_PLURAL,
+    GROUP,
+    TRAINING_JOB_PLURAL,
+    VERSION,
+    Label,
+)
+from torchyard.handlers.reconciler import Reconciler, Settings
+from torchyard.metrics import OperatorMetrics
+from torchyard.status import lifetime_due
+
+log = logging.getLogger("torchyard.operator")
+
+FINALIZER = f"{GROUP}/finalizer"
+ANNOTATION_PREFIX = GROUP
+LIFETIME_TIMER_INTERVAL = 1.0
+KINDS = {TRAINING_JOB_PLURAL: "TrainingJob", COMPRESSION_JOB_PLURAL: "CompressionJob"}
+
+
+def configure(settings: kopf.OperatorSettings, *, peering: str | None = None) -> None:
+    """Production settings (see docs/operator.md)."""
+    # Our own prefix for everything Kopf stores on objects: the finalizer (timers need one)
+    # and handler progress/diff-base in annotations — never in status, which stays
+    # schema-clean (the CRD's status schema has no room for Kopf's fields).
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # Kopf would post an Event for every timer run; we post our own, one per transition.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "torchyard-operator"
+    # Watch only what we own, filtered by the API server.
+    settings.watching.label_selectors["batch", "jobs"] = f"{Label.MANAGED_BY}=torchyard"
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    # Bounded retries for Kopf's own handlers (the timer): 1, 2, 4 ... 30 s.
+    settings.execution.default_backoff = 5
+    settings.queueing.error_delays = (1, 2, 4, 8, 15, 30)
+    if peering:
+        settings.peering.name = peering
+        settings.peering.mandatory = True
+        settings.peering.standalone = False
+    else:
+        # One replica (Deployment replicas: 1, strategy Recreate): no peering objects needed.
+        settings.peering.standalone = True
+
+
+@dataclass
+class OperatorOptions:
+    namespaces: list[str]
+    all_namespaces: bool = True
+    metrics_port: int | None = 8080
+    health_port: int | None = 8081
+    default_image: str | None = None
+    default_storage: str | None = None
+    peering: str | None = None
+    verbose: bool = False
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    return {k: body[k] for k in body}
+
+
+def _reconciler(memo: Any) -> Reconciler:
+    r: Reconciler = memo.reconciler
+    return r
+
+
+@kopf.on.startup()
+async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    configure(settings, peering=getattr(memo, "peering", None))
+    _reconciler(memo).bind(asyncio.get_running_loop())
+
+
+@kopf.on.probe(id="queue")
+def _probe_queue(memo: Any, **_: Any) -> int:
+    return len(_reconciler(memo)._pending)
+
+
+@kopf.on.event(GROUP, VERSION, TRAINING_JOB_PLURAL)
+async def _training_job_event(event: Any, body: Any, memo: Any, **_: Any) -> None:
+    _reconciler(memo).observe_object("TrainingJob", _plain(body), event.get("type"))
+
+
+@kopf.on.event(GROUP, VERSION, COMPRESSION_JOB_PLURAL)
+async def _compression_job_event(event: Any, body: Any, memo: Any, **_: Any) -> None:
+    _reconciler(memo).observe_object("CompressionJob", _plain(body), event.get("type"))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={Label.MANAGED_BY: "torchyard"})
+async def _worker_job_event(event: Any, body: Any, memo: Any, **_: Any) -> None:
+    _reconciler(memo).observe_job(_plain(body), event.get("type"))
+
+
+def _has_lifetime_policy(spec: Any, **_: Any) -> bool:
+    policy = spec.get("runPolicy") or {}
+    return (
+        policy.get("activeDeadlineSeconds") is not None
+        or policy.get("ttlSecondsAfterFinished") is not None
+    )
+
+
+async def _lifetime(kind: str, body: Any, memo: Any) -> None:
+    due = lifetime_due(_plain(body), datetime.now(UTC))
+    meta = body.get("metadata") or {}
+    key = (kind, str(meta.get("namespace")), str(meta.get("name")))
+    r = _reconciler(memo)
+    if due == "deadline":
+        r.enqueue(key, 0.0)
+    elif due == "ttl":
+        from kubernetes import client
+
+        plural = TRAINING_JOB_PLURAL if kind == "TrainingJob" else COMPRESSION_JOB_PLURAL
+        try:
+            await asyncio.to_thread(
+                r.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                key[1],
+                plural,
+                key[2],
+                body=client.V1DeleteOptions(propagation_policy="Background"),
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return
+            raise kopf.TemporaryError(f"could not delete after TTL: {exc.reason}", delay=5) from exc
+        log.info("%s %s/%s deleted: ttlSecondsAfterFinished passed", *key)
+
+
+@kopf.timer(
+    GROUP, VERSION, TRAINING_JOB_PLURAL, interval=LIFETIME_TIMER_INTERVAL, when=_has_lifetime_policy
+)
+async def _training_job_lifetime(body: Any, memo: Any, **_: Any) -> None:
+    await _lifetime("TrainingJob", body, memo)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    COMPRESSION_JOB_PLURAL,
+    interval=LIFETIME_TIMER_INTERVAL,
+    when=_has_lifetime_policy,
+)
+async def _compression_job_lifetime(body: Any, memo: Any, **_: Any) -> None:
+    await _lifetime("CompressionJob", body, memo)
+
+
+def _api_client() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = 32
+    return client.ApiClient(cfg)
+
+
+def run_operator(opts: OperatorOptions) -> None:
+    """Run the operator until SIGINT/SIGTERM (blocking)."""
+    kopf.configure(verbose=opts.verbose)
+    metrics = OperatorMetrics()
+    settings = Settings()
+    if opts.default_image:
+        settings.default_image = opts.default_image
+    settings.default_storage = opts.default_storage
+    reconciler = Reconciler(_api_client(), metrics, settings)
+    if opts.metrics_port:
+        metrics.serve(opts.metrics_port)
+    liveness = f"http://0.0.0.0:{opts.health_port}/healthz" if opts.health_port else None
+    memo = kopf.Memo(reconciler=reconciler, peering=opts.peering)
+    kopf.run(
+        standalone=opts.peering is None,
+        peering_name=opts.peering,
+        clusterwide=opts.all_namespaces and not opts.namespaces,
+        namespaces=opts.namespaces,
+        liveness_endpoint=liveness,
+        memo=memo,
+    )
+
+
+__all__ = ["FINALIZER", "OperatorOptions", "configure", "run_operator"]

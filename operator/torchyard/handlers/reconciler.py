@@ -1,0 +1,562 @@
+"""The reconciler: the I/O around :func:`torchyard.status.decide`.
+
+Kopf's watch streams (TrainingJobs, CompressionJobs, and the batch Jobs we create) feed two
+in-memory caches and a small work queue keyed by job. One reconcile of one job at a time
+(a lock per key), bursts of events coalesced into one reconcile, failures retried with capped
+exponential backoff a bounded number of times. A reconcile reads the caches (no GETs), asks
+the pure state machine what to do, creates/deletes/patches children, writes the status with
+an optimistic-concurrency precondition (``metadata.resourceVersion``: a stale cache can never
+double-count a restart) and posts Kubernetes Events.
+
+The API calls are the synchronous ``kubernetes`` client, run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import kopf
+from kubernetes import client
+
+from torchyard.api.constants import (
+    COMPRESSION_JOB_PLURAL,
+    DEFAULT_TRAINER_IMAGE,
+    GROUP,
+    TRAINING_JOB_PLURAL,
+    VERSION,
+    Label,
+    Phase,
+    Reason,
+)
+from torchyard.builders import build_children
+from torchyard.handlers.gang import GangResolver
+from torchyard.metrics import OperatorMetrics
+from torchyard.status import (
+    Action,
+    ActionKind,
+    Decision,
+    Event,
+    JobInfo,
+    JobView,
+    Observed,
+    PodInfo,
+    SourceInfo,
+    decide,
+    decide_failure,
+    rfc3339,
+    status_patch,
+)
+
+log = logging.getLogger("torchyard.operator")
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+PLURALS = {"TrainingJob": TRAINING_JOB_PLURAL, "CompressionJob": COMPRESSION_JOB_PLURAL}
+KIND_OF_LABEL = {"trainingjob": "TrainingJob", "compressionjob": "CompressionJob"}
+MAX_ATTEMPTS = 12
+COMPONENT = "torchyard-operator"
+
+
+class Conflict(Exception):
+    """The cached object was stale (409 on a guarded write): reconcile again."""
+
+
+def _rv(obj: dict[str, Any] | None) -> int:
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass
+class Settings:
+    default_image: str = DEFAULT_TRAINER_IMAGE
+    default_storage: str | None = None
+    workers: int = 16
+    """Reconciles running at once."""
+    coalesce_seconds: float = 0.02
+    """How long a queued key waits for more events before it is reconciled."""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        api: Any,
+        metrics: OperatorMetrics,
+        settings: Settings | None = None,
+        gang: GangResolver | None = None,
+    ) -> None:
+        self.api = api
+        # Typed as Any: the manifests are plain dicts, which the client accepts as bodies.
+        self.core: Any = client.CoreV1Api(api)
+        self.batch: Any = client.BatchV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.metrics = metrics
+        self.settings = settings or Settings()
+        self.gang = gang or GangResolver(api)
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.jobs: dict[Key, dict[str, Any]] = {}
+        self.dependents: dict[tuple[str, str], set[Key]] = {}
+        self._pending: set[Key] = set()
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._attempts: dict[Key, int] = {}
+        self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seen_pods_created: set[Key] = set()
+        self._seen_running: set[Key] = set()
+        self.instance = socket.gethostname()
+
+    # ------------------------------------------------------------------ cache + queue
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._sem = asyncio.Semaphore(self.settings.workers)
+
+    def observe_object(self, kind: str, body: dict[str, Any], event_type: str | None) -> None:
+        meta = body.get("metadata") or {}
+        key: Key = (kind, str(meta.get("namespace")), str(meta.get("name")))
+        if event_type == "DELETED":
+            self.objects.pop(key, None)
+            self._forget(key)
+            return
+        if _rv(body) >= _rv(self.objects.get(key)):
+            self.objects[key] = body
+        if kind == "CompressionJob":
+            ref = ((body.get("spec") or {}).get("source") or {}).get("trainingJobRef")
+            if ref:
+                self.dependents.setdefault((key[1], ref), set()).add(key)
+        else:
+            for dep in self.dependents.get((key[1], key[2]), set()):
+                self.enqueue(dep)
+        self.enqueue(key)
+
+    def observe_job(self, body: dict[str, Any], event_type: str | None) -> None:
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        kind = KIND_OF_LABEL.get(str(labels.get(Label.JOB_KIND, "")))
+        parent = labels.get(Label.JOB_NAME)
+        if kind is None or parent is None:
+            return
+        key: Key = (kind, str(meta.get("namespace")), str(parent))
+        if event_type == "DELETED":
+            if self.jobs.get(key, {}).get("metadata", {}).get("uid") == meta.get("uid"):
+                self.jobs.pop(key, None)
+        elif _rv(body) >= _rv(self.jobs.get(key)) or self.jobs.get(key, {}).get("metadata", {}).get(
+            "uid"
+        ) != meta.get("uid"):
+            self.jobs[key] = body
+        self.enqueue(key)
+
+    def _forget(self, key: Key) -> None:
+        self.jobs.pop(key, None)
+        self._attempts.pop(key, None)
+        self._seen_pods_created.discard(key)
+        self._seen_running.discard(key)
+        for deps in self.dependents.values():
+            deps.discard(key)
+        self.metrics.forget_job(*key)
+
+    def enqueue(self, key: Key, delay: float | None = None) -> None:
+        if key in self._pending or self._loop is None:
+            return
+        self._pending.add(key)
+        self.metrics.queue_depth.set(len(self._pending))
+        wait = self.settings.coalesce_seconds if delay is None else delay
+
+        def start() -> None:
+            task = asyncio.ensure_future(self._run(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._loop.call_soon_threadsafe(lambda: self._loop.call_later(wait, start))  # type: ignore[union-attr]
+
+    async def _run(self, key: Key) -> None:
+        assert self._sem is not None
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with self._sem, lock:
+            self._pending.discard(key)
+            self.metrics.queue_depth.set(len(self._pending))
+            started = time.perf_counter()
+            try:
+                await asyncio.to_thread(self.reconcile, key)
+            except Conflict:
+                self.enqueue(key, 0.05)
+            except Exception as exc:
+                self.metrics.reconcile_errors.labels(key[0]).inc()
+                attempt = self._attempts.get(key, 0) + 1
+                self._attempts[key] = attempt
+                if attempt >= MAX_ATTEMPTS:
+                    log.error("%s %s/%s: giving up after %d attempts: %s", *key, attempt, exc)
+                    self._attempts.pop(key, None)
+                else:
+                    delay = min(0.5 * 2 ** (attempt - 1), 30.0)
+                    log.warning(
+                        "%s %s/%s: reconcile failed (attempt %d, retry in %.1fs): %s",
+                        *key,
+                        attempt,
+                        delay,
+                        exc,
+                    )
+                    self.enqueue(key, delay)
+            else:
+                self._attempts.pop(key, None)
+            finally:
+                self.metrics.reconcile_seconds.labels(key[0]).observe(time.perf_counter() - started)
+            if not self._locks[key].locked() and key not in self._pending:
+                self._locks.pop(key, None)
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending and not self._tasks
+
+    # ------------------------------------------------------------------ one reconcile
+
+    def reconcile(self, key: Key) -> None:
+        body = self.objects.get(key)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        view = JobView.from_body(body)
+        now = datetime.now(UTC)
+        job_body = self.jobs.get(key)
+        obs = Observed(now=now, job=JobInfo.from_dict(job_body) if job_body else None)
+        decision = decide(view, obs)
+        if decision.needs_source:
+            obs = Observed(now=now, job=obs.job, pods=obs.pods, source=self._source(view, body))
+            decision = decide(view, obs)
+        if decision.needs_pods and obs.job is not None:
+            obs = Observed(now=now, job=obs.job, pods=self._pods(key, obs.job), source=obs.source)
+            decision = decide(view, obs)
+        try:
+            self._act(key, body, view, decision.before_status)
+        except _Refused as exc:
+            decision = decide_failure(view, obs, Reason.INVALID_SPEC, str(exc))
+            self._act(key, body, view, decision.before_status)
+        self._write_status(key, body, view, decision)
+        self._act(key, body, view, decision.after_status)
+        self._observe_metrics(key, body, view, decision, obs)
+
+    def _source(self, view: JobView, body: dict[str, Any]) -> SourceInfo:
+        ref = ((body.get("spec") or {}).get("source") or {}).get("trainingJobRef")
+        src = self.objects.get(("TrainingJob", view.namespace, str(ref)))
+        if src is None:
+            return SourceInfo(found=False)
+        status = src.get("status") or {}
+        return SourceInfo(found=True, phase=status.get("phase"), model=status.get("model"))
+
+    def _pods(self, key: Key, job: JobInfo) -> tuple[PodInfo, ...]:
+        selector = f"batch.kubernetes.io/controller-uid={job.uid}"
+        pods = self._call(
+            "list", "pods", self.core.list_namespaced_pod, key[1], label_selector=selector
+        )
+        return tuple(PodInfo.from_dict(self.api.sanitize_for_serialization(p)) for p in pods.items)
+
+    # ------------------------------------------------------------------ actions
+
+    def _act(self, key: Key, body: dict[str, Any], view: JobView, actions: list[Action]) -> None:
+        for action in actions:
+            if action.kind is ActionKind.CREATE:
+                self._create(key, body, view, action.restart_count)
+            elif action.kind is ActionKind.DELETE_JOB:
+                self._delete_job(key, action.job_uid)
+            elif action.kind is ActionKind.SUSPEND_JOB:
+                self._suspend_job(key, True)
+            elif action.kind is ActionKind.RESUME_JOB:
+                self._suspend_job(key, False)
+            elif action.kind is ActionKind.CLEAN_PODS:
+                self._clean_pods(key, str(action.pod_policy))
+
+    def _create(self, key: Key, body: dict[str, Any], view: JobView, restart_count: int) -> None:
+        assert view.parsed is not None
+        ns = view.namespace
+        job_model = view.parsed
+        if self.settings.default_storage and job_model.spec.output.storage is None:
+            # The operator's default model store, written into the resolved spec the
+            # workers read (and mounted when it is a pvc:// URI).
+            job_model = job_model.model_copy(deep=True)
+            job_model.spec.output.storage = self.settings.default_storage
+        gang = self.gang.resolve(job_model.spec.scheduling)
+        children = build_children(
+            job_model,
+            namespace=ns,
+            gang=gang,
+            restart_count=restart_count,
+            default_image=self.settings.default_image,
+        )
+        objs = children.all()
+        kopf.adopt(objs, owner=body)  # type: ignore[arg-type]
+        for obj in objs:
+            kind = obj["kind"]
+            if kind == "ConfigMap":
+                self._create_or_exists(
+                    "configmaps",
+                    partial(self.core.create_namespaced_config_map, ns, obj),
+                    update=partial(
+                        self.core.patch_namespaced_config_map,
+                        obj["metadata"]["name"],
+                        ns,
+                        {"data": obj["data"]},
+                    ),
+                )
+            elif kind == "Service":
+                self._create_or_exists(
+                    "services", partial(self.core.create_namespaced_service, ns, obj)
+                )
+            elif kind == "PodGroup":
+                group, version = obj["apiVersion"].split("/")
+                self._create_or_exists(
+                    "podgroups",
+                    partial(
+                        self.custom.create_namespaced_custom_object,
+                        group,
+                        version,
+                        ns,
+                        "podgroups",
+                        obj,
+                    ),
+                )
+            elif kind == "Job":
+                created = self._create_or_exists(
+                    "jobs", partial(self.batch.create_namespaced_job, ns, obj)
+                )
+                if created is not None:
+                    self.observe_job(self.api.sanitize_for_serialization(created), "ADDED")
+
+    def _create_or_exists(
+        self, resource: str, create: Callable[[], Any], update: Callable[[], Any] | None = None
+    ) -> Any:
+        try:
+            return self._call("create", resource, create)
+        except client.ApiException as exc:
+            if exc.status == 409:
+                if update is not None:
+                    self._call("patch", resource, update)
+                return None
+            if exc.status in (400, 403, 422) and resource != "podgroups":
+                raise _Refused(
+                    f"the API server refused the {resource[:-1]}: {_reason(exc)}"
+                ) from exc
+            raise
+
+    def _delete_job(self, key: Key, uid: str | None) -> None:
+        opts = client.V1DeleteOptions(
+            propagation_policy="Foreground",
+            preconditions=client.V1Preconditions(uid=uid) if uid else None,
+        )
+        try:
+            self._call(
+                "delete", "jobs", self.batch.delete_namespaced_job, key[2], key[1], body=opts
+            )
+        except client.ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    def _suspend_job(self, key: Key, suspend: bool) -> None:
+        try:
+            self._call(
+                "patch",
+                "jobs",
+                self.batch.patch_namespaced_job,
+                key[2],
+                key[1],
+                {"spec": {"suspend": suspend}},
+            )
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def _clean_pods(self, key: Key, policy: str) -> None:
+        selector = f"{Label.JOB_NAME}={key[2]},{Label.JOB_KIND}={key[0].lower()}"
+        pods = self._call(
+            "list", "pods", self.core.list_namespaced_pod, key[1], label_selector=selector
+        )
+        for pod in pods.items:
+            if pod.metadata.deletion_timestamp is not None:
+                continue
+            if policy == "Running" and pod.status.phase not in ("Pending", "Running"):
+                continue
+            try:
+                self._call(
+                    "delete", "pods", self.core.delete_namespaced_pod, pod.metadata.name, key[1]
+                )
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+    # ------------------------------------------------------------------ status + events
+
+    def _write_status(
+        self, key: Key, body: dict[str, Any], view: JobView, decision: Decision
+    ) -> None:
+        old = dict(body.get("status") or {})
+        patch = status_patch(old, decision.status)
+        if patch:
+            rv = (body.get("metadata") or {}).get("resourceVersion")
+            try:
+                updated = self._call(
+                    "patch",
+                    PLURALS[key[0]] + "/status",
+                    self.custom.patch_namespaced_custom_object_status,
+                    GROUP,
+                    VERSION,
+                    key[1],
+                    PLURALS[key[0]],
+                    key[2],
+                    {"metadata": {"resourceVersion": rv}, "status": patch},
+                )
+            except client.ApiException as exc:
+                if exc.status == 409:
+                    self._refresh(key)
+                    raise Conflict() from exc
+                if exc.status == 404:
+                    return
+                raise
+            if isinstance(updated, dict) and _rv(updated) >= _rv(self.objects.get(key)):
+                self.objects[key] = updated
+            body = updated if isinstance(updated, dict) else body
+        for event in decision.events:
+            self._post_event(body, event)
+
+    def _refresh(self, key: Key) -> None:
+        try:
+            fresh = self._call(
+                "get",
+                PLURALS[key[0]],
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                key[1],
+                PLURALS[key[0]],
+                key[2],
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                self.objects.pop(key, None)
+                return
+            raise
+        if _rv(fresh) >= _rv(self.objects.get(key)):
+            self.objects[key] = fresh
+
+    def _post_event(self, body: dict[str, Any], event: Event) -> None:
+        meta = body.get("metadata") or {}
+        now = rfc3339(datetime.now(UTC))
+        ev = {
+            "metadata": {
+                "generateName": f"{meta.get('name')}.",
+                "namespace": meta.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "type": event.type,
+            "source": {"component": COMPONENT},
+            "reportingComponent": f"{GROUP}/operator",
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self._call(
+                "create", "events", self.core.create_namespaced_event, meta.get("namespace"), ev
+            )
+        except client.ApiException as exc:  # an event is never worth failing a reconcile
+            log.warning("could not post event %s: %s", event.reason, _reason(exc))
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _call(self, verb: str, resource: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        self.metrics.api_requests.labels(verb, resource).inc()
+        try:
+            return fn(*args, **kw)
+        except client.ApiException as exc:
+            if not (exc.status == 409 and verb == "create"):
+                self.metrics.api_errors.labels(verb, resource, str(exc.status)).inc()
+            raise
+
+    def _observe_metrics(
+        self,
+        key: Key,
+        body: dict[str, Any],
+        view: JobView,
+        decision: Decision,
+        obs: Observed,
+    ) -> None:
+        kind = key[0]
+        status = decision.status
+        spec = view.parsed.spec if view.parsed is not None else None
+        self.metrics.observe_job(
+            kind,
+            key[1],
+            key[2],
+            status.get("phase"),
+            strategy=str(getattr(spec, "strategy", "compression")) if spec else "",
+            workers=int(spec.workers) if spec else 0,
+            gang=str(spec.scheduling.gang) if spec else "",
+        )
+        old = body.get("status") or {}
+        if int(status.get("restarts") or 0) > int(old.get("restarts") or 0):
+            self.metrics.restarts.labels(kind, key[1]).inc()
+        created = _creation(body)
+        if created is None or spec is None or int(status.get("restarts") or 0) > 0:
+            return
+        job = obs.job
+        if (
+            key not in self._seen_pods_created
+            and job is not None
+            and job.active + job.succeeded + job.failed >= spec.workers
+            and old.get("phase") in (None, Phase.PENDING, Phase.WAITING)
+        ):
+            self._seen_pods_created.add(key)
+            self.metrics.pods_created_seconds.labels(kind).observe(
+                max(0.0, obs.now.timestamp() - created)
+            )
+        if (
+            key not in self._seen_running
+            and status.get("phase") == Phase.RUNNING
+            and old.get("phase") != Phase.RUNNING
+        ):
+            self._seen_running.add(key)
+            self.metrics.running_seconds.labels(kind).observe(
+                max(0.0, obs.now.timestamp() - created)
+            )
+
+
+class _Refused(Exception):
+    """The API server refused a child as invalid: the job cannot run as written."""
+
+
+def _reason(exc: client.ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(str(exc.body)).get("message"))
+    except (TypeError, ValueError, AttributeError):
+        return f"{exc.status} {exc.reason}"
+
+
+def _creation(body: dict[str, Any]) -> float | None:
+    ts = (body.get("metadata") or {}).get("creationTimestamp")
+    if not ts:
+        return None
+    try:
+        return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+__all__ = ["Conflict", "Key", "Reconciler", "Settings"]

@@ -1,0 +1,550 @@
+"""The phase/condition state machine (torchyard.status): pure data in, decision out."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from torchyard.api.constants import ConditionType, Phase, Reason
+from torchyard.status import (
+    ActionKind,
+    Decision,
+    JobInfo,
+    JobView,
+    Observed,
+    PodInfo,
+    SourceInfo,
+    decide,
+    get_condition,
+    lifetime_due,
+    parse_result,
+    rfc3339,
+    set_condition,
+    status_patch,
+)
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def tj_body(
+    *,
+    workers: int = 2,
+    run_policy: dict[str, Any] | None = None,
+    status: dict[str, Any] | None = None,
+    scheduling: dict[str, Any] | None = None,
+    env: list[dict[str, str]] | None = None,
+    generation: int = 1,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "workers": workers,
+        "model": {"builtin": "mlp"},
+        "data": {"builtin": "digits"},
+        "batchSize": 64,
+        "runPolicy": run_policy or {},
+    }
+    if scheduling:
+        spec["scheduling"] = scheduling
+    if env:
+        spec["env"] = env
+    return {
+        "apiVersion": "torchyard.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {
+            "name": "digits",
+            "namespace": "ml",
+            "generation": generation,
+            "uid": "u1",
+            "resourceVersion": "10",
+            "creationTimestamp": rfc3339(T0),
+        },
+        "spec": spec,
+        "status": status or {},
+    }
+
+
+def cj_body(status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "torchyard.io/v1alpha1",
+        "kind": "CompressionJob",
+        "metadata": {"name": "prune", "namespace": "ml", "generation": 1},
+        "spec": {
+            "source": {"trainingJobRef": "digits"},
+            "data": {"builtin": "digits"},
+            "steps": [{"prune": {"method": "magnitude", "sparsity": 0.9}}],
+        },
+        "status": status or {},
+    }
+
+
+def job(
+    *,
+    restart: int = 0,
+    active: int = 0,
+    ready: int = 0,
+    succeeded: int = 0,
+    failed: int = 0,
+    complete: bool = False,
+    failed_reason: str | None = None,
+    suspended: bool = False,
+    deleting: bool = False,
+    uid: str = "job-uid",
+) -> JobInfo:
+    return JobInfo(
+        name="digits",
+        uid=uid,
+        restart_count=restart,
+        deleting=deleting,
+        suspended=suspended,
+        active=active,
+        ready=ready,
+        succeeded=succeeded,
+        failed=failed,
+        complete=complete,
+        failed_reason=failed_reason,
+    )
+
+
+def pod(index: int, phase: str, code: int | None = None, message: str | None = None) -> PodInfo:
+    return PodInfo(name=f"digits-{index}-x", index=index, phase=phase, exit_code=code,
+                   message=message)
+
+
+def run(body: dict[str, Any], *, now: datetime = T0, **obs: Any) -> Decision:
+    return decide(JobView.from_body(body), Observed(now=now, **obs))
+
+
+def step(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """The body after the decision's status was written."""
+    return {**body, "status": decision.status}
+
+
+def kinds(d: Decision) -> list[ActionKind]:
+    return [a.kind for a in d.actions]
+
+
+def cond(d: Decision, ctype: str) -> dict[str, Any]:
+    c = get_condition(d.status, ctype)
+    assert c is not None, f"no condition {ctype} in {d.status.get('conditions')}"
+    return c
+
+
+# ------------------------------------------------------------------------ creation
+
+
+def test_new_job_creates_children_and_is_pending() -> None:
+    d = run(tj_body())
+    assert kinds(d) == [ActionKind.CREATE]
+    assert d.before_status[0].restart_count == 0
+    assert d.status["phase"] == Phase.PENDING
+    assert cond(d, ConditionType.CREATED)["status"] == "True"
+    assert cond(d, ConditionType.CREATED)["reason"] == Reason.JOB_CREATED
+    assert d.status["observedGeneration"] == 1
+    assert d.status["restarts"] == 0
+    assert d.status["selector"] == "torchyard.io/job-name=digits,torchyard.io/job-kind=trainingjob"
+    assert [e.reason for e in d.events] == [Reason.JOB_CREATED]
+
+
+def test_recreate_is_idempotent_and_silent() -> None:
+    first = run(tj_body())
+    again = run(step(tj_body(), first), now=T0 + timedelta(seconds=5))
+    assert kinds(again) == [ActionKind.CREATE]  # the Job is still missing from the cache
+    assert again.events == []
+    assert status_patch(first.status, again.status) == {}
+
+
+def test_pending_until_every_worker_is_ready_then_running() -> None:
+    created = run(tj_body())
+    body = step(tj_body(), created)
+    pending = run(body, job=job(active=2, ready=1), now=T0 + timedelta(seconds=1))
+    assert pending.status["phase"] == Phase.PENDING
+    assert pending.status["message"] == "1/2 workers ready"
+    assert pending.status["workers"] == {"active": 2, "ready": 1, "succeeded": 0, "failed": 0}
+    assert pending.status["startTime"] == rfc3339(T0 + timedelta(seconds=1))
+    running = run(step(body, pending), job=job(active=2, ready=2), now=T0 + timedelta(seconds=2))
+    assert running.status["phase"] == Phase.RUNNING
+    assert cond(running, ConditionType.RUNNING)["reason"] == Reason.WORKERS_RUNNING
+    assert [e.reason for e in running.events] == [Reason.WORKERS_RUNNING]
+    assert running.actions == []
+    # startTime stays the first one
+    assert running.status["startTime"] == rfc3339(T0 + timedelta(seconds=1))
+
+
+def test_last_transition_time_moves_only_when_status_changes() -> None:
+    status: dict[str, Any] = {}
+    set_condition(status, "Running", True, "A", "m1", T0)
+    set_condition(status, "Running", True, "B", "m2", T0 + timedelta(seconds=9))
+    c = status["conditions"][0]
+    assert c["lastTransitionTime"] == rfc3339(T0)
+    assert (c["reason"], c["message"]) == ("B", "m2")
+    set_condition(status, "Running", False, "C", "m3", T0 + timedelta(seconds=20))
+    assert status["conditions"][0]["lastTransitionTime"] == rfc3339(T0 + timedelta(seconds=20))
+
+
+def test_running_job_is_a_fixed_point() -> None:
+    body = tj_body()
+    d = run(body)
+    d = run(step(body, d), job=job(active=2, ready=2))
+    again = run(step(body, d), job=job(active=2, ready=2), now=T0 + timedelta(minutes=5))
+    assert status_patch(d.status, again.status) == {}
+    assert again.events == []
+    assert again.actions == []
+
+
+# ------------------------------------------------------------------------ success
+
+
+def test_complete_job_needs_pods_then_succeeds_with_result() -> None:
+    body = step(tj_body(), run(tj_body()))
+    finished = job(succeeded=2, complete=True)
+    first = run(body, job=finished)
+    assert first.needs_pods
+    assert first.actions == []
+    result = {
+        "status": "Succeeded",
+        "step": 170,
+        "totalSteps": 170,
+        "epoch": 30,
+        "metrics": {"accuracy": 0.97, "loss": 0.1},
+        "model": {"name": "digits-mlp", "version": 3, "uri": "file:///m/3", "sha256": "ab",
+                  "metrics": {"accuracy": 0.97}},
+        "lastCheckpoint": {"step": 170, "uri": "file:///c/170", "time": "2026-01-01T12:00:00Z"},
+        "ignoredField": [1, 2],
+    }
+    pods = (pod(0, "Succeeded", 0, json.dumps(result, indent=2)), pod(1, "Succeeded", 0))
+    d = run(body, job=finished, pods=pods, now=T0 + timedelta(minutes=1))
+    assert d.status["phase"] == Phase.SUCCEEDED
+    assert cond(d, ConditionType.SUCCEEDED)["status"] == "True"
+    assert cond(d, ConditionType.RUNNING)["status"] == "False"
+    assert d.status["completionTime"] == rfc3339(T0 + timedelta(minutes=1))
+    assert d.status["model"]["version"] == 3
+    assert d.status["progress"] == {"epoch": 30, "step": 170, "totalSteps": 170, "loss": 0.1,
+                                    "accuracy": 0.97}
+    assert d.status["lastCheckpoint"]["step"] == 170
+    assert "ignoredField" not in d.status
+    assert [e.reason for e in d.events] == [Reason.COMPLETED]
+    # cleanPodPolicy Running (default): clean what still runs
+    assert kinds(d) == [ActionKind.CLEAN_PODS]
+    assert d.before_status[0].pod_policy == "Running"
+
+
+def test_succeeded_is_sticky() -> None:
+    body = step(tj_body(), run(tj_body()))
+    done = run(body, job=job(succeeded=2, complete=True), pods=())
+    later = run(step(body, done), job=None, now=T0 + timedelta(hours=1))
+    assert later.status["phase"] == Phase.SUCCEEDED
+    assert later.actions == []
+    assert later.events == []
+
+
+def test_clean_pod_policy_none_keeps_pods() -> None:
+    body = tj_body(run_policy={"cleanPodPolicy": "None"})
+    body = step(body, run(body))
+    d = run(body, job=job(succeeded=2, complete=True), pods=())
+    assert d.actions == []
+
+
+# ------------------------------------------------------------------------ failures
+
+
+def failed_body(run_policy: dict[str, Any] | None = None, restarts: int = 0) -> dict[str, Any]:
+    body = tj_body(run_policy=run_policy)
+    d = run(body)
+    d.status["restarts"] = restarts
+    d.status["phase"] = Phase.RUNNING
+    return step(body, d)
+
+
+def test_retryable_failure_restarts_the_whole_group() -> None:
+    body = failed_body({"backoffLimit": 2})
+    failed = job(failed=1, active=0, failed_reason="BackoffLimitExceeded", uid="attempt-0")
+    d = run(body, job=failed, pods=(pod(0, "Failed", 137), pod(1, "Failed", 143)))
+    assert d.status["phase"] == Phase.RESTARTING
+    assert d.status["restarts"] == 1
+    assert cond(d, ConditionType.RESTARTING)["reason"] == Reason.RETRYABLE_FAILURE
+    assert "worker 0 exited with code 137" in d.status["message"]
+    assert "restart 1/2" in d.status["message"]
+    # the count is written first, the Job deleted after
+    assert d.before_status == []
+    assert [(a.kind, a.job_uid) for a in d.after_status] == [(ActionKind.DELETE_JOB, "attempt-0")]
+    assert d.events[0].type == "Warning"
+
+
+def test_restart_waits_for_the_old_job_then_creates_the_next_attempt() -> None:
+    body = failed_body({"backoffLimit": 2})
+    d = run(body, job=job(failed_reason="BackoffLimitExceeded"), pods=(pod(1, "Failed", 137),))
+    body = step(body, d)
+    # old attempt still there (deleted in the foreground): delete again if not deleting, wait
+    again = run(body, job=job(restart=0, failed_reason="BackoffLimitExceeded"))
+    assert kinds(again) == [ActionKind.DELETE_JOB]
+    waiting = run(body, job=job(restart=0, deleting=True))
+    assert waiting.actions == []
+    assert waiting.status["phase"] == Phase.RESTARTING
+    gone = run(body, job=None)
+    assert [(a.kind, a.restart_count) for a in gone.actions] == [(ActionKind.CREATE, 1)]
+    assert gone.status["phase"] == Phase.RESTARTING
+    body = step(body, gone)
+    back = run(body, job=job(restart=1, active=2, ready=2))
+    assert back.status["phase"] == Phase.RUNNING
+    assert cond(back, ConditionType.RESTARTING)["status"] == "False"
+    assert "after 1 restart" in back.status["message"]
+
+
+def test_backoff_limit_reached_fails_with_reason() -> None:
+    body = failed_body({"backoffLimit": 1}, restarts=1)
+    d = run(body, job=job(restart=1, failed_reason="BackoffLimitExceeded"),
+            pods=(pod(0, "Failed", 137),))
+    assert d.status["phase"] == Phase.FAILED
+    assert cond(d, ConditionType.FAILED)["reason"] == Reason.BACKOFF_LIMIT_EXCEEDED
+    assert d.status["restarts"] == 1
+    assert ActionKind.DELETE_JOB not in kinds(d)
+
+
+def test_permanent_exit_code_fails_at_once() -> None:
+    body = failed_body({"backoffLimit": 5})
+    message = json.dumps({"status": "Failed", "exitCode": 2, "message": "bad data path"})
+    d = run(body, job=job(failed_reason="PodFailurePolicy"),
+            pods=(pod(0, "Running"), pod(1, "Failed", 2, message)))
+    assert d.status["phase"] == Phase.FAILED
+    assert cond(d, ConditionType.FAILED)["reason"] == Reason.PERMANENT_FAILURE
+    assert "worker 1 exited with code 2: bad data path" in d.status["message"]
+    assert d.status["restarts"] == 0
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "retry"),
+    [
+        ({"retryPolicy": "ExitCode"}, 137, True),
+        ({"retryPolicy": "ExitCode"}, 1, False),
+        ({"retryPolicy": "ExitCode", "retryableExitCodes": [42]}, 42, True),
+        ({"retryPolicy": "OnFailure"}, 1, True),
+        ({"retryPolicy": "Never"}, 137, False),
+    ],
+)
+def test_exit_code_classification(policy: dict[str, Any], code: int, retry: bool) -> None:
+    body = failed_body({"backoffLimit": 3, **policy})
+    d = run(body, job=job(failed_reason="BackoffLimitExceeded"), pods=(pod(0, "Failed", code),))
+    assert (d.status["phase"] == Phase.RESTARTING) is retry
+
+
+def test_failed_is_sticky_and_stops_leftover_workers() -> None:
+    body = failed_body()
+    d = run(body, job=job(failed_reason="PodFailurePolicy"), pods=(pod(0, "Failed", 1),))
+    body = step(body, d)
+    later = run(body, job=job(active=1))
+    assert later.status["phase"] == Phase.FAILED
+    assert kinds(later) == [ActionKind.SUSPEND_JOB]
+
+
+# ------------------------------------------------------------------------ suspend / resume
+
+
+def test_suspend_running_job_then_resume_resets_start_time() -> None:
+    body = tj_body()
+    d = run(body)
+    d = run(step(body, d), job=job(active=2, ready=2))
+    body = step(tj_body(run_policy={"suspend": True}, generation=2), d)
+    s = run(body, job=job(active=2, ready=2), now=T0 + timedelta(minutes=1))
+    assert kinds(s) == [ActionKind.SUSPEND_JOB]
+    assert s.status["phase"] == Phase.SUSPENDED
+    assert cond(s, ConditionType.SUSPENDED)["status"] == "True"
+    assert cond(s, ConditionType.RUNNING)["status"] == "False"
+    assert s.status["observedGeneration"] == 2
+    body = step(body, s)
+    settled = run(body, job=job(suspended=True))
+    assert settled.actions == []
+    assert settled.events == []
+    body = step(tj_body(run_policy={"suspend": False}, generation=3), settled)
+    r = run(body, job=job(suspended=True), now=T0 + timedelta(minutes=10))
+    assert kinds(r) == [ActionKind.RESUME_JOB]
+    assert r.status["phase"] == Phase.PENDING
+    assert cond(r, ConditionType.SUSPENDED)["reason"] == Reason.RESUMED
+    assert r.status["startTime"] == rfc3339(T0 + timedelta(minutes=10))
+    assert [e.reason for e in r.events] == [Reason.RESUMED]
+
+
+def test_created_suspended() -> None:
+    d = run(tj_body(run_policy={"suspend": True}))
+    assert kinds(d) == [ActionKind.CREATE]
+    assert d.status["phase"] == Phase.SUSPENDED
+    assert "startTime" not in d.status
+
+
+def test_deadline_does_not_count_while_suspended() -> None:
+    body = tj_body(run_policy={"suspend": True, "activeDeadlineSeconds": 10},
+                   status={"phase": Phase.SUSPENDED, "startTime": rfc3339(T0)})
+    d = run(body, job=job(suspended=True), now=T0 + timedelta(hours=1))
+    assert d.status["phase"] == Phase.SUSPENDED
+
+
+def test_kueue_suspended_job_waits_for_admission() -> None:
+    body = tj_body(scheduling={"gang": "kueue", "queue": "team"})
+    body = step(body, run(body))
+    d = run(body, job=job(suspended=True))
+    assert d.actions == []  # Kueue un-suspends it, not us
+    assert d.status["phase"] == Phase.PENDING
+    assert "admission" in d.status["message"]
+    assert "startTime" not in d.status
+
+
+def test_plain_job_left_suspended_is_resumed() -> None:
+    body = step(tj_body(), run(tj_body()))
+    d = run(body, job=job(suspended=True))
+    assert kinds(d) == [ActionKind.RESUME_JOB]
+
+
+# ------------------------------------------------------------------------ deadline / TTL
+
+
+def test_active_deadline_fails_and_stops_workers() -> None:
+    body = tj_body(run_policy={"activeDeadlineSeconds": 30})
+    d = run(body)
+    d = run(step(body, d), job=job(active=2, ready=2))
+    body = step(body, d)
+    assert lifetime_due(body, T0 + timedelta(seconds=29)) is None
+    assert lifetime_due(body, T0 + timedelta(seconds=31)) == "deadline"
+    late = run(body, job=job(active=2, ready=2), now=T0 + timedelta(seconds=31))
+    assert late.status["phase"] == Phase.FAILED
+    assert cond(late, ConditionType.FAILED)["reason"] == Reason.DEADLINE_EXCEEDED
+    assert kinds(late) == [ActionKind.SUSPEND_JOB, ActionKind.CLEAN_PODS]
+
+
+def test_ttl_due_after_completion() -> None:
+    status = {"phase": Phase.SUCCEEDED, "completionTime": rfc3339(T0)}
+    body = tj_body(run_policy={"ttlSecondsAfterFinished": 60}, status=status)
+    assert lifetime_due(body, T0 + timedelta(seconds=59)) is None
+    assert lifetime_due(body, T0 + timedelta(seconds=60)) == "ttl"
+    running = tj_body(run_policy={"ttlSecondsAfterFinished": 0}, status={"phase": "Running"})
+    assert lifetime_due(running, T0 + timedelta(days=1)) is None
+
+
+# ------------------------------------------------------------------------ invalid / stale
+
+
+def test_reserved_env_that_slipped_through_fails_with_a_clear_condition() -> None:
+    body = tj_body(env=[{"name": "MASTER_ADDR", "value": "x"}])
+    d = run(body)
+    assert d.actions == []
+    assert d.status["phase"] == Phase.FAILED
+    c = cond(d, ConditionType.FAILED)
+    assert c["reason"] == Reason.INVALID_SPEC
+    assert "spec.env" in c["message"]
+    assert "reserved" in c["message"]
+
+
+def test_lost_count_write_trusts_the_newer_job() -> None:
+    body = step(tj_body(), run(tj_body()))
+    d = run(body, job=job(restart=2, active=2, ready=2))
+    assert d.status["restarts"] == 2
+    assert d.status["phase"] == Phase.RUNNING
+
+
+# ------------------------------------------------------------------------ CompressionJob
+
+
+def test_compression_job_waits_for_its_training_job() -> None:
+    first = run(cj_body())
+    assert first.needs_source
+    assert first.actions == []
+    d = run(cj_body(), source=SourceInfo(found=False))
+    assert d.status["phase"] == Phase.WAITING
+    assert cond(d, ConditionType.WAITING)["reason"] == Reason.WAITING_FOR_SOURCE
+    assert "not found" in d.status["message"]
+    assert d.actions == []
+    body = step(cj_body(), d)
+    still = run(body, source=SourceInfo(found=True, phase=Phase.RUNNING))
+    assert still.status["phase"] == Phase.WAITING
+    assert still.actions == []
+    assert still.events == []  # no new event: the condition did not change
+    model = {"name": "digits-mlp", "version": 1, "uri": "file:///m/1"}
+    go = run(body, source=SourceInfo(found=True, phase=Phase.SUCCEEDED, model=model))
+    assert kinds(go) == [ActionKind.CREATE]
+    assert cond(go, ConditionType.WAITING)["status"] == "False"
+    assert cond(go, ConditionType.WAITING)["reason"] == Reason.SOURCE_READY
+    assert go.status["phase"] == Phase.PENDING
+    assert [e.reason for e in go.events] == [Reason.SOURCE_READY, Reason.JOB_CREATED]
+    # once created, the source is not consulted again
+    after = run(step(body, go), job=job(active=1, ready=1))
+    assert not after.needs_source
+
+
+def test_compression_job_fails_when_its_source_failed() -> None:
+    d = run(cj_body(), source=SourceInfo(found=True, phase=Phase.FAILED))
+    assert d.status["phase"] == Phase.FAILED
+    assert cond(d, ConditionType.FAILED)["reason"] == Reason.SOURCE_FAILED
+
+
+def test_compression_result_fills_report_and_model() -> None:
+    model = {"name": "digits-mlp", "version": 1, "uri": "file:///m/1"}
+    body = cj_body()
+    body = step(body, run(body, source=SourceInfo(found=True, model=model)))
+    result = {
+        "status": "Succeeded",
+        "model": {"name": "digits-mlp-pruned", "version": 1, "uri": "file:///p/1"},
+        "report": {"baseline": {"accuracy": 0.97, "params": 100}, "compressed": {"params": 10},
+                   "ratios": {"size": 4.0}, "accuracyDelta": -0.004, "passed": True},
+        "trials": [{"name": "sparsity=0.9", "passed": True}, {"bogus": 1}],
+    }
+    d = run(body, job=job(succeeded=1, complete=True),
+            pods=(pod(0, "Succeeded", 0, json.dumps(result)),))
+    assert d.status["phase"] == Phase.SUCCEEDED
+    assert d.status["report"]["ratios"]["size"] == 4.0
+    assert d.status["report"]["passed"] is True
+    assert d.status["model"]["name"] == "digits-mlp-pruned"
+    assert d.status["trials"] == [{"name": "sparsity=0.9", "params": {}, "passed": True}]
+    assert "selector" not in d.status
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def test_parse_result_tolerates_noise() -> None:
+    assert parse_result(None) is None
+    assert parse_result("Traceback ...") is None
+    assert parse_result('log line\n{"a": 1}') == {"a": 1}
+    assert parse_result("[1, 2]") is None
+
+
+def test_pod_info_reads_exit_code_index_and_message() -> None:
+    p = PodInfo.from_dict({
+        "metadata": {"name": "x-1", "annotations": {
+            "batch.kubernetes.io/job-completion-index": "1"}},
+        "status": {"phase": "Failed", "containerStatuses": [{
+            "name": "worker",
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "m"}},
+        }]},
+    })
+    assert (p.index, p.exit_code, p.reason, p.message) == (1, 137, "OOMKilled", "m")
+
+
+def test_job_info_reads_conditions_and_attempt() -> None:
+    j = JobInfo.from_dict({
+        "metadata": {"name": "d", "uid": "u", "annotations": {"torchyard.io/restart-count": "2"}},
+        "spec": {"suspend": False},
+        "status": {"active": 1, "ready": 1, "conditions": [
+            {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy"},
+            {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "m"},
+        ]},
+    })
+    assert j.restart_count == 2
+    assert j.failed_reason == "PodFailurePolicy"
+    assert j.finished
+    target_only = JobInfo.from_dict({"metadata": {}, "status": {"conditions": [
+        {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy"}]}})
+    assert not target_only.finished  # pods may still be terminating
+
+
+def test_examples_parse_as_views() -> None:
+    import yaml
+
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            view = JobView.from_body(doc)
+            assert view.parsed is not None, (path, view.invalid)
+
+
+def test_status_patch_sets_and_clears_keys() -> None:
+    assert status_patch({"a": 1, "b": 2}, {"a": 1, "c": 3}) == {"c": 3, "b": None}
