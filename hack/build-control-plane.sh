@@ -17,9 +17,15 @@
 # server module has ../ replaces too and gets the same treatment. KWOK has none.
 set -euo pipefail
 
-K8S_VERSION="${K8S_VERSION:-v1.37.2}"
-ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
-KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Pins live in hack/control-plane-versions.env (also read by torchyard.devcluster);
+# K8S_VERSION/ETCD_VERSION/KWOK_VERSION in the environment override them.
+_env_k8s="${K8S_VERSION:-}" _env_etcd="${ETCD_VERSION:-}" _env_kwok="${KWOK_VERSION:-}"
+# shellcheck source=control-plane-versions.env
+source "$HACK_DIR/control-plane-versions.env"
+K8S_VERSION="${_env_k8s:-$K8S_VERSION}"
+ETCD_VERSION="${_env_etcd:-$ETCD_VERSION}"
+KWOK_VERSION="${_env_kwok:-$KWOK_VERSION}"
 
 export GOTOOLCHAIN=local
 export CGO_ENABLED=0

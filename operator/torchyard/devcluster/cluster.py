@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -145,14 +146,17 @@ def _locked(state_dir: Path) -> Iterator[None]:
 # --- health --------------------------------------------------------------------------------
 
 
+def _admin_tls(state_dir: Path) -> ssl.SSLContext:
+    """TLS context trusting the cluster CA and presenting the admin client certificate."""
+    d = state_dir / "pki"
+    ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+    ctx.load_cert_chain(str(d / "admin.crt"), str(d / "admin.key"))
+    return ctx
+
+
 def _apiserver_ready(state: ClusterState, timeout: float = 5.0) -> bool:
-    d = state.state_dir / "pki"
     try:
-        with httpx.Client(
-            verify=str(d / "ca.crt"),
-            cert=(str(d / "admin.crt"), str(d / "admin.key")),
-            timeout=timeout,
-        ) as c:
+        with httpx.Client(verify=_admin_tls(state.state_dir), timeout=timeout) as c:
             return c.get(f"{state.server}/readyz").status_code == 200
     except (httpx.HTTPError, OSError):
         return False
@@ -325,13 +329,7 @@ def _start(
             v,
         ],
     )
-    _wait_http(
-        api,
-        f"{server}/readyz",
-        timeout=timeout,
-        verify=str(pki.ca.cert),
-        cert=(str(pki.admin.cert), str(pki.admin.key)),
-    )
+    _wait_http(api, f"{server}/readyz", timeout=timeout, verify=_admin_tls(state_dir))
 
     admin_kc = state_dir / "kubeconfig"
     _kubeconfig(admin_kc, server, pki.ca.cert, pki.admin, "torchyard-admin")
@@ -427,12 +425,9 @@ def _start(
 
 def _wait_default_service_account(state: ClusterState, *, timeout: float) -> None:
     """The ServiceAccount controller has made ``default/default``: controllers are working."""
-    d = state.state_dir / "pki"
     url = f"{state.server}/api/v1/namespaces/default/serviceaccounts/default"
     deadline = time.monotonic() + timeout
-    with httpx.Client(
-        verify=str(d / "ca.crt"), cert=(str(d / "admin.crt"), str(d / "admin.key")), timeout=5.0
-    ) as c:
+    with httpx.Client(verify=_admin_tls(state.state_dir), timeout=5.0) as c:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 if c.get(url).status_code == 200:

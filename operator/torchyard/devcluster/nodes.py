@@ -107,7 +107,6 @@ def node_manifest(
         "status": {
             "capacity": dict(resources),
             "allocatable": dict(resources),
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"},
         },
     }
 
