@@ -245,7 +245,8 @@ def test_rbac_split_framework_and_application(helm: str) -> None:
             assert _allows(fw, "torchyard.io", plural, verb)
         assert _allows(fw, "torchyard.io", f"{plural}/status", "patch")
         assert not _allows(fw, "torchyard.io", plural, "create")  # users create jobs
-        assert not _allows(fw, "torchyard.io", plural, "delete")
+        assert _allows(fw, "torchyard.io", plural, "delete")  # ttlSecondsAfterFinished
+        assert not _allows(fw, "torchyard.io", plural, "update")
     assert _allows(fw, "", "events", "create")
     # Nothing of the application's rules is in the framework's and vice versa.
     assert not any(r["apiGroups"] in (["batch"],) for r in fw)

@@ -1,0 +1,429 @@
+"""The chart on the real dev control plane (etcd, kube-apiserver with RBAC, controller-manager,
+scheduler, KWOK): server-side dry-run of everything it renders, `helm install`, and the
+operator's RBAC exercised with the chart's ServiceAccount token."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.conftest import ALL_OPTIONS, CHART, REPO, helm_template
+from torchyard.api import load_manifests
+from torchyard.api.constants import GROUP, TRAINING_JOB_PLURAL, VERSION
+from torchyard.builders import build_children
+from torchyard.devcluster.testing import Kube, poll
+
+pytestmark = pytest.mark.cluster
+
+
+def _helm(
+    helm: str, cluster: Any, *args: str, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [helm, "--kubeconfig", str(cluster.kubeconfig), *args],
+        text=True,
+        capture_output=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def _dry_run(
+    cluster: Any, docs: list[dict[str, Any]], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / f"rendered-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return cluster.kubectl(
+        "apply", "--dry-run=server", "--validate=strict", "-f", str(path), check=False
+    )
+
+
+@pytest.fixture
+def extra_namespace(kube: Kube) -> Iterator[Callable[[], str]]:
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"ty-extra-{uuid.uuid4().hex[:8]}"
+        kube.core.create_namespace(
+            {"metadata": {"name": name, "labels": {"torchyard.io/test": "1"}}}
+        )
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        kube.core.delete_namespace(name, propagation_policy="Background")
+
+
+# ------------------------------------------------------------------------------ dry-run
+
+
+@pytest.mark.usefixtures("monitoring_crds")
+@pytest.mark.parametrize("case", ["default", "all-options"])
+def test_rendered_manifests_pass_server_side_dry_run(
+    helm: str,
+    cluster: Any,
+    namespace: str,
+    extra_namespace: Callable[[], str],
+    tmp_path: Path,
+    case: str,
+) -> None:
+    """Everything the chart renders is accepted by the real apiserver's validation (OpenAPI,
+    strict field validation, the Prometheus Operator's CRD schemas for its objects)."""
+    sets = [f"fullnameOverride=dry-{uuid.uuid4().hex[:6]}"]
+    values = []
+    if case == "all-options":
+        values = [ALL_OPTIONS]
+        a, b = extra_namespace(), extra_namespace()
+        sets += [
+            f"operator.watchNamespaces={{{a},{b}}}",
+            f"metrics.serviceMonitor.namespace={namespace}",
+            f"metrics.podMonitor.namespace={namespace}",
+            f"metrics.prometheusRule.namespace={namespace}",
+            f"dashboards.namespace={namespace}",
+        ]
+    docs = helm_template(helm, values=values, sets=sets, ns=namespace)
+    res = _dry_run(cluster, docs, tmp_path)
+    assert res.returncode == 0, res.stderr
+    accepted = [line for line in res.stdout.splitlines() if line.endswith("(server dry run)")]
+    assert len(accepted) == len(docs), res.stdout
+
+
+@pytest.mark.usefixtures("monitoring_crds")
+def test_dry_run_rejects_what_the_schemas_forbid(
+    helm: str, cluster: Any, namespace: str, tmp_path: Path
+) -> None:
+    """The dry-run above can fail: an unknown PodMonitor field and a bad probe are refused."""
+    docs = helm_template(
+        helm, ns=namespace, sets=["metrics.podMonitor.enabled=true", "fullnameOverride=dry-bad"]
+    )
+    (pm,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    pm["spec"]["podMetricsEndpoints"][0]["honourLabels"] = True  # typo of honorLabels
+    pm["metadata"]["namespace"] = namespace
+    res = _dry_run(cluster, [pm], tmp_path)
+    assert res.returncode != 0
+    assert "honourLabels" in res.stderr
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    dep["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"] = 70000
+    res = _dry_run(cluster, [dep], tmp_path)
+    assert res.returncode != 0
+    assert "between 1 and 65535" in res.stderr
+
+
+# ------------------------------------------------------------------------------ helm install
+
+
+def test_helm_install_creates_operator_and_rbac(
+    helm: str, cluster: Any, kube: Kube, namespace: str
+) -> None:
+    release = f"ty-{uuid.uuid4().hex[:6]}"
+    res = _helm(
+        helm,
+        cluster,
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--wait",
+        "--timeout",
+        "180s",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "kubectl apply -f" in res.stdout  # NOTES.txt: copy-paste next steps
+    assert f"rollout status deployment/{release}-torchyard" in res.stdout
+    try:
+        name = f"{release}-torchyard"
+        dep = kube.apps.read_namespaced_deployment(name, namespace)
+        assert dep.spec.replicas == 1
+        assert dep.spec.strategy.type == "Recreate"
+        assert dep.spec.template.spec.service_account_name == name
+        # KWOK "runs" the pod: the Deployment is available (helm --wait saw it).
+        assert dep.status.available_replicas == 1
+        kube.core.read_namespaced_service_account(name, namespace)
+        kube.core.read_namespaced_service(f"{name}-metrics", namespace)
+        cms = kube.core.list_namespaced_config_map(namespace, label_selector="grafana_dashboard=1")
+        assert len(cms.items) == len(list((CHART / "dashboards").glob("*.json")))
+        for suffix in ("framework-cluster", "framework", "application"):
+            role = kube.rbac.read_cluster_role(f"{name}-{suffix}")
+            assert role.rules
+            binding = kube.rbac.read_cluster_role_binding(f"{name}-{suffix}")
+            assert binding.role_ref.name == f"{name}-{suffix}"
+            assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [
+                ("ServiceAccount", name, namespace)
+            ]
+        # the chart's CRDs are the generated ones and are installed
+        crd = kube.apiext.read_custom_resource_definition(f"{TRAINING_JOB_PLURAL}.{GROUP}")
+        assert crd.spec.group == GROUP
+    finally:
+        res = _helm(helm, cluster, "uninstall", release, "--namespace", namespace, "--wait")
+        assert res.returncode == 0, res.stderr
+    from kubernetes import client
+
+    with pytest.raises(client.ApiException) as exc:
+        kube.rbac.read_cluster_role(f"{release}-torchyard-application")
+    assert exc.value.status == 404
+
+
+# ------------------------------------------------------------------------------ RBAC
+
+
+def _sa_client(cluster: Any, kube: Kube, sa: str, namespace: str) -> Any:
+    """An API client authenticated with a fresh token of the chart's ServiceAccount."""
+    from kubernetes import client
+
+    tr = kube.core.create_namespaced_service_account_token(
+        sa, namespace, {"spec": {"audiences": [], "expirationSeconds": 3600}}
+    )
+    cfg = client.Configuration()
+    cfg.host = cluster.server
+    cfg.ssl_ca_cert = str(cluster.state_dir / "pki" / "ca.crt")
+    cfg.api_key = {"authorization": f"Bearer {tr.status.token}"}
+    return client.ApiClient(cfg)
+
+
+def _denied(call: Callable[[], Any]) -> None:
+    from kubernetes import client
+
+    with pytest.raises(client.ApiException) as exc:
+        call()
+    assert exc.value.status == 403, exc.value
+    assert "forbidden" in exc.value.body.lower()
+
+
+@pytest.fixture
+def installed(helm: str, cluster: Any, namespace: str) -> Iterator[Callable[..., str]]:
+    """Install the chart (default values plus sets) into the test namespace; uninstall after."""
+    releases: list[str] = []
+
+    def install(*sets: str) -> str:
+        release = f"ty-{uuid.uuid4().hex[:6]}"
+        argv = ["install", release, str(CHART), "--namespace", namespace, "--skip-crds"]
+        for s in sets:
+            argv += ["--set", s]
+        res = _helm(helm, cluster, *argv)
+        assert res.returncode == 0, res.stderr
+        releases.append(release)
+        return f"{release}-torchyard"
+
+    yield install
+    for release in releases:
+        _helm(helm, cluster, "uninstall", release, "--namespace", namespace)
+
+
+def _training_job(namespace: str, name: str) -> dict[str, Any]:
+    body = yaml.safe_load((REPO / "examples" / "digits-ddp.yaml").read_text())
+    body["metadata"] = {"name": name, "namespace": namespace}
+    return dict(body)
+
+
+def test_operator_service_account_can_run_a_job_lifecycle_and_nothing_more(
+    installed: Callable[..., str],
+    cluster: Any,
+    kube: Kube,
+    namespace: str,
+    extra_namespace: Callable[[], str],
+) -> None:
+    from kubernetes import client, watch
+
+    sa = installed()
+    work = extra_namespace()
+    api = _sa_client(cluster, kube, sa, namespace)
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    custom, apiext = client.CustomObjectsApi(api), client.ApiextensionsV1Api(api)
+    try:
+        # A user creates the TrainingJob (admin credentials) ...
+        tj = kube.custom.create_namespaced_custom_object(
+            GROUP, VERSION, work, TRAINING_JOB_PLURAL, _training_job(work, "rbac-job")
+        )
+        # ... and the operator's identity does everything the lifecycle needs:
+        # discover and watch
+        assert apiext.read_custom_resource_definition(f"{TRAINING_JOB_PLURAL}.{GROUP}")
+        core.list_namespace(limit=1)
+        listed = custom.list_cluster_custom_object(GROUP, VERSION, TRAINING_JOB_PLURAL)
+        assert any(i["metadata"]["name"] == "rbac-job" for i in listed["items"])
+        events = watch.Watch().stream(
+            custom.list_cluster_custom_object,
+            GROUP,
+            VERSION,
+            TRAINING_JOB_PLURAL,
+            timeout_seconds=2,
+        )
+        assert any(e["object"]["metadata"]["name"] == "rbac-job" for e in events)
+        # finalizer / annotations
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            work,
+            TRAINING_JOB_PLURAL,
+            "rbac-job",
+            {"metadata": {"finalizers": [f"{GROUP}/finalizer"]}},
+        )
+        # children, as the builders make them, owned by the job
+        (job,) = load_manifests(REPO / "examples" / "digits-ddp.yaml")
+        children = build_children(job, namespace=work)
+        owner = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "TrainingJob",
+            "name": "rbac-job",
+            "uid": tj["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        for obj in children.all():
+            obj["metadata"]["ownerReferences"] = [owner]
+        core.create_namespaced_config_map(work, children.configmap)
+        core.create_namespaced_service(work, children.service)
+        batch.create_namespaced_job(work, children.job)
+        name = children.job["metadata"]["name"]
+        # the Job controller makes the pods; the operator reads and deletes them
+        selector = f"batch.kubernetes.io/job-name={name}"
+        pods = poll(
+            lambda: core.list_namespaced_pod(work, label_selector=selector).items,
+            timeout=120,
+            what="worker pods",
+        )
+        core.delete_namespaced_pod(pods[0].metadata.name, work)
+        batch.patch_namespaced_job(name, work, {"spec": {"suspend": True}})
+        core.patch_namespaced_config_map(
+            children.configmap["metadata"]["name"], work, {"metadata": {"labels": {"touched": "1"}}}
+        )
+        custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            work,
+            TRAINING_JOB_PLURAL,
+            "rbac-job",
+            {"status": {"phase": "Suspended"}},
+        )
+        core.create_namespaced_event(
+            work,
+            {
+                "metadata": {"generateName": "rbac-job."},
+                "involvedObject": {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "TrainingJob",
+                    "name": "rbac-job",
+                    "namespace": work,
+                    "uid": tj["metadata"]["uid"],
+                },
+                "reason": "JobSuspended",
+                "message": "rbac test",
+                "type": "Normal",
+            },
+        )
+        batch.delete_namespaced_job(name, work, propagation_policy="Background")
+        core.delete_namespaced_service(children.service["metadata"]["name"], work)
+        core.delete_namespaced_config_map(children.configmap["metadata"]["name"], work)
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            work,
+            TRAINING_JOB_PLURAL,
+            "rbac-job",
+            {"metadata": {"finalizers": None}},
+        )
+        custom.delete_namespaced_custom_object(
+            GROUP, VERSION, work, TRAINING_JOB_PLURAL, "rbac-job"
+        )
+
+        # ... and is DENIED everything else (403 from the real RBAC authorizer):
+        _denied(lambda: core.list_namespaced_secret(work))
+        _denied(lambda: core.list_secret_for_all_namespaces())
+        _denied(lambda: core.read_namespaced_secret("anything", namespace))
+        _denied(lambda: core.create_namespaced_secret(work, {"metadata": {"name": "x"}}))
+        _denied(
+            lambda: core.create_namespaced_pod(
+                work,
+                {"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "image": "x"}]}},
+            )
+        )
+        _denied(
+            lambda: core.patch_namespaced_pod(
+                pods[-1].metadata.name, work, {"metadata": {"labels": {"x": "1"}}}
+            )
+        )
+        _denied(
+            lambda: client.AppsV1Api(api).create_namespaced_deployment(
+                work,
+                {
+                    "metadata": {"name": "x"},
+                    "spec": {
+                        "selector": {"matchLabels": {"a": "b"}},
+                        "template": {
+                            "metadata": {"labels": {"a": "b"}},
+                            "spec": {"containers": [{"name": "c", "image": "x"}]},
+                        },
+                    },
+                },
+            )
+        )
+        _denied(lambda: core.delete_namespace(work))
+        _denied(lambda: core.patch_node("anything", {"metadata": {"labels": {"x": "1"}}}))
+        _denied(lambda: core.create_namespaced_service_account_token(sa, namespace, {"spec": {}}))
+        _denied(
+            lambda: custom.create_namespaced_custom_object(
+                GROUP, VERSION, work, TRAINING_JOB_PLURAL, _training_job(work, "by-operator")
+            )
+        )
+        _denied(
+            lambda: apiext.patch_custom_resource_definition(
+                f"{TRAINING_JOB_PLURAL}.{GROUP}", {"metadata": {"labels": {"x": "1"}}}
+            )
+        )
+        _denied(
+            lambda: client.RbacAuthorizationV1Api(api).create_cluster_role_binding(
+                {
+                    "metadata": {"name": "x"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": "cluster-admin",
+                    },
+                    "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
+                }
+            )
+        )
+        # PodGroups only when enabled
+        _denied(
+            lambda: custom.list_namespaced_custom_object(
+                "scheduling.volcano.sh", "v1beta1", work, "podgroups"
+            )
+        )
+    finally:
+        api.close()
+
+
+def test_watch_namespaces_limits_the_operator_to_them(
+    installed: Callable[..., str],
+    cluster: Any,
+    kube: Kube,
+    namespace: str,
+    extra_namespace: Callable[[], str],
+) -> None:
+    from kubernetes import client
+
+    watched, other = extra_namespace(), extra_namespace()
+    sa = installed(f"operator.watchNamespaces={{{watched}}}")
+    api = _sa_client(cluster, kube, sa, namespace)
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    try:
+        cm = {"metadata": {"name": "spec"}, "data": {"a": "b"}}
+        core.create_namespaced_config_map(watched, cm)
+        custom.list_namespaced_custom_object(GROUP, VERSION, watched, TRAINING_JOB_PLURAL)
+        _denied(lambda: core.create_namespaced_config_map(other, cm))
+        _denied(
+            lambda: custom.list_namespaced_custom_object(GROUP, VERSION, other, TRAINING_JOB_PLURAL)
+        )
+        _denied(lambda: custom.list_cluster_custom_object(GROUP, VERSION, TRAINING_JOB_PLURAL))
+        _denied(lambda: core.list_namespaced_secret(watched))
+        # what Kopf needs cluster-wide stays cluster-wide
+        client.ApiextensionsV1Api(api).list_custom_resource_definition(limit=1)
+    finally:
+        api.close()
