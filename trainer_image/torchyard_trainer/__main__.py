@@ -30,7 +30,7 @@ def load_job(path: Path) -> Any:
     import yaml
     from pydantic import ValidationError
 
-    from torchyard.api.training import TrainingJob
+    from torchyard.api import CompressionJob, TrainingJob
 
     if not path.is_file():
         raise ConfigError(f"TORCHYARD_SPEC={path} does not exist")
@@ -41,11 +41,12 @@ def load_job(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected one manifest object")
+    kinds = {"TrainingJob": TrainingJob, "CompressionJob": CompressionJob}
     kind = doc.get("kind")
-    if kind != "TrainingJob":
-        raise ConfigError(f"{path}: kind {kind!r} is not run by this entry point (TrainingJob)")
+    if kind not in kinds:
+        raise ConfigError(f"{path}: kind {kind!r} is neither TrainingJob nor CompressionJob")
     try:
-        return TrainingJob.model_validate(doc)
+        return kinds[kind].model_validate(doc)
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid TrainingJob:\n{exc}") from exc
 
@@ -72,6 +73,13 @@ def run(env: WorkerEnv) -> dict[str, Any]:
     if env.spec_path is None:
         raise ConfigError("TORCHYARD_SPEC is not set (path of the job manifest)")
     job = load_job(env.spec_path)
+    if job.kind == "CompressionJob":
+        # the compression runtime owns its loop; same env contract, same result file
+        from torchyard_trainer import compress
+
+        if not hasattr(compress, "run_job"):
+            raise ConfigError("this worker image has no compression runtime")
+        return dict(compress.run_job(env, job))
     from torchyard_trainer.train.common import build_runtime
 
     rt = build_runtime(env, job)
