@@ -81,4 +81,5 @@ def test_example_runs_to_completion(example: Path, workdir: Path) -> None:
     acc = result.get("metrics", {}).get("accuracy")
     print(f"{example.name}: accuracy {acc} (documented >= {documented})")
     if documented is not None:
-        assert acc is not None and acc >= documented
+        assert acc is not None
+        assert acc >= documented

@@ -30,7 +30,7 @@ def _ddp_job(store: str) -> dict:
 
 
 def test_ddp_two_ranks_match_one_process(tmp_path: Path) -> None:
-    """2 ranks × (2 micro-batches of 8) == 1 process × (2 micro-batches of 16), same global batch."""
+    """2 ranks × 2 micro-batches of 8 == 1 process × 2 micro-batches of 16 (same global batch)."""
     store = f"file://{tmp_path}/models"
     one = run_worker(_ddp_job(store), tmp_path / "one", nproc=1)
     two = run_worker(_ddp_job(store), tmp_path / "two", nproc=2)
@@ -73,7 +73,8 @@ def test_pipeline_schedules_match_unsplit_model(tmp_path: Path) -> None:
         loss, ref = ranks[1][kind]["loss"], ranks[1][kind]["refLoss"]
         grad_diff = max(r[kind]["maxGradDiff"] for r in ranks)
         print(
-            f"{kind}: stages {stages} loss {loss:.6f} vs unsplit {ref:.6f}, max |Δgrad| {grad_diff:.2e}"
+            f"{kind}: stages {stages} loss {loss:.6f} vs unsplit {ref:.6f}, "
+            f"max |Δgrad| {grad_diff:.2e}"
         )
         assert loss == pytest.approx(ref, rel=1e-5, abs=1e-6)
         assert grad_diff < 1e-5
