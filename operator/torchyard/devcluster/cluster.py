@@ -461,8 +461,8 @@ def up(
     with _locked(sdir):
         state = ClusterState.load(sdir)
         started = False
-        if state is not None and healthy(state):
-            pass
+        if state is not None and state.versions == paths.versions() and healthy(state):
+            pass  # reuse; a cluster of other pinned versions is replaced
         else:
             if state is not None or sdir.exists():
                 _cleanup(sdir, state)
