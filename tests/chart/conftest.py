@@ -130,3 +130,82 @@ def monitoring_crds(cluster: Any) -> Iterator[None]:  # noqa: F811 - the importe
         )
         assert res.returncode == 0, res.stderr
     return
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def token_kubeconfig(dev: Any, token: str, path: Path, ns: str) -> Path:
+    """A dev-cluster kubeconfig that authenticates with a bearer token (a ServiceAccount's)."""
+    ca = dev.state_dir / "pki" / "ca.crt"
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "dev", "cluster": {"server": dev.server, "certificate-authority": str(ca)}}
+        ],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "dev", "user": "sa", "namespace": ns}}],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+class OperatorProcess:
+    """`torchyard operator` as a local process (the same command the chart's Deployment runs)."""
+
+    def __init__(self, kubeconfig: Path, log: Path, args: Sequence[str]) -> None:
+        self.metrics_port, self.health_port = free_port(), free_port()
+        self.log = log
+        self._out = log.open("w")
+        env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+        self.proc = subprocess.Popen(
+            [
+                str(REPO / ".venv" / "bin" / "torchyard"),
+                "operator",
+                *args,
+                f"--metrics-port={self.metrics_port}",
+                f"--health-port={self.health_port}",
+            ],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"operator exited:\n{self.log.read_text()[-4000:]}"
+            try:
+                if (
+                    httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2).status_code
+                    == 200
+                ):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(
+            f"operator not healthy after {timeout}s:\n{self.log.read_text()[-4000:]}"
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._out.close()

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.conftest import ALL_OPTIONS, CHART, REPO, helm_template
+from tests.chart.conftest import (
+    ALL_OPTIONS,
+    CHART,
+    REPO,
+    OperatorProcess,
+    helm_template,
+    token_kubeconfig,
+)
 from torchyard.api import load_manifests
 from torchyard.api.constants import GROUP, TRAINING_JOB_PLURAL, VERSION
 from torchyard.builders import build_children
@@ -427,3 +434,42 @@ def test_watch_namespaces_limits_the_operator_to_them(
         client.ApiextensionsV1Api(api).list_custom_resource_definition(limit=1)
     finally:
         api.close()
+
+
+def test_operator_runs_a_training_job_with_the_charts_service_account(
+    installed: Callable[..., str],
+    cluster: Any,
+    kube: Kube,
+    namespace: str,
+    extra_namespace: Callable[[], str],
+    tmp_path: Path,
+) -> None:
+    """The real operator, authenticated only by the chart's ServiceAccount token (namespaced
+    install), takes a TrainingJob from creation to Succeeded on the real control plane."""
+    work = extra_namespace()
+    sa = installed(f"operator.watchNamespaces={{{work}}}")
+    tr = kube.core.create_namespaced_service_account_token(
+        sa, namespace, {"spec": {"expirationSeconds": 3600}}
+    )
+    kc = token_kubeconfig(cluster, tr.status.token, tmp_path / "sa.kubeconfig", work)
+    op = OperatorProcess(kc, tmp_path / "operator.log", ["--namespace", work])
+    try:
+        op.wait_healthy()
+        body = _training_job(work, "sa-lifecycle")
+        kube.custom.create_namespaced_custom_object(GROUP, VERSION, work, TRAINING_JOB_PLURAL, body)
+
+        def phase() -> str | None:
+            obj = kube.custom.get_namespaced_custom_object(
+                GROUP, VERSION, work, TRAINING_JOB_PLURAL, "sa-lifecycle"
+            )
+            p = (obj.get("status") or {}).get("phase")
+            return p if p in ("Succeeded", "Failed") else None
+
+        final = poll(phase, timeout=240, interval=1.0, what="TrainingJob to finish")
+        log = op.log.read_text()
+        assert final == "Succeeded", log[-4000:]
+        assert kube.batch.read_namespaced_job("sa-lifecycle", work).status.succeeded == 2
+        assert " 403" not in log, log[-4000:]
+        assert "Forbidden" not in log, log[-4000:]
+    finally:
+        op.stop()
