@@ -194,6 +194,10 @@ def _api_client() -> Any:
 def run_operator(opts: OperatorOptions) -> None:
     """Run the operator until SIGINT/SIGTERM (blocking)."""
     kopf.configure(verbose=opts.verbose)
+    if not opts.verbose:
+        # Kopf logs every handler call at INFO; our reconciler logs what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("torchyard").setLevel(logging.DEBUG if opts.verbose else logging.INFO)
     metrics = OperatorMetrics()
     settings = Settings()
     if opts.default_image:
