@@ -193,9 +193,7 @@ def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
     raise AssertionError(f"no condition {ctype}: {(obj.get('status') or {}).get('conditions')}")
 
 
-def worker_pods(
-    kube: Kube, namespace: str, name: str, kind: str = "trainingjob"
-) -> list[Any]:
+def worker_pods(kube: Kube, namespace: str, name: str, kind: str = "trainingjob") -> list[Any]:
     sel = f"torchyard.io/job-name={name},torchyard.io/job-kind={kind}"
     return list(kube.core.list_namespaced_pod(namespace, label_selector=sel).items)
 

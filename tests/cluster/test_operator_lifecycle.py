@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.cluster.opkit import (
     condition,
     create,
@@ -23,6 +22,7 @@ from tests.cluster.opkit import (
     wait_running_pods,
     worker_jobs,
 )
+
 from torchyard.api.constants import ConditionType, Phase, Reason
 from torchyard.devcluster.testing import Kube, poll
 
@@ -42,9 +42,7 @@ def _owned_by(obj: Any, tj: dict[str, Any]) -> bool:
 
 
 @pytest.mark.parametrize("name", TRAINING_EXAMPLES)
-def test_example_runs_to_succeeded(
-    kube: Kube, namespace: str, tmp_path: Path, name: str
-) -> None:
+def test_example_runs_to_succeeded(kube: Kube, namespace: str, tmp_path: Path, name: str) -> None:
     manifest = example(name)
     spec = manifest["spec"]
     job_name = manifest["metadata"]["name"]
@@ -54,7 +52,8 @@ def test_example_runs_to_succeeded(
 
         # Children: Service, ConfigMap, Indexed Job — owned by the TrainingJob.
         svc = poll(lambda: _read(kube.core.read_namespaced_service, job_name, namespace))
-        cm = poll(lambda: _read(kube.core.read_namespaced_config_map, f"{job_name}-spec", namespace))
+        cm_name = f"{job_name}-spec"
+        cm = poll(lambda: _read(kube.core.read_namespaced_config_map, cm_name, namespace))
         job = poll(lambda: _read(kube.batch.read_namespaced_job, job_name, namespace))
         for obj in (svc, cm, job):
             assert _owned_by(obj, tj), obj.metadata
@@ -107,9 +106,7 @@ def test_example_runs_to_succeeded(
         assert st["restarts"] == 0
         assert st["workers"]["succeeded"] == workers
         reasons = poll(
-            lambda: (r := event_reasons(kube, namespace, job_name))
-            and Reason.COMPLETED in r
-            and r,
+            lambda: (r := event_reasons(kube, namespace, job_name)) and Reason.COMPLETED in r and r,
             what="events",
         )
         assert reasons.count(Reason.JOB_CREATED) == 1
