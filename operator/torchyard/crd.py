@@ -56,6 +56,14 @@ def structural(node: Schema, defs: dict[str, Schema], path: str = "") -> Schema:
             node = {**structural(variants[0], defs, path), **node}
         elif types == {"integer", "string"}:
             node["x-kubernetes-int-or-string"] = True
+            # Keep the string form's constraints (e.g. the Quantity grammar) the way
+            # controller-gen does: they apply to string values only.
+            node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+            for v in variants:
+                if v.get("type") == "string":
+                    for k in ("pattern", "maxLength"):
+                        if k in v:
+                            node[k] = v[k]
         else:
             raise StructuralError(f"{path or '(root)'}: union {types} has no structural form")
     if node.get("default", 0) is None:
