@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from torchyard import devcluster
+from torchyard.devcluster.cluster import other_users, register_user, unregister_user
 from torchyard.devcluster.crds import apply_crds
 from torchyard.devcluster.testing import Kube, crd_files
 
@@ -44,6 +45,9 @@ def crd_dir() -> Path:
 @pytest.fixture(scope="session")
 def cluster(crd_dir: Path) -> Iterator[devcluster.DevCluster]:
     c = devcluster.up(nodes=NODES, gpus_per_node=GPUS_PER_NODE)
+    # Other pytest sessions may share this cluster: the one that started it only stops it
+    # when no other registered session is still alive.
+    mark = register_user(c.state_dir)
     try:
         if crd_files(crd_dir):
             api = c.api_client()
@@ -53,7 +57,9 @@ def cluster(crd_dir: Path) -> Iterator[devcluster.DevCluster]:
                 api.close()
         yield c
     finally:
-        if c.started and not os.environ.get("TORCHYARD_KEEP_CLUSTER"):
+        unregister_user(mark)
+        keep = os.environ.get("TORCHYARD_KEEP_CLUSTER") or other_users(c.state_dir)
+        if c.started and not keep:
             devcluster.down(state_dir=c.state_dir)
 
 

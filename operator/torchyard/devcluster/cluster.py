@@ -162,12 +162,24 @@ def _apiserver_ready(state: ClusterState, timeout: float = 5.0) -> bool:
         return False
 
 
-def healthy(state: ClusterState) -> bool:
-    """Every recorded process runs and the apiserver answers /readyz."""
+def healthy(state: ClusterState, *, wait: float = 0.0) -> bool:
+    """Every recorded process runs and the apiserver answers /readyz.
+
+    With ``wait`` > 0, a slow /readyz (a loaded machine) is retried for that long as long as
+    every process is alive, so a busy but healthy cluster is never mistaken for a crashed one.
+    """
     names = {p.name for p in state.processes}
     if not set(COMPONENTS) <= names:
         return False
-    return all(procs.alive(p) for p in state.processes) and _apiserver_ready(state)
+    deadline = time.monotonic() + wait
+    while True:
+        if not all(procs.alive(p) for p in state.processes):
+            return False
+        if _apiserver_ready(state, timeout=10.0):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)
 
 
 def _wait_http(
@@ -461,7 +473,7 @@ def up(
     with _locked(sdir):
         state = ClusterState.load(sdir)
         started = False
-        if state is not None and state.versions == paths.versions() and healthy(state):
+        if state is not None and state.versions == paths.versions() and healthy(state, wait=60.0):
             pass  # reuse; a cluster of other pinned versions is replaced
         else:
             if state is not None or sdir.exists():
@@ -482,6 +494,44 @@ def up(
             finally:
                 api.close()
         return cluster
+
+
+def _users_dir(state_dir: Path) -> Path:
+    return state_dir.parent / f".{state_dir.name}.users"
+
+
+def register_user(state_dir: Path | None = None) -> Path:
+    """Record this process as a user of the cluster (test sessions sharing one cluster)."""
+    d = _users_dir(state_dir or paths.state_dir())
+    d.mkdir(parents=True, exist_ok=True)
+    st = procs.stat(os.getpid())
+    mark = d / f"{os.getpid()}-{st[1] if st else 0}"
+    mark.touch()
+    return mark
+
+
+def unregister_user(mark: Path) -> None:
+    mark.unlink(missing_ok=True)
+
+
+def other_users(state_dir: Path | None = None) -> list[int]:
+    """Pids of other live processes registered as users (stale marks are removed)."""
+    d = _users_dir(state_dir or paths.state_dir())
+    out: list[int] = []
+    for mark in d.glob("*-*") if d.is_dir() else []:
+        pid_s, _, ticks_s = mark.name.partition("-")
+        try:
+            pid, ticks = int(pid_s), int(ticks_s)
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        st = procs.stat(pid)
+        if st is None or st[1] != ticks or st[0] in ("Z", "X"):
+            mark.unlink(missing_ok=True)
+            continue
+        out.append(pid)
+    return out
 
 
 def down(*, state_dir: Path | None = None) -> bool:

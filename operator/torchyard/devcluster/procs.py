@@ -45,7 +45,7 @@ class Proc:
         )
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
+def stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start time in clock ticks) from /proc/<pid>/stat, or None."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -69,7 +69,7 @@ def _reap(pid: int) -> None:
 def alive(proc: Proc) -> bool:
     """True while the very process we started runs (not a zombie, not a recycled pid)."""
     _reap(proc.pid)
-    st = _stat(proc.pid)
+    st = stat(proc.pid)
     if st is None:
         return False
     state, ticks = st
@@ -93,7 +93,7 @@ def start(
             close_fds=True,
         )
     _CHILDREN[child.pid] = child
-    st = _stat(child.pid)
+    st = stat(child.pid)
     ticks = st[1] if st is not None else -1
     return Proc(name=name, pid=child.pid, start_ticks=ticks, log=str(log), argv=argv)
 
