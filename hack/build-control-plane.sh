@@ -37,7 +37,10 @@ BIN="$ROOT/bin"
 SRC="$ROOT/src"
 STAMP="$BIN/.stamp"
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
-WANT_STAMP="k8s=$K8S_VERSION etcd=$ETCD_VERSION kwok=$KWOK_VERSION go=$(go env GOVERSION) v=2"
+# The stamp's key is the pinned versions (+ layout revision); the Go version is informative
+# only, so cached binaries keep working on a machine with another (or no) Go.
+STAMP_KEY="k8s=$K8S_VERSION etcd=$ETCD_VERSION kwok=$KWOK_VERSION "
+STAMP_REV="v=2"
 
 FORCE=0
 for arg in "$@"; do
@@ -52,24 +55,29 @@ done
 log() { printf '[build-control-plane %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 up_to_date() {
-  [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$WANT_STAMP" ]] || return 1
+  [[ -f "$STAMP" ]] || return 1
+  local have
+  have="$(cat "$STAMP")"
+  [[ "$have" == "$STAMP_KEY"* && "$have" == *" $STAMP_REV" ]] || return 1
   local b
   for b in "${BINARIES[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
   return 0
 }
 
 if [[ $FORCE == 0 ]] && up_to_date; then
-  log "cached binaries match ($WANT_STAMP): $BIN"
+  log "cached binaries match ($(cat "$STAMP")): $BIN"
   exit 0
 fi
 
+command -v go >/dev/null || { log "Go >= 1.26 is needed to build the control plane"; exit 1; }
+command -v flock >/dev/null || { log "flock (util-linux) is needed"; exit 1; }
 mkdir -p "$ROOT" "$BIN" "$SRC"
 exec 9>"$ROOT/.build.lock"
 log "waiting for build lock $ROOT/.build.lock"
 flock 9
 # Someone else may have finished the build while we waited.
 if [[ $FORCE == 0 ]] && up_to_date; then
-  log "cached binaries match after lock ($WANT_STAMP): $BIN"
+  log "cached binaries match after lock ($(cat "$STAMP")): $BIN"
   exit 0
 fi
 rm -f "$STAMP"
@@ -179,7 +187,7 @@ build_kubernetes
 for b in "${BINARIES[@]}"; do
   [[ -x "$BIN/$b" ]] || { log "missing $BIN/$b after build"; exit 1; }
 done
-echo "$WANT_STAMP" >"$STAMP"
+echo "${STAMP_KEY}go=$(go env GOVERSION) $STAMP_REV" >"$STAMP"
 END=$(date +%s)
 log "done in $((END - START))s: $BIN ($(du -sh "$BIN" | cut -f1))"
 "$BIN/kube-apiserver" --version >&2 || true
