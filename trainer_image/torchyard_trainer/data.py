@@ -90,7 +90,7 @@ def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, DataInfo]:
 
 def _synthetic_tokens(args: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, DataInfo]:
     """Sequences from a fixed sparse Markov chain: learnable (loss falls), any size."""
-    n = int(args.get("num_samples", 2048))
+    n = int(args.get("num_samples", args.get("samples", 2048)))
     seq = int(args.get("seq_len", 64))
     vocab = int(args.get("vocab_size", 256))
     branching = int(args.get("branching", 4))
@@ -107,7 +107,7 @@ def _synthetic_tokens(args: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, Dat
 
 def _synthetic_images(args: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, DataInfo]:
     """Noisy class templates: an image classification task of any size."""
-    n = int(args.get("num_samples", 2048))
+    n = int(args.get("num_samples", args.get("samples", 2048)))
     size = int(args.get("image_size", 32))
     channels = int(args.get("channels", 3))
     classes = int(args.get("num_classes", 10))

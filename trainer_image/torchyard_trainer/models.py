@@ -151,9 +151,17 @@ def _transformer(
     heads: int = 4,
     ff_mult: int = 4,
     dropout: float = 0.0,
+    seq_len: int | None = None,
+    vocab_size: int | None = None,
 ) -> nn.Module:
     if info.task != "lm" or info.seq_len is None:
         raise ConfigError("the transformer model needs token data (e.g. builtin synthetic_tokens)")
+    for arg, have, name in (
+        (seq_len, info.seq_len, "seqLen"),
+        (vocab_size, info.num_classes, "vocabSize"),
+    ):
+        if arg is not None and arg != have:
+            raise ConfigError(f"model.args.{name}={arg} differs from the data's {have}")
     mods: list[nn.Module] = [TokenEmbedding(info.num_classes, d_model, info.seq_len)]
     mods += [TransformerBlock(d_model, heads, ff_mult, dropout) for _ in range(layers)]
     mods.append(
@@ -213,15 +221,21 @@ def count_correct(logits: torch.Tensor, target: torch.Tensor) -> tuple[int, int]
 
 
 def flops_per_token(model: nn.Module, info: DataInfo) -> float | None:
-    """Training FLOPs per token of the builtin transformer: 6·params + 12·layers·d·seq
-    (the PaLM/nanoGPT estimate, attention included); None for other models."""
+    """Training FLOPs per token of the builtin transformer: 6·N + 12·layers·d·seq with N the
+    non-embedding parameters (LM head included) — the PaLM/nanoGPT estimate, attention
+    included; None for other models."""
     if info.task != "lm" or info.seq_len is None:
         return None
     blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
     if not blocks:
         return None
     d = blocks[0].ln1.normalized_shape[0]
-    n_params = sum(p.numel() for n, p in model.named_parameters() if "pos" not in n)
+    # embedding lookups are not matmuls: count every weight except the token/position tables
+    n_params = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if ".tok." not in f".{n}" and ".pos." not in f".{n}"
+    )
     return 6.0 * n_params + 12.0 * len(blocks) * d * info.seq_len
 
 

@@ -273,7 +273,7 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
     if fpt is not None and dims.pp > 1:
         fpt = None  # this rank holds only part of the model; MFU is reported unsplit only
     peak = _peak_flops(rt.device, spec.precision)
-    log_every = max(1, min(50, total // 100))
+    log_every = max(1, min(50, total // 50))  # one small all-reduce per interval
     m.event(
         "start",
         totalSteps=total,
