@@ -1,0 +1,181 @@
+"""Gang scheduling modes on the real control plane: each mode produces the objects its
+scheduler expects; `auto` picks by the API groups the cluster serves. The PodGroup CRDs are
+installed from minimal YAML written from Volcano's and scheduler-plugins' published schemas
+(tests/cluster/gang_crds/) and removed afterwards. No gang scheduler runs here: Kueue itself
+is not part of the dev cluster, so the Kueue test plays Kueue's admission (un-suspending the
+Job) and checks only our side of that contract."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from tests.cluster.opkit import (
+    create,
+    example,
+    get,
+    running_operator,
+    wait_phase,
+    worker_jobs,
+    worker_pods,
+)
+
+from torchyard.api.constants import Phase
+from torchyard.devcluster.testing import Kube, poll
+
+pytestmark = pytest.mark.cluster
+
+CRD_DIR = Path(__file__).parent / "gang_crds"
+VOLCANO = ("volcano-podgroup.yaml", "scheduling.volcano.sh", "v1beta1")
+COSCHEDULING = ("coscheduling-podgroup.yaml", "scheduling.x-k8s.io", "v1alpha1")
+
+
+def _groups(kube: Kube) -> set[str]:
+    return {g.name for g in client.ApisApi(kube.api_client).get_api_versions().groups}
+
+
+@pytest.fixture
+def gang_crds(kube: Kube) -> Iterator[Callable[..., None]]:
+    installed: list[tuple[str, str]] = []
+
+    def install(*crds: tuple[str, str, str]) -> None:
+        for file, group, _ in crds:
+            doc = yaml.safe_load((CRD_DIR / file).read_text())
+            try:
+                kube.apiext.create_custom_resource_definition(doc)
+            except client.ApiException as e:
+                if e.status != 409:
+                    raise
+            installed.append((doc["metadata"]["name"], group))
+        want = {g for _, g, _ in crds}
+        poll(lambda: want <= _groups(kube), timeout=60, what=f"API groups {want}")
+
+    yield install
+    for name, _ in installed:
+        try:
+            kube.apiext.delete_custom_resource_definition(name)
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+    gone = {g for _, g in installed}
+    poll(lambda: not (gone & _groups(kube)), timeout=120, what=f"API groups {gone} removed")
+
+
+def _job(gang: str, queue: str | None = None) -> dict[str, Any]:
+    m = example("digits-ddp.yaml")
+    m["spec"]["scheduling"] = {"gang": gang, **({"queue": queue} if queue else {})}
+    return m
+
+
+def _podgroup(kube: Kube, namespace: str, group: str, version: str) -> dict[str, Any]:
+    def read() -> dict[str, Any] | None:
+        try:
+            out: dict[str, Any] = kube.custom.get_namespaced_custom_object(
+                group, version, namespace, "podgroups", "digits-ddp"
+            )
+            return out
+        except client.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    return poll(read, what=f"{group} PodGroup")
+
+
+def _template(kube: Kube, namespace: str) -> Any:
+    (job,) = poll(lambda: worker_jobs(kube, namespace), what="the worker Job")
+    return job
+
+
+def test_volcano_podgroup_and_scheduler(
+    kube: Kube, namespace: str, tmp_path: Path, gang_crds: Callable[..., None]
+) -> None:
+    gang_crds(VOLCANO)
+    with running_operator(kube, namespace, tmp_path):
+        create(kube, namespace, _job("volcano", queue="research"))
+        pg = _podgroup(kube, namespace, "scheduling.volcano.sh", "v1beta1")
+        assert pg["spec"]["minMember"] == 2
+        assert pg["spec"]["queue"] == "research"
+        tj = get(kube, namespace, "TrainingJob", "digits-ddp")
+        assert tj is not None
+        assert pg["metadata"]["ownerReferences"][0]["uid"] == tj["metadata"]["uid"]
+        job = _template(kube, namespace)
+        pod_tpl = job.spec.template
+        assert pod_tpl.spec.scheduler_name == "volcano"
+        assert pod_tpl.metadata.annotations["scheduling.k8s.io/group-name"] == "digits-ddp"
+        # no Volcano scheduler here: the pods wait, the job says so
+        poll(lambda: len(worker_pods(kube, namespace, "digits-ddp")) == 2, what="pods")
+        poll(
+            lambda: (
+                ((get(kube, namespace, "TrainingJob", "digits-ddp") or {}).get("status") or {}).get(
+                    "message"
+                )
+                == "0/2 workers ready"
+            ),
+            what="Pending with 0/2 workers ready",
+        )
+        tj = get(kube, namespace, "TrainingJob", "digits-ddp")
+        assert tj is not None
+        assert tj["status"]["phase"] == Phase.PENDING
+        assert tj["status"]["workers"]["active"] == 2
+
+
+def test_coscheduling_podgroup_and_label(
+    kube: Kube, namespace: str, tmp_path: Path, gang_crds: Callable[..., None]
+) -> None:
+    gang_crds(COSCHEDULING)
+    with running_operator(kube, namespace, tmp_path):
+        m = _job("coscheduling")
+        m["spec"]["scheduling"]["scheduleTimeoutSeconds"] = 30
+        create(kube, namespace, m)
+        pg = _podgroup(kube, namespace, "scheduling.x-k8s.io", "v1alpha1")
+        assert pg["spec"] == {"minMember": 2, "scheduleTimeoutSeconds": 30}
+        job = _template(kube, namespace)
+        assert job.spec.template.metadata.labels["scheduling.x-k8s.io/pod-group"] == "digits-ddp"
+        # the default scheduler still places them (the plugin would gate them as a group)
+        wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.SUCCEEDED)
+
+
+def test_auto_prefers_volcano_then_coscheduling(
+    kube: Kube, namespace: str, tmp_path: Path, gang_crds: Callable[..., None]
+) -> None:
+    gang_crds(COSCHEDULING, VOLCANO)
+    with running_operator(kube, namespace, tmp_path):
+        create(kube, namespace, _job("auto"))
+        _podgroup(kube, namespace, "scheduling.volcano.sh", "v1beta1")
+        assert _template(kube, namespace).spec.template.spec.scheduler_name == "volcano"
+
+
+def test_auto_without_gang_schedulers_is_plain(kube: Kube, namespace: str, tmp_path: Path) -> None:
+    groups = _groups(kube)
+    assert not groups & {"scheduling.volcano.sh", "scheduling.x-k8s.io", "kueue.x-k8s.io"}
+    with running_operator(kube, namespace, tmp_path):
+        create(kube, namespace, _job("auto"))
+        job = _template(kube, namespace)
+        tpl = job.spec.template
+        assert tpl.spec.scheduler_name in (None, "default-scheduler")
+        assert "scheduling.x-k8s.io/pod-group" not in (tpl.metadata.labels or {})
+        assert "kueue.x-k8s.io/queue-name" not in (job.metadata.labels or {})
+        wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.SUCCEEDED)
+
+
+def test_kueue_job_starts_suspended_with_queue_label(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    with running_operator(kube, namespace, tmp_path):
+        create(kube, namespace, _job("kueue", queue="team-a"))
+        job = _template(kube, namespace)
+        assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
+        assert job.spec.suspend is True
+        pending = wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.PENDING)
+        assert "admission" in pending["status"]["message"]
+        assert "startTime" not in pending["status"]
+        assert not worker_pods(kube, namespace, "digits-ddp")
+        # Admission, as Kueue does it: un-suspend the Job. The operator must not fight it.
+        kube.batch.patch_namespaced_job("digits-ddp", namespace, {"spec": {"suspend": False}})
+        done = wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.SUCCEEDED)
+        assert done["status"]["startTime"]
