@@ -23,6 +23,13 @@ venv:
 control-plane: venv
 	@if [ -x hack/build-control-plane.sh ]; then bash hack/build-control-plane.sh; fi
 
+# Helm (built from the Go module proxy into $(TORCHYARD_CACHE)/bin) and Debian's prometheus +
+# promtool (apt; the service is not started): what tests/chart and tests/e2e need.
+.PHONY: tools
+tools:
+	@bash hack/install-helm.sh
+	@bash hack/install-prometheus.sh
+
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check operator/torchyard/api operator/torchyard/crd.py
