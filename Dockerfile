@@ -21,7 +21,6 @@ RUN /opt/torchyard/bin/pip install --no-cache-dir . \
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="torchyard operator" \
       org.opencontainers.image.description="Kopf operator for TrainingJob and CompressionJob" \
-      org.opencontainers.image.source="https://github.com/torchyard/torchyard" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/torchyard /opt/torchyard
 ENV PATH=/opt/torchyard/bin:$PATH \
