@@ -97,6 +97,14 @@ def test_active_deadline_fails_the_job_and_stops_workers(
         # the timer added our finalizer (not Kopf's default one)
         finalizers = failed["metadata"].get("finalizers") or []
         assert finalizers == ["torchyard.io/finalizer"]
+        # deleting it while the operator runs releases the finalizer
+        kube.custom.delete_namespaced_custom_object(
+            "torchyard.io", "v1alpha1", namespace, "trainingjobs", "digits-ddp"
+        )
+        poll(
+            lambda: get(kube, namespace, "TrainingJob", "digits-ddp") is None,
+            what="deletion past our finalizer",
+        )
 
 
 def test_ttl_deletes_the_finished_job_and_its_children(
