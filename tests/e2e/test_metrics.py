@@ -517,7 +517,7 @@ def test_throughput_collapse_stays_silent_on_a_healthy_run(scenario: Scenario) -
     # the left-hand side does see the run (so the alert is not silent for want of data)
     lhs = rule["expr"].split("<")[0]
     series = scenario.prom.query_range(lhs, scenario.start, scenario.end)
-    assert {s["metric"]["job"] for s in series} == {scenario.local_job}
+    assert scenario.local_job in {s["metric"]["job"] for s in series}
 
 
 def test_operator_down_alert_fires_when_the_operator_stops(scenario: Scenario) -> None:
