@@ -473,3 +473,48 @@ def test_operator_runs_a_training_job_with_the_charts_service_account(
         assert "Forbidden" not in log, log[-4000:]
     finally:
         op.stop()
+
+
+def _operator_pod(docs: list[dict[str, Any]], namespace: str) -> dict[str, Any]:
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    tmpl = dep["spec"]["template"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "operator-psa",
+            "namespace": namespace,
+            "labels": tmpl["metadata"]["labels"],
+        },
+        "spec": {**tmpl["spec"], "serviceAccountName": "default"},
+    }
+
+
+def test_operator_pod_meets_the_restricted_pod_security_standard(
+    helm: str, cluster: Any, kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    """Pod Security Admission (enforce=restricted) on the real apiserver admits the operator's
+    pod as the chart renders it, and refuses it once a default is loosened."""
+    kube.core.patch_namespace(
+        namespace,
+        {
+            "metadata": {
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                }
+            }
+        },
+    )
+    pod = _operator_pod(helm_template(helm, ns=namespace), namespace)
+    res = _dry_run(cluster, [pod], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "Warning" not in res.stderr, res.stderr
+    loose = _operator_pod(
+        helm_template(helm, ns=namespace, sets=["securityContext.allowPrivilegeEscalation=true"]),
+        namespace,
+    )
+    res = _dry_run(cluster, [loose], tmp_path)
+    assert res.returncode != 0
+    assert "violates PodSecurity" in res.stderr
+    assert "allowPrivilegeEscalation" in res.stderr
