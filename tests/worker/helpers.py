@@ -80,6 +80,9 @@ def run_worker(
         raise AssertionError(
             f"worker exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
         )
+    starts = [e for e in events(out_dir / "progress.jsonl") if e["event"] == "start"]
+    assert starts, "the worker logged no start event"
+    assert starts[0]["startStep"] == 0, f"resumed from a stale checkpoint: {starts[0]}"
     return dict(json.loads((out_dir / "result.json").read_text()))
 
 

@@ -31,9 +31,8 @@ def _ddp_job(store: str) -> dict:
 
 def test_ddp_two_ranks_match_one_process(tmp_path: Path) -> None:
     """2 ranks × 2 micro-batches of 8 == 1 process × 2 micro-batches of 16 (same global batch)."""
-    store = f"file://{tmp_path}/models"
-    one = run_worker(_ddp_job(store), tmp_path / "one", nproc=1)
-    two = run_worker(_ddp_job(store), tmp_path / "two", nproc=2)
+    one = run_worker(_ddp_job(f"file://{tmp_path}/one/models"), tmp_path / "one", nproc=1)
+    two = run_worker(_ddp_job(f"file://{tmp_path}/two/models"), tmp_path / "two", nproc=2)
     assert one["step"] == two["step"] == 20
     assert two["worldSize"] == 2
     w1, w2 = model_weights(one), model_weights(two)
@@ -78,3 +77,23 @@ def test_pipeline_schedules_match_unsplit_model(tmp_path: Path) -> None:
         )
         assert loss == pytest.approx(ref, rel=1e-5, abs=1e-6)
         assert grad_diff < 1e-5
+
+
+def test_pipeline_with_data_parallel_matches_one_process(tmp_path: Path) -> None:
+    """4 ranks = 2 pipeline stages × 2 data-parallel replicas (2-D mesh), GPipe, trains to the
+    same weights as one process on the same global batch."""
+    spec = _ddp_job(f"file://{tmp_path}/one/models")
+    spec["spec"]["gradAccumulationSteps"] = 1
+    spec["spec"]["model"]["args"] = {"hidden": [32, 32]}
+    one = run_worker(spec, tmp_path / "one", nproc=1)
+    spec["spec"]["strategy"] = "pipeline"
+    spec["spec"]["pipeline"] = {"stages": 2, "microbatches": 4, "schedule": "GPipe"}
+    spec["spec"]["procsPerWorker"] = 4
+    spec["spec"]["output"] = {"storage": f"file://{tmp_path}/four/models"}
+    four = run_worker(spec, tmp_path / "four", nproc=4)
+    assert four["worldSize"] == 4
+    w1, w4 = model_weights(one), model_weights(four)
+    assert w1.keys() == w4.keys()
+    worst = max(float((w1[k] - w4[k]).abs().max()) for k in w1)
+    print(f"pipeline 2 stages × dp 2 vs 1 process: max |Δparam| = {worst:.2e}")
+    assert worst < 1e-5

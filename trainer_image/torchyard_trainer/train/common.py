@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -255,7 +256,21 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
     step = 0
     saved_step = -1
     resumed_from = None
-    found = latest_checkpoint(rt.checkpoint_root)
+    recipe = recipe_hash(rt.job)
+    found = latest_checkpoint(rt.checkpoint_root) if rt.rank == 0 else None
+    if found is not None:
+        theirs = torch.load(found[1] / "trainer.pt", weights_only=True).get("recipe")
+        if theirs != recipe:
+            # a different job that had the same name: its checkpoints are not ours to resume
+            log.warning(
+                "checkpoints in %s belong to a different recipe (%s != %s): removing them",
+                rt.checkpoint_root,
+                theirs,
+                recipe,
+            )
+            for p in rt.checkpoint_root.glob("step-*"):
+                shutil.rmtree(p, ignore_errors=True)
+            found = None
     # every rank must agree on what to resume from (rank 0's view of the shared store decides)
     choice = [found[0] if found else -1]
     dist.broadcast_object_list(choice, src=0)
@@ -291,6 +306,7 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
 
     def trainer_state(step: int) -> dict[str, Any]:
         return {
+            "recipe": recipe,
             "step": step,
             "epoch": step // steps_per_epoch,
             "stepsPerEpoch": steps_per_epoch,
@@ -381,6 +397,31 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
     if not last_eval:
         last_eval = evaluate(rt, ds, strategy)
     return finish(rt, ds, strategy, step, total, last_loss, last_eval, ckpt)
+
+
+# Spec fields that may change between attempts without changing what is trained (checkpoints
+# are layout-independent, so even the number of workers may change on resume).
+NOT_RECIPE = (
+    "workers",
+    "procsPerWorker",
+    "resources",
+    "image",
+    "imagePullPolicy",
+    "command",
+    "env",
+    "podMetadata",
+    "runPolicy",
+    "scheduling",
+    "checkpoint",
+    "output",
+)
+
+
+def recipe_hash(job: Any) -> str:
+    """Hash of what defines the training run; a checkpoint resumes only the same recipe."""
+    spec = job.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    recipe = {k: v for k, v in spec.items() if k not in NOT_RECIPE}
+    return spec_hash({"name": job.metadata.name, **recipe})[:16]
 
 
 def ckpt_done(ckpt: CheckpointManager) -> bool:
