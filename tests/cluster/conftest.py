@@ -37,6 +37,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Build the control-plane binaries (first time: ~15 min on 2 cores) once the selection is
+    # final and before any test runs, so a per-test timeout (pytest-timeout) never cuts the
+    # build short.
+    if session.config.option.collectonly or not any(
+        i.get_closest_marker("cluster") for i in session.items
+    ):
+        return
+    from torchyard.devcluster import build
+
+    build.ensure_binaries()
+
+
 @pytest.fixture(scope="session")
 def crd_dir() -> Path:
     return REPO_ROOT / "crds"

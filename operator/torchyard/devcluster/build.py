@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,5 +50,19 @@ def ensure_binaries(*, quiet: bool = False) -> float:
             flush=True,
         )
     start = time.monotonic()
-    subprocess.run(["bash", str(script)], check=True)
+    # Own process group: if we are interrupted (Ctrl-C, a test timeout), the whole build —
+    # bash and its go/compile children, which hold the build lock — stops with us.
+    child = subprocess.Popen(["bash", str(script)], start_new_session=True)
+    try:
+        rc = child.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        raise
+    if rc != 0:
+        raise subprocess.CalledProcessError(rc, ["bash", str(script)])
     return time.monotonic() - start
