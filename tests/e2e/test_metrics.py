@@ -37,7 +37,7 @@ import yaml
 from tests.chart.conftest import CHART, REPO, OperatorProcess, free_port
 from torchyard.api import load_manifests
 from torchyard.api.constants import COMPRESSION_JOB_PLURAL, GROUP, TRAINING_JOB_PLURAL, VERSION
-from torchyard.devcluster import EXIT_CODE_ANNOTATION
+from torchyard.devcluster import EXIT_CODE_ANNOTATION, HOLD_ANNOTATION, set_pod_hold
 from torchyard.devcluster.testing import Kube, poll
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -210,12 +210,19 @@ class Scenario:
         return int(self.end - self.start) + 1
 
 
-def _tj(name: str, namespace: str, *, exit_code: int | None = None, backoff: int = 2) -> dict:
+def _tj(
+    name: str, namespace: str, *, exit_code: int | None = None, backoff: int = 2, hold: bool = False
+) -> dict:
     body = yaml.safe_load((REPO / "examples" / "digits-ddp.yaml").read_text())
     body["metadata"] = {"name": name, "namespace": namespace}
     body["spec"]["runPolicy"] = {"backoffLimit": backoff}
+    annotations = {}
     if exit_code is not None:
-        body["spec"]["podMetadata"] = {"annotations": {EXIT_CODE_ANNOTATION: str(exit_code)}}
+        annotations[EXIT_CODE_ANNOTATION] = str(exit_code)
+    if hold:  # KWOK keeps the pods Running until the annotation goes
+        annotations[HOLD_ANNOTATION] = "true"
+    if annotations:
+        body["spec"]["podMetadata"] = {"annotations": annotations}
     return dict(body)
 
 
@@ -229,6 +236,8 @@ def _cj(name: str, namespace: str) -> dict:
             "data": {"builtin": "digits"},
             "steps": [{"quantize": {"method": "dynamicInt8"}}],
             "accuracyCriterion": {"mode": "absolute", "tolerableLoss": 0.01},
+            # held Running by KWOK: the operator sees it run (submit→running latency)
+            "podMetadata": {"annotations": {HOLD_ANNOTATION: "true"}},
         },
     }
     return body
@@ -330,7 +339,8 @@ def scenario(
 
         # ---- jobs on the dev cluster, reconciled by the operator
         jobs = {
-            "e2e-ok": ("Succeeded", _tj("e2e-ok", ns)),
+            # held Running until the operator has seen it run, then released to finish
+            "e2e-ok": ("Succeeded", _tj("e2e-ok", ns, hold=True)),
             "e2e-fail": ("Failed", _tj("e2e-fail", ns, exit_code=1)),
             # killed every time (137 = SIGKILL, retryable): 5 whole-group restarts, then Failed
             "e2e-restarts": ("Failed", _tj("e2e-restarts", ns, exit_code=137, backoff=5)),
@@ -352,6 +362,20 @@ def scenario(
         kube.custom.create_namespaced_custom_object(
             GROUP, VERSION, ns, TRAINING_JOB_PLURAL, no_gang
         )
+        for plural, name in (
+            (TRAINING_JOB_PLURAL, "e2e-ok"),
+            (COMPRESSION_JOB_PLURAL, "e2e-compress"),
+        ):
+            poll(
+                lambda p=plural, n=name: _phase(kube, p, ns, n) == "Running",
+                timeout=300,
+                interval=0.5,
+                what=f"{name} Running",
+            )
+        for pod in kube.core.list_namespaced_pod(
+            ns, label_selector="torchyard.io/job-name=e2e-ok"
+        ).items:
+            set_pod_hold(kube.api_client, pod.metadata.name, ns, hold=False)
         finals: dict[str, str] = {}
         for name, (want, _) in jobs.items():
             got = poll(
@@ -366,11 +390,6 @@ def scenario(
             )
             assert got == want, f"{name}: {got}\n{operator.log.read_text()[-3000:]}"
             finals[name] = got
-        poll(
-            lambda: _phase(kube, COMPRESSION_JOB_PLURAL, ns, "e2e-compress"),
-            timeout=120,
-            what="e2e-compress to get a phase",
-        )
         finals["e2e-compress"] = _phase(kube, COMPRESSION_JOB_PLURAL, ns, "e2e-compress") or ""
         finals["e2e-quota"] = _phase(kube, TRAINING_JOB_PLURAL, quota_ns, "e2e-quota") or ""
 
