@@ -14,11 +14,13 @@ The API calls are the synchronous ``kubernetes`` client, run in worker threads.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -61,6 +63,10 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 PLURALS = {"TrainingJob": TRAINING_JOB_PLURAL, "CompressionJob": COMPRESSION_JOB_PLURAL}
 KIND_OF_LABEL = {"trainingjob": "TrainingJob", "compressionjob": "CompressionJob"}
 MAX_ATTEMPTS = 12
+COUNT_KEYS = frozenset({"workers", "message"})
+# Responses we do not read (or read as JSON): skip the client's typed deserialization,
+# which costs more CPU than the request itself.
+RAW: dict[str, Any] = {"_preload_content": False}
 COMPONENT = "torchyard-operator"
 
 
@@ -83,6 +89,12 @@ class Settings:
     """Reconciles running at once."""
     coalesce_seconds: float = 0.02
     """How long a queued key waits for more events before it is reconciled."""
+    count_update_seconds: float = 3.0
+    """Least time between two status writes that only refresh worker counts/message (phase
+    and condition changes are written at once)."""
+    child_coalesce_seconds: float = 0.25
+    """The same for events of a job's batch Job: pods becoming ready one by one change its
+    counts in bursts; one status write per burst, not one per pod."""
 
 
 class Reconciler:
@@ -108,9 +120,14 @@ class Reconciler:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._attempts: dict[Key, int] = {}
         self._sem: asyncio.Semaphore | None = None
+        # Own threads: the loop's default executor has only cpu+4 threads.
+        self._pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="reconcile")
+        self._event_pool = ThreadPoolExecutor(2, thread_name_prefix="events")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._seen_pods_created: set[Key] = set()
+        self._last_write: dict[Key, float] = {}
+        self._views: dict[Key, tuple[tuple[str, int], JobView]] = {}
         self._seen_running: set[Key] = set()
         self.instance = socket.gethostname()
 
@@ -153,11 +170,13 @@ class Reconciler:
             "uid"
         ) != meta.get("uid"):
             self.jobs[key] = body
-        self.enqueue(key)
+        self.enqueue(key, self.settings.child_coalesce_seconds)
 
     def _forget(self, key: Key) -> None:
         self.jobs.pop(key, None)
         self._attempts.pop(key, None)
+        self._last_write.pop(key, None)
+        self._views.pop(key, None)
         self._seen_pods_created.discard(key)
         self._seen_running.discard(key)
         for deps in self.dependents.values():
@@ -186,7 +205,8 @@ class Reconciler:
             self.metrics.queue_depth.set(len(self._pending))
             started = time.perf_counter()
             try:
-                await asyncio.to_thread(self.reconcile, key)
+                assert self._loop is not None
+                await self._loop.run_in_executor(self._pool, self.reconcile, key)
             except Conflict:
                 self.enqueue(key, 0.05)
             except Exception as exc:
@@ -223,7 +243,7 @@ class Reconciler:
         body = self.objects.get(key)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return
-        view = JobView.from_body(body)
+        view = self._view(key, body)
         now = datetime.now(UTC)
         job_body = self.jobs.get(key)
         obs = Observed(now=now, job=JobInfo.from_dict(job_body) if job_body else None)
@@ -239,9 +259,36 @@ class Reconciler:
         except _Refused as exc:
             decision = decide_failure(view, obs, Reason.INVALID_SPEC, str(exc))
             self._act(key, body, view, decision.before_status)
+        if self._throttled(key, body, decision):
+            self._observe_metrics(key, body, view, decision, obs)
+            return
         self._write_status(key, body, view, decision)
         self._act(key, body, view, decision.after_status)
         self._observe_metrics(key, body, view, decision, obs)
+
+    def _view(self, key: Key, body: dict[str, Any]) -> JobView:
+        """The parsed job; the spec is parsed once per generation (pydantic is not free)."""
+        meta = body.get("metadata") or {}
+        stamp = (str(meta.get("uid")), int(meta.get("generation") or 0))
+        cached = self._views.get(key)
+        if cached is not None and cached[0] == stamp:
+            return replace(cached[1], status=dict(body.get("status") or {}))
+        view = JobView.from_body(body)
+        self._views[key] = (stamp, view)
+        return view
+
+    def _throttled(self, key: Key, body: dict[str, Any], decision: Decision) -> bool:
+        """Defer a write that only refreshes counts, if the last write was recent."""
+        patch = status_patch(dict(body.get("status") or {}), decision.status)
+        if not patch or not set(patch) <= COUNT_KEYS or decision.actions or decision.events:
+            return False
+        wait = self.settings.count_update_seconds - (
+            time.monotonic() - self._last_write.get(key, 0.0)
+        )
+        if wait <= 0:
+            return False
+        self.enqueue(key, wait)
+        return True
 
     def _source(self, view: JobView, body: dict[str, Any]) -> SourceInfo:
         ref = ((body.get("spec") or {}).get("source") or {}).get("trainingJobRef")
@@ -297,7 +344,7 @@ class Reconciler:
             if kind == "ConfigMap":
                 self._create_or_exists(
                     "configmaps",
-                    partial(self.core.create_namespaced_config_map, ns, obj),
+                    partial(self.core.create_namespaced_config_map, ns, obj, **RAW),
                     update=partial(
                         self.core.patch_namespaced_config_map,
                         obj["metadata"]["name"],
@@ -307,7 +354,7 @@ class Reconciler:
                 )
             elif kind == "Service":
                 self._create_or_exists(
-                    "services", partial(self.core.create_namespaced_service, ns, obj)
+                    "services", partial(self.core.create_namespaced_service, ns, obj, **RAW)
                 )
             elif kind == "PodGroup":
                 group, version = obj["apiVersion"].split("/")
@@ -320,14 +367,15 @@ class Reconciler:
                         ns,
                         "podgroups",
                         obj,
+                        **RAW,
                     ),
                 )
             elif kind == "Job":
                 created = self._create_or_exists(
-                    "jobs", partial(self.batch.create_namespaced_job, ns, obj)
+                    "jobs", partial(self.batch.create_namespaced_job, ns, obj, **RAW)
                 )
                 if created is not None:
-                    self.observe_job(self.api.sanitize_for_serialization(created), "ADDED")
+                    self.observe_job(json.loads(created.data), "ADDED")
 
     def _create_or_exists(
         self, resource: str, create: Callable[[], Any], update: Callable[[], Any] | None = None
@@ -418,11 +466,13 @@ class Reconciler:
                 if exc.status == 404:
                     return
                 raise
+            self._last_write[key] = time.monotonic()
             if isinstance(updated, dict) and _rv(updated) >= _rv(self.objects.get(key)):
                 self.objects[key] = updated
             body = updated if isinstance(updated, dict) else body
         for event in decision.events:
-            self._post_event(body, event)
+            # Fire and forget: an Event never holds up the next job's reconcile.
+            self._event_pool.submit(self._post_event, body, event)
 
     def _refresh(self, key: Key) -> None:
         try:
@@ -472,7 +522,12 @@ class Reconciler:
         }
         try:
             self._call(
-                "create", "events", self.core.create_namespaced_event, meta.get("namespace"), ev
+                "create",
+                "events",
+                self.core.create_namespaced_event,
+                meta.get("namespace"),
+                ev,
+                **RAW,
             )
         except client.ApiException as exc:  # an event is never worth failing a reconcile
             log.warning("could not post event %s: %s", event.reason, _reason(exc))

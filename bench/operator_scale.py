@@ -1,0 +1,449 @@
+"""Operator scale benchmark (issue 5): a burst of TrainingJobs on the real control plane.
+
+On the dev cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, KWOK) with
+>= 100 fake nodes of 8 GPUs, submit N TrainingJobs of W workers (1 GPU each) at once and
+measure, for our operator and — in the same run, same cluster — for an empty Kopf operator
+that only creates the same objects (bench/baseline_operator.py):
+
+- jobs/s and pods/s from the first submit to the last job's pods all existing,
+- submit -> all pods created, submit -> all pods Running (p50/p99; from a pod watch),
+- operator peak RSS (VmHWM) and CPU seconds during the burst,
+- API requests per job the operator caused (apiserver_request_total delta over the
+  resources only an operator writes: trainingjobs incl. status, and the create/patch/delete
+  of configmaps, services and jobs; watches excluded), plus our reconciler's own count.
+
+Worker pods are held Running (KWOK hold annotation), so "Running" is a stable state.
+Writes bench/results/operator_scale.json and docs/benchmarks-operator.md.
+
+    python bench/operator_scale.py [--jobs 200] [--workers 4] [--nodes 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "operator_scale.json"
+DOC = ROOT / "docs" / "benchmarks-operator.md"
+HOLD = "kwok.torchyard.io/hold"
+
+sys.path.insert(0, str(ROOT / "operator"))
+
+from kubernetes import client, watch  # noqa: E402
+
+from torchyard import devcluster  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
+    return s[k]
+
+
+def _manifest(name: str, workers: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "torchyard.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "strategy": "ddp",
+            "workers": workers,
+            "procsPerWorker": 1,
+            "resources": {"gpu": 1, "cpu": "1", "memory": "1Gi"},
+            "model": {"builtin": "mlp"},
+            "data": {"builtin": "digits"},
+            "batchSize": 64 * workers,
+            "scheduling": {"gang": "none"},
+            "podMetadata": {"annotations": {HOLD: "true"}},
+        },
+    }
+
+
+def _apiserver_counts(api: Any) -> dict[tuple[str, str, str], float]:
+    host = api.configuration.host
+    text = api.rest_client.pool_manager.request("GET", f"{host}/metrics").data.decode()
+    out: dict[tuple[str, str, str], float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        key = (labels.get("resource", ""), labels.get("subresource", ""), labels.get("verb", ""))
+        out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _operator_requests(before: dict[Any, float], after: dict[Any, float]) -> float:
+    """Requests to what only an operator writes (no watches/lists of other clients)."""
+    writes = ("POST", "PATCH", "PUT", "DELETE")
+    total = 0.0
+    for (resource, sub, verb), value in after.items():
+        delta = value - before.get((resource, sub, verb), 0.0)
+        ours = (
+            (resource == "trainingjobs" and verb not in ("WATCH", "LIST"))
+            or (resource in ("configmaps", "services") and verb in writes)
+            or (resource == "jobs" and sub == "" and verb in writes)
+        )
+        if ours:
+            total += delta
+    return total
+
+
+def _proc_stats(pid: int) -> tuple[float, float]:
+    """(cpu seconds, peak RSS MiB) of a process and its children threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm = 0.0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+    return cpu, hwm
+
+
+class PodWatch(threading.Thread):
+    def __init__(self, core: Any, namespace: str, workers: int) -> None:
+        super().__init__(daemon=True)
+        self.core, self.namespace, self.workers = core, namespace, workers
+        self.seen: dict[str, set[str]] = {}
+        self.running: dict[str, set[str]] = {}
+        self.created_at: dict[str, float] = {}
+        self.running_at: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        w = watch.Watch()
+        while not self.stop.is_set():
+            try:
+                for ev in w.stream(
+                    self.core.list_namespaced_pod, self.namespace, timeout_seconds=30
+                ):
+                    self._on(ev["object"])
+                    if self.stop.is_set():
+                        break
+            except Exception:
+                time.sleep(0.2)
+
+    def _on(self, pod: Any) -> None:
+        now = time.time()
+        job = (pod.metadata.labels or {}).get("torchyard.io/job-name")
+        if not job:
+            return
+        with self.lock:
+            self.seen.setdefault(job, set()).add(pod.metadata.name)
+            if len(self.seen[job]) >= self.workers and job not in self.created_at:
+                self.created_at[job] = now
+            if pod.status and pod.status.phase == "Running":
+                self.running.setdefault(job, set()).add(pod.metadata.name)
+                if len(self.running[job]) >= self.workers and job not in self.running_at:
+                    self.running_at[job] = now
+
+
+class JobWatch(threading.Thread):
+    """When each batch Job appeared (the operator's part of submit -> pods created)."""
+
+    def __init__(self, batch: Any, namespace: str) -> None:
+        super().__init__(daemon=True)
+        self.batch, self.namespace = batch, namespace
+        self.created_at: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        w = watch.Watch()
+        while not self.stop.is_set():
+            try:
+                for ev in w.stream(
+                    self.batch.list_namespaced_job, self.namespace, timeout_seconds=30
+                ):
+                    self.created_at.setdefault(ev["object"].metadata.name, time.time())
+                    if self.stop.is_set():
+                        break
+            except Exception:
+                time.sleep(0.2)
+
+
+def _start_operator(kind: str, namespace: str, kubeconfig: Path, log: Path) -> tuple[Any, int]:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    port = _free_port()
+    if kind == "torchyard":
+        cmd = [
+            sys.executable,
+            "-m",
+            "torchyard.cli",
+            "operator",
+            "--namespace",
+            namespace,
+            "--metrics-port",
+            str(port),
+            "--health-port",
+            str(_free_port()),
+            "--default-image",
+            "registry.invalid/trainer:bench",
+        ]
+        url = f"http://127.0.0.1:{port}/metrics"
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "kopf",
+            "run",
+            "--standalone",
+            "--namespace",
+            namespace,
+            f"--liveness=http://127.0.0.1:{port}/healthz",
+            str(ROOT / "bench/baseline_operator.py"),
+        ]
+        url = f"http://127.0.0.1:{port}/healthz"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        raise RuntimeError(f"{kind} operator did not come up; see {log}")
+    time.sleep(2.0)  # let the initial listing settle before the baseline CPU reading
+    return proc, port
+
+
+def run_one(
+    kind: str, cluster: Any, api: Any, jobs: int, workers: int, log_dir: Path
+) -> dict[str, Any]:
+    core = client.CoreV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    ns = f"bench-{kind}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace({"metadata": {"name": ns}})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            core.read_namespaced_service_account("default", ns)
+            break
+        except client.ApiException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    proc, port = _start_operator(kind, ns, cluster.kubeconfig, log_dir / f"{kind}.log")
+    pods = PodWatch(core, ns, workers)
+    pods.start()
+    jobs_watch = JobWatch(client.BatchV1Api(api), ns)
+    jobs_watch.start()
+    time.sleep(1.0)
+    cpu0, _ = _proc_stats(proc.pid)
+    counts0 = _apiserver_counts(api)
+    submitted: dict[str, float] = {}
+
+    def submit(i: int) -> None:
+        name = f"j{i:04d}"
+        submitted[name] = time.time()
+        custom.create_namespaced_custom_object(
+            "torchyard.io", "v1alpha1", ns, "trainingjobs", _manifest(name, workers)
+        )
+
+    t0 = time.time()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(submit, range(jobs)))
+    t_submitted = time.time()
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        with pods.lock:
+            if len(pods.running_at) >= jobs:
+                break
+        time.sleep(0.25)
+    with pods.lock:
+        created = dict(pods.created_at)
+        running = dict(pods.running_at)
+    cpu1, rss = _proc_stats(proc.pid)
+    # let trailing status writes land before counting requests
+    time.sleep(3.0)
+    counts1 = _apiserver_counts(api)
+    own = None
+    if kind == "torchyard":
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        own = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("torchyard_api_requests_total{")
+        )
+    pods.stop.set()
+    jobs_watch.stop.set()
+    job_seen = dict(jobs_watch.created_at)
+    to_job = [job_seen[j] - submitted[j] for j in job_seen if j in submitted]
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    # Clean up explicitly (jobs first, then the namespace): the namespace controller alone
+    # is slow to remove custom resources on this control plane.
+    custom.delete_collection_namespaced_custom_object(
+        "torchyard.io", "v1alpha1", ns, "trainingjobs"
+    )
+    client.BatchV1Api(api).delete_collection_namespaced_job(ns, propagation_policy="Background")
+    core.delete_namespace(ns, propagation_policy="Background")
+
+    to_created = [created[j] - submitted[j] for j in created]
+    to_running = [running[j] - submitted[j] for j in running]
+    last_created = max(created.values()) if created else float("nan")
+    span = last_created - t0
+    result = {
+        "operator": kind,
+        "jobs": jobs,
+        "workers": workers,
+        "jobs_all_pods_created": len(created),
+        "jobs_all_running": len(running),
+        "submit_seconds": round(t_submitted - t0, 3),
+        "jobs_per_s": round(len(created) / span, 2) if span > 0 else None,
+        "pods_per_s": round(len(created) * workers / span, 1) if span > 0 else None,
+        "pods_created_p50_s": round(_pct(to_created, 0.5), 3),
+        "pods_created_p99_s": round(_pct(to_created, 0.99), 3),
+        "job_created_p50_s": round(_pct(to_job, 0.5), 3),
+        "job_created_p99_s": round(_pct(to_job, 0.99), 3),
+        "running_p50_s": round(_pct(to_running, 0.5), 3),
+        "running_p99_s": round(_pct(to_running, 0.99), 3),
+        "operator_cpu_s": round(cpu1 - cpu0, 2),
+        "operator_peak_rss_mib": round(rss, 1),
+        "api_requests_per_job": round(_operator_requests(counts0, counts1) / jobs, 2),
+        "own_api_requests_per_job": round(own / jobs, 2) if own is not None else None,
+    }
+    # wait for the namespace (and its held pods) to be gone before the next run
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(ns)
+            time.sleep(1.0)
+        except client.ApiException as e:
+            if e.status == 404:
+                break
+    return result
+
+
+def _doc(data: dict[str, Any]) -> str:
+    cols = [
+        ("jobs/s", "jobs_per_s"),
+        ("pods/s", "pods_per_s"),
+        ("submit→Job created p50 (s)", "job_created_p50_s"),
+        ("p99 (s)", "job_created_p99_s"),
+        ("submit→pods created p50 (s)", "pods_created_p50_s"),
+        ("p99 (s)", "pods_created_p99_s"),
+        ("submit→Running p50 (s)", "running_p50_s"),
+        ("p99 (s)", "running_p99_s"),
+        ("CPU (s)", "operator_cpu_s"),
+        ("peak RSS (MiB)", "operator_peak_rss_mib"),
+        ("API req/job", "api_requests_per_job"),
+    ]
+    lines = [
+        "# Operator scale benchmark",
+        "",
+        "Generated by `python bench/operator_scale.py` (issue 5). One burst of "
+        f"{data['jobs']} TrainingJobs × {data['workers']} workers (1 GPU each) on the dev "
+        f"control plane with {data['nodes']} KWOK nodes × 8 GPUs; the baseline is an empty Kopf "
+        "operator that only creates the same objects (`bench/baseline_operator.py`), measured "
+        "in the same run on the same cluster. Pods are held Running by KWOK; times are from "
+        "the client's submit to the pod watch seeing all of a job's pods (created / Running).",
+        "",
+        f"Machine: {data['machine']}. Ratios count more than absolute figures on this shared "
+        "2-core machine (the control plane, KWOK and the operator share it).",
+        "",
+        "| operator | " + " | ".join(c for c, _ in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for r in data["runs"]:
+        lines.append(f"| {r['operator']} | " + " | ".join(str(r[k]) for _, k in cols) + " |")
+    ratio = data.get("throughput_vs_baseline")
+    lines += [
+        "",
+        f"- throughput (jobs/s) vs the empty operator: **{ratio}**× (goal ≥ 0.8)",
+        f"- p99 submit→pods created: **{data['ours']['pods_created_p99_s']} s** (goal < 2 s)",
+        f"- peak RSS: **{data['ours']['operator_peak_rss_mib']} MiB** (goal < 200 MiB)",
+        f"- our reconciler's own API requests per job (incl. Events, pod lists): "
+        f"{data['ours']['own_api_requests_per_job']}",
+        "",
+        "API req/job counts apiserver_request_total over what only an operator writes "
+        "(trainingjobs incl. status, create/patch/delete of configmaps, services, jobs; "
+        "no watches). The empty operator writes no status and no events.",
+        "",
+    ]
+    for note in data.get("notes", []):
+        lines.append(f"- {note}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--jobs", type=int, default=200)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--nodes", type=int, default=100)
+    p.add_argument("--order", default="baseline,torchyard")
+    args = p.parse_args()
+    cluster = devcluster.up(nodes=args.nodes, gpus_per_node=8, timeout=400)
+    api = cluster.api_client()
+    from torchyard.devcluster.crds import apply_crds
+
+    apply_crds(api, ROOT / "crds")
+    log_dir = ROOT / "bench" / "results" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for kind in args.order.split(","):
+        print(f"== {kind}", flush=True)
+        r = run_one(kind, cluster, api, args.jobs, args.workers, log_dir)
+        print(json.dumps(r, indent=2), flush=True)
+        runs.append(r)
+    by = {r["operator"]: r for r in runs}
+    ours, base = by.get("torchyard"), by.get("baseline")
+    data: dict[str, Any] = {
+        "title": "Operator scale: burst of TrainingJobs (ours vs empty Kopf operator)",
+        "jobs": args.jobs,
+        "workers": args.workers,
+        "nodes": args.nodes,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}",
+        "runs": runs,
+        "ours": ours,
+        "baseline": base,
+        "throughput_vs_baseline": round(ours["jobs_per_s"] / base["jobs_per_s"], 2)
+        if ours and base and ours["jobs_per_s"] and base["jobs_per_s"]
+        else None,
+        "table": {
+            "columns": list(runs[0].keys()),
+            "rows": [list(r.values()) for r in runs],
+        },
+        "notes": [f"run order: {args.order}"],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    DOC.write_text(_doc(data))
+    print(f"wrote {RESULTS} and {DOC}")
+    api.close()
+
+
+if __name__ == "__main__":
+    main()
