@@ -1,0 +1,71 @@
+"""Pure parts of the operator: gang-mode choice, metrics bookkeeping, Kopf settings."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+from prometheus_client import generate_latest
+
+from torchyard.handlers import FINALIZER, configure
+from torchyard.handlers.gang import choose_gang
+from torchyard.metrics import OperatorMetrics
+
+ALL = {"kueue.x-k8s.io", "scheduling.volcano.sh", "scheduling.x-k8s.io"}
+
+
+@pytest.mark.parametrize(
+    ("requested", "queue", "groups", "mode"),
+    [
+        ("auto", None, set(), "none"),
+        ("auto", None, {"scheduling.x-k8s.io"}, "coscheduling"),
+        ("auto", None, {"scheduling.x-k8s.io", "scheduling.volcano.sh"}, "volcano"),
+        ("auto", "q", ALL, "kueue"),
+        ("auto", None, ALL, "volcano"),  # Kueue needs a queue name
+        ("none", "q", ALL, "none"),
+        ("volcano", None, set(), "volcano"),  # explicit modes are not second-guessed
+        ("coscheduling", None, set(), "coscheduling"),
+        ("kueue", "q", set(), "kueue"),
+    ],
+)
+def test_choose_gang(requested: str, queue: str | None, groups: set[str], mode: str) -> None:
+    assert choose_gang(requested, queue, groups) == mode
+
+
+def _text(m: OperatorMetrics) -> str:
+    return generate_latest(m.registry).decode()
+
+
+def test_job_series_follow_the_phase_and_go_with_the_job() -> None:
+    m = OperatorMetrics()
+    m.observe_job("TrainingJob", "ml", "a", "Pending", strategy="ddp", workers=2, gang="auto")
+    m.observe_job("TrainingJob", "ml", "a", "Running", strategy="ddp", workers=2, gang="auto")
+    m.observe_job("TrainingJob", "ml", "b", "Running", strategy="ddp", workers=4, gang="none")
+    text = _text(m)
+    assert (
+        'torchyard_job_status{kind="TrainingJob",name="a",namespace="ml",phase="Running"} 1.0'
+        in text
+    )
+    assert 'phase="Pending"} 1.0' not in text  # the old phase's series is gone
+    assert 'torchyard_jobs{kind="TrainingJob",phase="Running"} 2.0' in text
+    assert 'torchyard_job_transitions_total{kind="TrainingJob",phase="Running"} 1.0' in text
+    m.forget_job("TrainingJob", "ml", "a")
+    text = _text(m)
+    assert 'name="a"' not in text
+    assert 'torchyard_jobs{kind="TrainingJob",phase="Running"} 1.0' in text
+    assert 'name="b"' in text
+
+
+def test_settings_use_our_prefix_not_kopfs() -> None:
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    assert settings.persistence.finalizer == FINALIZER == "torchyard.io/finalizer"
+    progress = settings.persistence.progress_storage
+    assert isinstance(progress, kopf.AnnotationsProgressStorage)
+    assert progress.prefix == "torchyard.io"
+    diffbase = settings.persistence.diffbase_storage
+    assert isinstance(diffbase, kopf.AnnotationsDiffBaseStorage)
+    assert diffbase.prefix == "torchyard.io"
+    assert settings.peering.standalone is True
+    configure(settings, peering="torchyard")
+    assert settings.peering.standalone is False
+    assert settings.peering.name == "torchyard"
