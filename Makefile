@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 run: venv
 	$(VENV)/bin/torchyard run $(EXAMPLE)
 
-test: venv control-plane lint typecheck
+test: venv control-plane tools lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 venv:
