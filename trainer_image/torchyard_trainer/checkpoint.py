@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import state_dict_loader, state_dict_saver
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -129,10 +129,10 @@ class CheckpointManager:
         if self.rank == 0:
             torch.save(trainer_state, tmp / "trainer.pt")
         if self.async_save:
-            fut = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._pg)
+            fut = state_dict_saver.async_save(state, checkpoint_id=str(tmp), process_group=self._pg)
             self._pending = _Pending(fut, tmp, step, started)
         else:
-            dcp.save(state, checkpoint_id=str(tmp))
+            state_dict_saver.save(state, checkpoint_id=str(tmp))
             self._pending = _Pending(None, tmp, step, started)
             self.wait()
 
@@ -175,7 +175,7 @@ class CheckpointManager:
             state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
         else:
             state = {"model": get_state_dict(model, [])[0]}
-        dcp.load(state, checkpoint_id=str(path))
+        state_dict_loader.load(state, checkpoint_id=str(path))
         set_state_dict(
             model,
             optimizer if optimizer is not None else [],
@@ -195,7 +195,7 @@ class CheckpointManager:
 def load_model_weights(path: Path, model: torch.nn.Module) -> None:
     """Load only the model part of a DCP checkpoint into a plain (single-process) module."""
     sd = {"model": model.state_dict()}
-    dcp.load(sd, checkpoint_id=str(path), no_dist=True)  # type: ignore[call-arg]
+    state_dict_loader.load(sd, checkpoint_id=str(path), no_dist=True)
     model.load_state_dict(sd["model"])
 
 

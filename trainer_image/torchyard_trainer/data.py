@@ -158,7 +158,7 @@ def _csv(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _parquet(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise ConfigError("format parquet needs pyarrow in the worker image") from exc
     table = pq.read_table(path)
@@ -231,7 +231,7 @@ def load_dataset(spec: Any, seed: int, pvc_root: Path, cache_dir: Path) -> Datas
         x = np.asarray(x, dtype=np.float32)
         shape = tuple(int(s) for s in x.shape[1:])
         image = shape if len(shape) == 3 else None
-        info = DataInfo("classification", shape, int(y.max()) + 1, image, name=spec.uri)  # type: ignore[arg-type]
+        info = DataInfo("classification", shape, int(y.max()) + 1, image, name=spec.uri)
     else:
         raise ConfigError("data needs builtin or uri")
 
@@ -261,7 +261,10 @@ def load_dataset(spec: Any, seed: int, pvc_root: Path, cache_dir: Path) -> Datas
             )
         idx_train = idx_lab
         unlabeled = torch.from_numpy(np.ascontiguousarray(x[idx_unl]))
-    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+
+    def to_t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a))
+
     extra.update(
         {
             "source": info.name,
@@ -304,7 +307,7 @@ class ShardedBatches:
     ) -> None:
         self.tensors = tensors
         self.micro_batch = micro_batch
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[int] = DistributedSampler(
             range(len(tensors[0])),  # type: ignore[arg-type]
             num_replicas=dp,
             rank=dp_rank,

@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-m" not in argv and "--module" not in argv and not any(a.endswith(".py") for a in argv):
         argv += ["-m", "torchyard_trainer"]
-    args = parse_args(argv)
+    args = parse_args(argv)  # type: ignore[no-untyped-call,unused-ignore]
     try:
-        run(args)
+        run(args)  # type: ignore[no-untyped-call,unused-ignore]
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = exit_code_of(failure.exitcode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -110,7 +111,8 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(idx.shape[1], device=idx.device)
-        return self.tok(idx) + self.pos(pos)
+        out: torch.Tensor = self.tok(idx) + self.pos(pos)
+        return out
 
 
 class TransformerBlock(nn.Module):
@@ -141,7 +143,8 @@ class TransformerBlock(nn.Module):
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
-        return x + self.ff(self.ln2(x))
+        out: torch.Tensor = x + self.ff(self.ln2(x))
+        return out
 
 
 def _transformer(
@@ -174,7 +177,12 @@ def _transformer(
     return model
 
 
-BUILTINS = {"mlp": _mlp, "cnn": _cnn, "resnet": _resnet, "transformer": _transformer}
+BUILTINS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": _mlp,
+    "cnn": _cnn,
+    "resnet": _resnet,
+    "transformer": _transformer,
+}
 
 
 def build_model(spec: Any, info: DataInfo) -> nn.Module:

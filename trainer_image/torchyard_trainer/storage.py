@@ -40,7 +40,7 @@ def local_path(uri: str, pvc_root: Path) -> Path:
 
 def _fs(uri: str):  # type: ignore[no-untyped-def]
     try:
-        import fsspec
+        import fsspec  # type: ignore[import-untyped,unused-ignore]
     except ImportError as exc:  # pragma: no cover - depends on the image
         raise ConfigError(
             f"{uri}: s3:// and gs:// need fsspec (pip install fsspec s3fs gcsfs)"
@@ -64,7 +64,7 @@ def fetch(uri: str, pvc_root: Path, cache_dir: Path) -> Path:
         fs.get(path, str(tmp / "x"), recursive=fs.isdir(path))
         os.replace(tmp / "x", target)
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return Path(target)
 
 
 def upload_dir(local: Path, uri: str) -> None:

@@ -137,7 +137,8 @@ def init_distributed(env: WorkerEnv) -> torch.device:
         if env.is_distributed:
             dist.init_process_group(backend=backend, device_id=device if cuda else None)
         else:  # plain `python -m torchyard_trainer`: a world of one, no rendezvous needed
-            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+            store = dist.HashStore()  # type: ignore[attr-defined,unused-ignore]
+            dist.init_process_group(backend=backend, store=store, rank=0, world_size=1)
     if dist.get_world_size() != env.world_size:
         raise ConfigError(
             f"process group has {dist.get_world_size()} ranks, WORLD_SIZE={env.world_size}"
@@ -316,7 +317,7 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
 
     def should_save(step: int) -> bool:
         every = spec.checkpoint.every_steps
-        return step % every == 0 if every else step % steps_per_epoch == 0
+        return bool(step % every == 0) if every else step % steps_per_epoch == 0
 
     last_eval: dict[str, float] = {}
     loss_acc = torch.zeros((), device=rt.device)
@@ -347,7 +348,8 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
                 dist.all_reduce(flags)
                 now = time.perf_counter()
                 dt = now - t_last
-                last_loss = flags[0].item() / flags[1].item() if flags[1] > 0 else None
+                lsum, wsum, _ = (float(v) for v in flags.tolist())
+                last_loss = lsum / wsum if wsum > 0 else None
                 sps = spec.batch_size * steps_since / dt
                 tps = sps * seq if ds.info.task == "lm" else None
                 mfu = (tps * fpt / (peak * env.world_size)) if (tps and fpt and peak) else None
@@ -359,7 +361,7 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
                 m.set(m.mfu, mfu)
                 m.set(m.step, step)
                 m.set(m.epoch, epoch)
-                m.set(m.lr, sched.get_last_lr()[0])
+                m.set(m.lr, float(sched.get_last_lr()[0]))
                 m.observe(m.step_hist, dt / steps_since)
                 if rt.device.type == "cuda":
                     m.set(m.gpu_mem, torch.cuda.max_memory_allocated(rt.device))
@@ -426,7 +428,7 @@ def recipe_hash(job: Any) -> str:
 
 def ckpt_done(ckpt: CheckpointManager) -> bool:
     p = ckpt._pending
-    return p is None or p.future is None or bool(p.future.done())
+    return bool(p is None or p.future is None or p.future.done())
 
 
 @torch.no_grad()

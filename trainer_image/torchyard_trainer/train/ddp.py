@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from torchyard_trainer.artifacts import load_weights
@@ -45,14 +46,15 @@ class DDPStrategy:
         self.loss = loss_fn(ds.info.task)
         self.task = ds.info.task
         fp16 = rt.autocast_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=fp16)
+        self.scaler = GradScaler(rt.device.type, enabled=fp16)
         self.clip = spec.optimizer.grad_clip_norm
 
     def train_tensors(self, ds: Dataset) -> tuple[torch.Tensor, ...]:
         return ds.train_x, ds.train_y
 
     def compute_loss(self, out: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return self.loss(out, batch[1])
+        loss: torch.Tensor = self.loss(out, batch[1])
+        return loss
 
     def train_step(self, micro: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, float]:
         self.train_model.train()
@@ -65,7 +67,7 @@ class DDPStrategy:
                 with self.rt.autocast():
                     out = self.train_model(batch[0])
                     loss = self.compute_loss(out, batch) / n
-                self.scaler.scale(loss).backward()
+                self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call,unused-ignore]
             total += loss.detach()
         if self.clip:
             self.scaler.unscale_(self.optimizer)

@@ -12,11 +12,13 @@ data-parallel replicas with one all-reduce per step.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors  # type: ignore[attr-defined,unused-ignore]
 from torch.distributed.pipelining import (
     PipelineStage,
     Schedule1F1B,
@@ -49,10 +51,10 @@ def local_stage_ids(dims: ParallelDims, pp_rank: int) -> list[int]:
 
 
 def build_schedule(
-    kind: str, stages: list[PipelineStage], n_microbatches: int, loss: Any
+    kind: str, stages: Sequence[PipelineStage], n_microbatches: int, loss: Any
 ) -> _PipelineSchedule:
     if kind == "Interleaved1F1B":
-        return ScheduleInterleaved1F1B(stages, n_microbatches, loss_fn=loss)
+        return ScheduleInterleaved1F1B(list[Any](stages), n_microbatches, loss_fn=loss)
     if len(stages) != 1:
         raise ConfigError(f"schedule {kind} runs one stage per rank (virtualStagesPerRank: 1)")
     if kind == "GPipe":
@@ -134,13 +136,12 @@ class PipelineStrategy:
         self._run(x, y, losses, train=True)
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.dp_group is not None and params:
-            grads = [p.grad for p in params]
-            flat = torch._utils._flatten_dense_tensors(grads)  # type: ignore[attr-defined]
+            grads = [p.grad for p in params if p.grad is not None]
+            flat = _flatten_dense_tensors(grads)  # type: ignore[no-untyped-call,unused-ignore]
             dist.all_reduce(flat, group=self.dp_group)
             flat /= self.dims.dp
-            for g, synced in zip(
-                grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True
-            ):  # type: ignore[attr-defined]
+            synced_all = _unflatten_dense_tensors(flat, grads)  # type: ignore[no-untyped-call,unused-ignore]
+            for g, synced in zip(grads, synced_all, strict=True):
                 g.copy_(synced)
         if self.clip:
             clip_grad_norm_pp(params, self.clip, self.pp_group)
@@ -198,7 +199,7 @@ class PipelineStrategy:
         return {"pipeline": {"stages": self.bounds, "schedule": self.rt.spec.pipeline.schedule}}
 
 
-def clip_grad_norm_pp(params: list[torch.Tensor], max_norm: float, pp_group: Any) -> float:
+def clip_grad_norm_pp(params: Sequence[torch.Tensor], max_norm: float, pp_group: Any) -> float:
     """Clip by the global norm over all pipeline stages (each rank holds only some params)."""
     grads, _ = tree_flatten([p.grad for p in params])
     sq = torch.zeros((), device=params[0].device if params else "cpu", dtype=torch.float32)
