@@ -53,7 +53,12 @@ def up(
 @app.command()
 def down() -> None:
     """Stop exactly the processes `up` started and remove the cluster state."""
-    if cluster.down():
+    try:
+        stopped = cluster.down()
+    except cluster.DevClusterError as e:
+        typer.echo(f"dev-cluster down failed: {e}", err=True)
+        raise typer.Exit(1) from e
+    if stopped:
         typer.echo("dev cluster stopped", err=True)
     else:
         typer.echo("dev cluster was not running", err=True)

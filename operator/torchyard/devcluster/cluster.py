@@ -244,8 +244,27 @@ def _kubeconfig(path: Path, server: str, ca: Path, cert: certs.CertPaths, user: 
 # --- up / down -----------------------------------------------------------------------------
 
 
+MARKER = ".torchyard-dev-cluster"
+
+
+def _check_ours(state_dir: Path) -> None:
+    """Refuse to delete a folder that is not a dev-cluster state folder (a mistyped
+    TORCHYARD_DEV_CLUSTER_DIR must never cost anyone their files)."""
+    if not state_dir.exists() or (state_dir / MARKER).exists():
+        return
+    if (state_dir / "state.json").exists() or (state_dir / "pki" / "ca.crt").exists():
+        return  # made before the marker existed
+    if state_dir.is_dir() and not any(state_dir.iterdir()):
+        return
+    raise DevClusterError(
+        f"{state_dir} exists but is not a dev-cluster state folder (no {MARKER}); "
+        "remove it yourself or point TORCHYARD_DEV_CLUSTER_DIR elsewhere"
+    )
+
+
 def _cleanup(state_dir: Path, state: ClusterState | None) -> None:
     """Stop recorded processes (exactly those pids) and remove the state; keep the logs."""
+    _check_ours(state_dir)
     if state is not None:
         for p in reversed(state.processes):
             procs.stop(p)
@@ -265,8 +284,10 @@ def _start(
     timeout: float,
     verbosity: int,
 ) -> ClusterState:
+    _check_ours(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
+    (state_dir / MARKER).write_text("state of a torchyard dev cluster; removed by `down`\n")
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
     pki = certs.generate(state_dir / "pki", service_ip=SERVICE_IP)
