@@ -246,7 +246,12 @@ class Reconciler:
         view = self._view(key, body)
         now = datetime.now(UTC)
         job_body = self.jobs.get(key)
-        obs = Observed(now=now, job=JobInfo.from_dict(job_body) if job_body else None)
+        job = JobInfo.from_dict(job_body) if job_body else None
+        if job is not None and job_body is not None and not _owned_by(job_body, body):
+            # A Job of an earlier object with the same name (deleted and re-created while
+            # its children are still being garbage-collected): never ours, wait it out.
+            job = replace(job, deleting=True, restart_count=-1)
+        obs = Observed(now=now, job=job)
         decision = decide(view, obs)
         if decision.needs_source:
             obs = Observed(now=now, job=obs.job, pods=obs.pods, source=self._source(view, body))
@@ -602,6 +607,12 @@ def _reason(exc: client.ApiException) -> str:
         return str(json.loads(str(exc.body)).get("message"))
     except (TypeError, ValueError, AttributeError):
         return f"{exc.status} {exc.reason}"
+
+
+def _owned_by(child: dict[str, Any], owner: dict[str, Any]) -> bool:
+    uid = (owner.get("metadata") or {}).get("uid")
+    refs = (child.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
 
 
 def _creation(body: dict[str, Any]) -> float | None:
