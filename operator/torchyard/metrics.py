@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -35,6 +36,7 @@ class OperatorMetrics:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _phase: dict[tuple[str, str, str], str] = field(default_factory=dict)
     _info: dict[tuple[str, str, str], tuple[str, ...]] = field(default_factory=dict)
+    _ratios: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -107,6 +109,18 @@ class OperatorMetrics:
             ["verb", "resource", "code"],
             registry=r,
         )
+        self.compression_ratio = Gauge(
+            "torchyard_compression_ratio",
+            "A finished CompressionJob's baseline ÷ compressed figure (size, params, speedup).",
+            ["namespace", "name", "ratio"],
+            registry=r,
+        )
+        self.compression_accuracy_delta = Gauge(
+            "torchyard_compression_accuracy_delta",
+            "A finished CompressionJob's compressed minus baseline metric.",
+            ["namespace", "name"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "torchyard_reconcile_queue_depth",
             "Jobs waiting for a reconcile.",
@@ -148,10 +162,26 @@ class OperatorMetrics:
             if old is not None:
                 self.transitions.labels(kind, phase).inc()
 
+    def observe_report(self, namespace: str, name: str, report: dict[str, Any]) -> None:
+        """A CompressionJob's report figures (set once it has one)."""
+        with self._lock:
+            for ratio, value in (report.get("ratios") or {}).items():
+                if isinstance(value, int | float):
+                    self.compression_ratio.labels(namespace, name, ratio).set(value)
+                    self._ratios.setdefault((namespace, name), set()).add(ratio)
+            delta = report.get("accuracyDelta")
+            if isinstance(delta, int | float):
+                self.compression_accuracy_delta.labels(namespace, name).set(delta)
+                self._ratios.setdefault((namespace, name), set())
+
     def forget_job(self, kind: str, namespace: str, name: str) -> None:
         """Drop every per-job series (the job was deleted)."""
         key = (kind, namespace, name)
         with self._lock:
+            if kind == "CompressionJob" and (namespace, name) in self._ratios:
+                for ratio in self._ratios.pop((namespace, name)):
+                    self._remove(self.compression_ratio, namespace, name, ratio)
+                self._remove(self.compression_accuracy_delta, namespace, name)
             old = self._phase.pop(key, None)
             if old is not None:
                 self._remove(self.job_status, kind, namespace, name, old)

@@ -89,7 +89,7 @@ def test_compression_job_waits_for_the_model_then_runs(
     training = held(example("digits-ddp.yaml"))
     compression = held(example("compress-prune.yaml"))
     assert compression["spec"]["source"]["trainingJobRef"] == "digits-ddp"
-    with running_operator(kube, namespace, tmp_path):
+    with running_operator(kube, namespace, tmp_path) as op:
         # The CompressionJob first: its source does not even exist yet.
         create(kube, namespace, compression)
         waiting = wait_phase(kube, namespace, "CompressionJob", "digits-prune", Phase.WAITING)
@@ -165,6 +165,11 @@ def test_compression_job_waits_for_the_model_then_runs(
         for reason in (Reason.WAITING_FOR_SOURCE, Reason.SOURCE_READY, Reason.JOB_CREATED):
             assert reasons.count(reason) == 1, reasons
         assert Reason.COMPLETED in reasons
+        ratio = (
+            f'torchyard_compression_ratio{{name="digits-prune",namespace="{namespace}",'
+            f'ratio="params"}} 10.0'
+        )
+        assert ratio in op.metrics()
 
 
 def test_compression_job_fails_when_its_training_job_fails(

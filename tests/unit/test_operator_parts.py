@@ -69,3 +69,14 @@ def test_settings_use_our_prefix_not_kopfs() -> None:
     configure(settings, peering="torchyard")
     assert settings.peering.standalone is False
     assert settings.peering.name == "torchyard"
+
+
+def test_compression_report_series_go_with_the_job() -> None:
+    m = OperatorMetrics()
+    m.observe_job("CompressionJob", "ml", "c", "Succeeded")
+    m.observe_report("ml", "c", {"ratios": {"size": 3.9, "speedup": 1.5}, "accuracyDelta": -0.004})
+    text = _text(m)
+    assert 'torchyard_compression_ratio{name="c",namespace="ml",ratio="size"} 3.9' in text
+    assert 'torchyard_compression_accuracy_delta{name="c",namespace="ml"} -0.004' in text
+    m.forget_job("CompressionJob", "ml", "c")
+    assert 'name="c"' not in _text(m)

@@ -569,6 +569,8 @@ class Reconciler:
             gang=str(spec.scheduling.gang) if spec else "",
         )
         old = body.get("status") or {}
+        if kind == "CompressionJob" and status.get("report") and not old.get("report"):
+            self.metrics.observe_report(key[1], key[2], status["report"])
         if int(status.get("restarts") or 0) > int(old.get("restarts") or 0):
             self.metrics.restarts.labels(kind, key[1]).inc()
         created = _creation(body)
