@@ -110,7 +110,7 @@ def _write_failure(env: WorkerEnv, code: int, exc: BaseException) -> None:
                 "exitCode": code,
                 "retryable": code >= 128,
                 "reason": type(exc).__name__,
-                "message": str(exc)[:4000],
+                "message": str(exc)[:2500],  # the termination message holds 4 KiB
                 "restarts": env.restart_count,
             },
         )

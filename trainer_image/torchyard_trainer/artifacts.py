@@ -158,5 +158,12 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
-    """The result file ``torchyard run`` and the operator read (atomic replace)."""
-    atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    """The result file ``torchyard run`` and the operator read: an atomic replace where the
+    directory is writable, else written in place (``/dev/termination-log`` in a pod, where
+    Kubernetes copies at most 4 KiB of it into the pod status: keep it compact)."""
+    text = json.dumps(result, sort_keys=True, separators=(",", ":")) + "\n"
+    try:
+        atomic_write_text(path, text)
+    except OSError:
+        with path.open("w") as fh:
+            fh.write(text)
