@@ -16,6 +16,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_ROOTS = [str(REPO / "operator"), str(REPO / "trainer_image")]
 TIMEOUT = 600
+# in-process imports of torchyard_trainer also work from a plain checkout (installed wins)
+sys.path.extend(r for r in SOURCE_ROOTS if r not in sys.path)
 
 
 def base_env(**extra: str) -> dict[str, str]:
