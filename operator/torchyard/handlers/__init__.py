@@ -2,10 +2,11 @@
 
 Importing this package registers the handlers with Kopf's default registry:
 
-- ``on.event`` of TrainingJobs, CompressionJobs and the batch Jobs we own feed the
-  reconciler's caches and work queue (:mod:`torchyard.handlers.reconciler`); no handler
-  here changes anything itself, so Kopf writes no progress/diff-base annotations and adds no
-  finalizer to ordinary jobs — no extra PATCH per event;
+- ``on.event`` of TrainingJobs and CompressionJobs, and a lean watch of the batch Jobs we
+  own (:mod:`torchyard.handlers.jobwatch`), feed the reconciler's caches and work queue
+  (:mod:`torchyard.handlers.reconciler`); no handler here changes anything itself, so Kopf
+  writes no progress/diff-base annotations and adds no finalizer to ordinary jobs — no extra
+  PATCH per event;
 - ``timer`` (only on jobs with ``activeDeadlineSeconds`` or ``ttlSecondsAfterFinished``)
   fires the deadline (a reconcile fails the job) and the TTL (the job is deleted, its
   children follow by garbage collection);
@@ -32,6 +33,7 @@ from torchyard.api.constants import (
     VERSION,
     Label,
 )
+from torchyard.handlers.jobwatch import start_job_watches
 from torchyard.handlers.reconciler import Reconciler, Settings
 from torchyard.metrics import OperatorMetrics
 from torchyard.status import lifetime_due
@@ -53,14 +55,12 @@ def configure(settings: kopf.OperatorSettings, *, peering: str | None = None) ->
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
     )
-    settings.persistence.diffbase_storage = LeanDiffBaseStorage(
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     # Kopf would post an Event for every timer run; we post our own, one per transition.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "torchyard-operator"
-    # Watch only what we own, filtered by the API server.
-    settings.watching.label_selectors["batch", "jobs"] = f"{Label.MANAGED_BY}=torchyard"
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 10
@@ -76,22 +76,6 @@ def configure(settings: kopf.OperatorSettings, *, peering: str | None = None) ->
     else:
         # One replica (Deployment replicas: 1, strategy Recreate): no peering objects needed.
         settings.peering.standalone = True
-
-
-class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """Kopf's annotation diff-base, minus its cost on batch Jobs.
-
-    Kopf builds an object's "essence" (a deep copy of everything but status) on every watch
-    event to detect changes. Our batch Jobs carry a whole pod template and change status a
-    dozen times each; profiling the scale benchmark put this deep copy at the top of the
-    operator's CPU. We register no change-detecting handler for batch Jobs (only
-    ``on.event``, which never reads the diff-base), so their essence is empty.
-    """
-
-    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
-        if body.get("kind") == "Job":
-            return kopf.BodyEssence()
-        return super().build(body=body, extra_fields=extra_fields)
 
 
 @dataclass
@@ -118,7 +102,28 @@ def _reconciler(memo: Any) -> Reconciler:
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     configure(settings, peering=getattr(memo, "peering", None))
-    _reconciler(memo).bind(asyncio.get_running_loop())
+    r = _reconciler(memo)
+    r.bind(asyncio.get_running_loop())
+    # Our batch Jobs: a lean watch of our own, not Kopf's (see handlers/jobwatch.py).
+    memo.job_watches = await asyncio.to_thread(
+        start_job_watches,
+        r.api,
+        list(getattr(memo, "namespaces", None) or []),
+        f"{Label.MANAGED_BY}=torchyard",
+        r.observe_job,
+        r.relist_jobs,
+    )
+
+
+@kopf.on.cleanup()
+async def _cleanup(memo: Any, **_: Any) -> None:
+    for w in getattr(memo, "job_watches", None) or []:
+        w.stop()
+
+
+@kopf.on.probe(id="jobWatch")
+def _probe_job_watch(memo: Any, **_: Any) -> bool:
+    return all(w.healthy.is_set() for w in getattr(memo, "job_watches", None) or [])
 
 
 @kopf.on.probe(id="queue")
@@ -134,11 +139,6 @@ async def _training_job_event(event: Any, body: Any, memo: Any, **_: Any) -> Non
 @kopf.on.event(GROUP, VERSION, COMPRESSION_JOB_PLURAL)
 async def _compression_job_event(event: Any, body: Any, memo: Any, **_: Any) -> None:
     _reconciler(memo).observe_object("CompressionJob", _plain(body), event.get("type"))
-
-
-@kopf.on.event("batch", "v1", "jobs", labels={Label.MANAGED_BY: "torchyard"})
-async def _worker_job_event(event: Any, body: Any, memo: Any, **_: Any) -> None:
-    _reconciler(memo).observe_job(_plain(body), event.get("type"))
 
 
 def _has_lifetime_policy(spec: Any, **_: Any) -> bool:
@@ -223,7 +223,7 @@ def run_operator(opts: OperatorOptions) -> None:
     if opts.metrics_port:
         metrics.serve(opts.metrics_port)
     liveness = f"http://0.0.0.0:{opts.health_port}/healthz" if opts.health_port else None
-    memo = kopf.Memo(reconciler=reconciler, peering=opts.peering)
+    memo = kopf.Memo(reconciler=reconciler, peering=opts.peering, namespaces=opts.namespaces)
     kopf.run(
         standalone=opts.peering is None,
         peering_name=opts.peering,

@@ -172,6 +172,17 @@ class Reconciler:
             self.jobs[key] = body
         self.enqueue(key, self.settings.child_coalesce_seconds)
 
+    def relist_jobs(self, items: list[dict[str, Any]], namespace: str | None) -> None:
+        """A fresh listing of our batch Jobs: forget those gone meanwhile, observe the rest."""
+        present = {str((i.get("metadata") or {}).get("uid")) for i in items}
+        for key, body in list(self.jobs.items()):
+            if namespace is not None and key[1] != namespace:
+                continue
+            if str((body.get("metadata") or {}).get("uid")) not in present:
+                self.observe_job(body, "DELETED")
+        for item in items:
+            self.observe_job(item, None)
+
     def _forget(self, key: Key) -> None:
         self.jobs.pop(key, None)
         self._attempts.pop(key, None)
