@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +42,8 @@ def quiet_torch_ao() -> Iterator[None]:
     for w in caught:
         first = str(w.message).strip().splitlines()[0][:160]
         CAPTURED_WARNINGS[first] = CAPTURED_WARNINGS.get(first, 0) + 1
+        # explained once in the report: later calls (e.g. every forward) stay silent
+        warnings.filterwarnings("ignore", message=re.escape(first[:60]))
 
 
 def drain_warnings() -> dict[str, int]:
@@ -86,7 +89,8 @@ def unpack_int4(packed: torch.Tensor, n: int) -> torch.Tensor:
 def _small_float(t: torch.Tensor) -> torch.Tensor:
     """fp16 storage for biases/scales when it is safe (finite, in range); fp32 otherwise."""
     t = t.detach().float()
-    if t.numel() and float(t.abs().max()) < 6.0e4 and float(t.abs()[t != 0].min(initial=1.0)) > 1e-6:
+    nz = t.abs()[t != 0]
+    if t.numel() and float(t.abs().max()) < 6.0e4 and (nz.numel() == 0 or float(nz.min()) > 1e-6):
         return t.half()
     return t
 
@@ -117,6 +121,11 @@ class QuantLinear(nn.Module):
         self.bias: torch.Tensor | None
         self.register_buffer("bias", torch.zeros(out_features) if has_bias else None)
         self.__dict__["_impl"] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_impl"] = None  # backend modules are rebuilt, never copied or pickled
+        return state
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self.__dict__["_impl"] = None  # rebuilt from the new integers on next use
@@ -158,17 +167,21 @@ class Int8Linear(QuantLinear):
 
     kind = "int8"
 
-    def __init__(self, in_features: int, out_features: int, has_bias: bool, backend: str,
-                 granularity: str) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, has_bias: bool, backend: str, granularity: str
+    ) -> None:
         super().__init__(in_features, out_features, has_bias, backend)
         self.granularity = granularity
         n_scales = out_features if granularity == "perChannel" else 1
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer(
+            "weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8)
+        )
         self.register_buffer("weight_scale", torch.ones(n_scales, dtype=torch.float16))
 
     @classmethod
-    def from_float(cls, lin: nn.Linear, granularity: str, backend: str,
-                   weight: torch.Tensor | None = None) -> Int8Linear:
+    def from_float(
+        cls, lin: nn.Linear, granularity: str, backend: str, weight: torch.Tensor | None = None
+    ) -> Int8Linear:
         w = (lin.weight if weight is None else weight).detach().float()
         m = cls(lin.in_features, lin.out_features, lin.bias is not None, backend, granularity)
         scale = _scales_of(w, granularity, 127)
@@ -192,8 +205,10 @@ class Int8Linear(QuantLinear):
                 q = DynLinear(self.in_features, self.out_features, dtype=torch.qint8)
                 if self.granularity == "perChannel":
                     qw = torch._make_per_channel_quantized_tensor(
-                        self.weight_int8, self.weight_scale.double(),
-                        torch.zeros(self.out_features, dtype=torch.long), 0,
+                        self.weight_int8,
+                        self.weight_scale.double(),
+                        torch.zeros(self.out_features, dtype=torch.long),
+                        0,
                     )
                 else:
                     qw = torch._make_per_tensor_quantized_tensor(
@@ -202,8 +217,7 @@ class Int8Linear(QuantLinear):
                 q.set_weight_bias(qw, self.float_bias())
 
             def run(x: torch.Tensor) -> torch.Tensor:
-                with quiet_torch_ao():
-                    return q(x.float())  # type: ignore[no-any-return]
+                return q(x.float())  # type: ignore[no-any-return]
 
             return run
         if self.backend == "torchao":
@@ -230,12 +244,15 @@ class StaticInt8Linear(QuantLinear):
 
     kind = "staticInt8"
 
-    def __init__(self, in_features: int, out_features: int, has_bias: bool, backend: str,
-                 granularity: str) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, has_bias: bool, backend: str, granularity: str
+    ) -> None:
         super().__init__(in_features, out_features, has_bias, backend)
         self.granularity = granularity
         n_scales = out_features if granularity == "perChannel" else 1
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer(
+            "weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8)
+        )
         self.register_buffer("weight_scale", torch.ones(n_scales, dtype=torch.float16))
         # activation qparams (quint8 affine): [scale, zero_point] of the input and of the output
         self.register_buffer("act_qparams", torch.tensor([1.0, 0.0, 1.0, 0.0]))
@@ -243,8 +260,14 @@ class StaticInt8Linear(QuantLinear):
     dequantized_weight = Int8Linear.dequantized_weight
 
     @classmethod
-    def from_float(cls, lin: nn.Linear, granularity: str, backend: str,
-                   in_range: tuple[float, float], out_range: tuple[float, float]) -> StaticInt8Linear:
+    def from_float(
+        cls,
+        lin: nn.Linear,
+        granularity: str,
+        backend: str,
+        in_range: tuple[float, float],
+        out_range: tuple[float, float],
+    ) -> StaticInt8Linear:
         base = Int8Linear.from_float(lin, granularity, backend)
         m = cls(lin.in_features, lin.out_features, lin.bias is not None, backend, granularity)
         m.weight_int8.copy_(base.weight_int8)
@@ -260,8 +283,10 @@ class StaticInt8Linear(QuantLinear):
             q = QLinear(self.in_features, self.out_features, dtype=torch.qint8)
             if self.granularity == "perChannel":
                 qw = torch._make_per_channel_quantized_tensor(
-                    self.weight_int8, self.weight_scale.double(),
-                    torch.zeros(self.out_features, dtype=torch.long), 0,
+                    self.weight_int8,
+                    self.weight_scale.double(),
+                    torch.zeros(self.out_features, dtype=torch.long),
+                    0,
                 )
             else:
                 qw = torch._make_per_tensor_quantized_tensor(
@@ -271,10 +296,12 @@ class StaticInt8Linear(QuantLinear):
             in_s, in_z, out_s, out_z = self.act_qparams.tolist()
             q.scale, q.zero_point = float(out_s), int(out_z)
 
+            # the per-call quantize warns like the rest of torch.ao: captured here, once
+            torch.quantize_per_tensor(torch.zeros(1), in_s, int(in_z), torch.quint8)
+
         def run(x: torch.Tensor) -> torch.Tensor:
-            with quiet_torch_ao():
-                xq = torch.quantize_per_tensor(x.float(), in_s, int(in_z), torch.quint8)
-                return q(xq).dequantize()  # type: ignore[no-any-return]
+            xq = torch.quantize_per_tensor(x.float(), in_s, int(in_z), torch.quint8)
+            return q(xq).dequantize()  # type: ignore[no-any-return]
 
         return run
 
@@ -283,7 +310,7 @@ def _affine_qparams(lo: float, hi: float) -> tuple[float, float]:
     """quint8 affine scale/zero-point covering [lo, hi] (which always contains 0)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max((hi - lo) / 255.0, 1e-8)
-    zp = int(round(-lo / scale))
+    zp = round(-lo / scale)
     return scale, float(min(255, max(0, zp)))
 
 
@@ -294,13 +321,15 @@ class Int4Linear(QuantLinear):
 
     kind = "int4"
 
-    def __init__(self, in_features: int, out_features: int, has_bias: bool, backend: str,
-                 group_size: int) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, has_bias: bool, backend: str, group_size: int
+    ) -> None:
         super().__init__(in_features, out_features, has_bias, backend)
         self.group_size = group_size
         groups = math.ceil(in_features / group_size)
-        self.register_buffer("weight_int4", torch.zeros(out_features, math.ceil(in_features / 2),
-                                                        dtype=torch.uint8))
+        self.register_buffer(
+            "weight_int4", torch.zeros(out_features, math.ceil(in_features / 2), dtype=torch.uint8)
+        )
         self.register_buffer("weight_scale", torch.ones(out_features, groups, dtype=torch.float16))
 
     @classmethod
@@ -310,7 +339,9 @@ class Int4Linear(QuantLinear):
         pad = (-w.shape[1]) % group_size
         wg = F.pad(w, (0, pad)).reshape(w.shape[0], -1, group_size)
         scale = _small_float(torch.clamp(wg.abs().amax(-1), min=1e-8) / 7.0)
-        q = torch.clamp(torch.round(wg / scale.float().unsqueeze(-1)), -8, 7).reshape(w.shape[0], -1)
+        q = torch.clamp(torch.round(wg / scale.float().unsqueeze(-1)), -8, 7).reshape(
+            w.shape[0], -1
+        )
         m.weight_int4.copy_(pack_int4(q[:, : w.shape[1]].to(torch.int8)))
         m.weight_scale = scale
         if lin.bias is not None:
@@ -319,7 +350,9 @@ class Int4Linear(QuantLinear):
 
     def dequantized_weight(self) -> torch.Tensor:
         q = unpack_int4(self.weight_int4, self.in_features).float()
-        s = self.weight_scale.float().repeat_interleave(self.group_size, dim=1)[:, : self.in_features]
+        s = self.weight_scale.float().repeat_interleave(self.group_size, dim=1)[
+            :, : self.in_features
+        ]
         return q * s
 
     def _build(self) -> Any:
@@ -351,8 +384,9 @@ class BinaryLinear(QuantLinear):
 
     def __init__(self, in_features: int, out_features: int, has_bias: bool, backend: str) -> None:
         super().__init__(in_features, out_features, has_bias, backend)
-        self.register_buffer("weight_bits", torch.zeros(out_features, math.ceil(in_features / 8),
-                                                        dtype=torch.uint8))
+        self.register_buffer(
+            "weight_bits", torch.zeros(out_features, math.ceil(in_features / 8), dtype=torch.uint8)
+        )
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float16))
 
     @classmethod
@@ -371,7 +405,10 @@ class BinaryLinear(QuantLinear):
 
 
 QUANT_KINDS: dict[str, type[QuantLinear]] = {
-    "int8": Int8Linear, "staticInt8": StaticInt8Linear, "int4": Int4Linear, "binary": BinaryLinear,
+    "int8": Int8Linear,
+    "staticInt8": StaticInt8Linear,
+    "int4": Int4Linear,
+    "binary": BinaryLinear,
 }
 
 
@@ -384,8 +421,9 @@ def empty_quant_module(cfg: dict[str, Any], lin: nn.Linear) -> QuantLinear:
         cls = Int8Linear if kind == "int8" else StaticInt8Linear
         return cls(lin.in_features, lin.out_features, has_bias, backend, str(cfg["granularity"]))
     if kind == "int4":
-        return Int4Linear(lin.in_features, lin.out_features, has_bias, backend,
-                          int(cfg["groupSize"]))
+        return Int4Linear(
+            lin.in_features, lin.out_features, has_bias, backend, int(cfg["groupSize"])
+        )
     if kind == "binary":
         return BinaryLinear(lin.in_features, lin.out_features, has_bias, backend)
     raise ValueError(f"unknown quantized layer kind {kind!r}")
@@ -409,8 +447,16 @@ def resize_module(mod: nn.Module, shape: list[int]) -> nn.Module:
     if isinstance(mod, nn.Linear):
         return nn.Linear(shape[1], shape[0], bias=mod.bias is not None)
     if isinstance(mod, nn.Conv2d):
-        return nn.Conv2d(shape[1] * mod.groups, shape[0], mod.kernel_size, mod.stride,  # type: ignore[arg-type]
-                         mod.padding, mod.dilation, mod.groups, bias=mod.bias is not None)  # type: ignore[arg-type]
+        return nn.Conv2d(
+            shape[1] * mod.groups,
+            shape[0],
+            mod.kernel_size,
+            mod.stride,  # type: ignore[arg-type]
+            mod.padding,
+            mod.dilation,
+            mod.groups,
+            bias=mod.bias is not None,
+        )  # type: ignore[arg-type]
     if isinstance(mod, nn.BatchNorm2d | nn.BatchNorm1d):
         return type(mod)(shape[0], mod.eps, mod.momentum, mod.affine, mod.track_running_stats)
     if isinstance(mod, nn.LayerNorm):
@@ -475,10 +521,14 @@ def encode_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
     return out, sparse
 
 
-def decode_state(stored: dict[str, torch.Tensor], sparse: list[str],
-                 shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
-    out = {k: v for k, v in stored.items()
-           if not (k.endswith(MASK_SUFFIX) or k.endswith(VALUES_SUFFIX))}
+def decode_state(
+    stored: dict[str, torch.Tensor], sparse: list[str], shapes: dict[str, list[int]]
+) -> dict[str, torch.Tensor]:
+    out = {
+        k: v
+        for k, v in stored.items()
+        if not (k.endswith(MASK_SUFFIX) or k.endswith(VALUES_SUFFIX))
+    }
     for name in sparse:
         shape = shapes[name]
         n = math.prod(shape)

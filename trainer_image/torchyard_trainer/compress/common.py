@@ -1,0 +1,215 @@
+"""What every compression step shares: the context (data, optimizer settings, seed), a small
+single-process fine-tuning loop, evaluation by the gate's metric, and the (de)serialisation of
+compressed models."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from torchyard_trainer.compress import layers
+from torchyard_trainer.data import Dataset
+from torchyard_trainer.env import ConfigError
+from torchyard_trainer.models import build_model, loss_fn
+from torchyard_trainer.optim import build_optimizer
+
+Regularizer = Callable[[nn.Module], torch.Tensor]
+
+
+@dataclass
+class Context:
+    """Everything a step needs besides the model."""
+
+    ds: Dataset
+    """The job's data (train / validation / unlabeled transfer set)."""
+    optimizer: Any
+    """OptimizerSpec of the fine-tuning phases."""
+    batch_size: int
+    """Batch size of fine-tuning and evaluation."""
+    seed: int
+    """Random seed (each fine-tune reseeds from it)."""
+    metric: str = "accuracy"
+    """accuracy or f1 (macro), as the accuracy criterion says."""
+    model_spec: dict[str, Any] = field(default_factory=dict)
+    """Architecture (ModelSpec as JSON) of the current model: changes with distillation."""
+    notes: list[str] = field(default_factory=list)
+    """Warnings for the report."""
+    backends: dict[str, str] = field(default_factory=dict)
+    """Which implementation ran each method."""
+
+
+def train_epochs(
+    model: nn.Module,
+    ctx: Context,
+    epochs: int,
+    *,
+    regularizer: Regularizer | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
+    loss_override: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    tensors: tuple[torch.Tensor, ...] | None = None,
+    lr_scale: float = 1.0,
+) -> None:
+    """Plain single-process fine-tuning (cosine-decayed lr). ``masks`` (parameter name → 0/1)
+    are re-applied after every step so pruned weights stay zero."""
+    if epochs <= 0:
+        return
+    x, y = tensors if tensors is not None else (ctx.ds.train_x, ctx.ds.train_y)
+    params = dict(model.named_parameters())
+    spec = ctx.optimizer.model_copy(update={"lr": ctx.optimizer.lr * lr_scale})
+    opt = build_optimizer(model.parameters(), spec, torch.device("cpu"))
+    loss = loss_fn(ctx.ds.info.task)
+    g = torch.Generator().manual_seed(ctx.seed)
+    bs = min(ctx.batch_size, len(x))
+    steps_per_epoch = max(1, len(x) // bs)
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(1.0, s / max(1, total))))
+    )
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(steps_per_epoch):
+            idx = perm[i * bs : (i + 1) * bs]
+            bx, by = x[idx], y[idx]
+            if loss_override is not None:
+                value = loss_override(model, bx, by)
+            else:
+                value = loss(model(bx), by)
+            if regularizer is not None:
+                value = value + regularizer(model)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            sched.step()
+            if masks:
+                with torch.no_grad():
+                    for name, m in masks.items():
+                        params[name].mul_(m)
+    model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    model.eval()
+    outs = [model(x[i : i + batch]) for i in range(0, len(x), batch)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def metric_value(logits: torch.Tensor, y: torch.Tensor, metric: str) -> float:
+    """accuracy, or macro F1 over the classes present in ``y``."""
+    pred = logits.argmax(dim=-1).reshape(-1)
+    y = y.reshape(-1)
+    if len(y) == 0:
+        raise ConfigError("the evaluation set is empty: set data.validationFraction > 0")
+    if metric == "accuracy":
+        return float((pred == y).float().mean())
+    f1s = []
+    for c in torch.unique(y):
+        tp = int(((pred == c) & (y == c)).sum())
+        fp = int(((pred == c) & (y != c)).sum())
+        fn = int(((pred != c) & (y == c)).sum())
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(sum(f1s) / len(f1s))
+
+
+def evaluate(model: nn.Module, ctx: Context) -> float:
+    return metric_value(predict(model, ctx.ds.val_x), ctx.ds.val_y, ctx.metric)
+
+
+def kd_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor | None,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """alpha·T²·KL(teacher_T ‖ student_T) + (1 − alpha)·CE (labeled samples, target ≥ 0)."""
+    t = temperature
+    soft = F.kl_div(
+        F.log_softmax(student / t, dim=-1),
+        F.log_softmax(teacher / t, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    if target is None or alpha >= 1.0:
+        return alpha * t * t * soft
+    lab = target >= 0
+    hard = F.cross_entropy(student[lab], target[lab]) if bool(lab.any()) else student.sum() * 0
+    return alpha * t * t * soft + (1.0 - alpha) * hard
+
+
+# ---------------------------------------------------------------------------------------------
+# serialisation
+
+
+def export_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors to write (sparse-coded where smaller) and the card's ``compression`` section."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    encoded, sparse = layers.encode_state(state)
+    section = {
+        "format": 1,
+        "moduleShapes": layers.module_shapes(model),
+        "quantized": layers.quant_layout(model),
+        "sparse": sparse,
+        "tensorShapes": {k: list(v.shape) for k, v in state.items() if k in sparse},
+    }
+    return encoded, section
+
+
+def rebuild(
+    model_spec: dict[str, Any],
+    info: Any,
+    section: dict[str, Any] | None,
+    stored: dict[str, torch.Tensor],
+) -> nn.Module:
+    """Build the architecture, reshape/replace layers per ``section``, load ``stored``."""
+    from torchyard.api.common import ModelSpec
+
+    spec = ModelSpec.model_validate({k: v for k, v in model_spec.items() if k != "checkpoint"})
+    model = build_model(spec, info)
+    if not section:
+        model.load_state_dict(stored)
+        return model
+    shapes = section.get("moduleShapes", {})
+    for fqn, shape in shapes.items():
+        mod = layers.get_module(model, fqn)
+        if isinstance(mod, layers.RESIZABLE) and list(mod.weight.shape) != list(shape):
+            layers.set_module(model, fqn, layers.resize_module(mod, shape))
+    for fqn, cfg in section.get("quantized", {}).items():
+        mod = layers.get_module(model, fqn)
+        if not isinstance(mod, nn.Linear):
+            raise ConfigError(f"model version: quantized layer {fqn} is not a Linear in {spec}")
+        layers.set_module(model, fqn, layers.empty_quant_module(cfg, mod))
+    state = layers.decode_state(stored, section.get("sparse", []), section.get("tensorShapes", {}))
+    model.load_state_dict(state, assign=True)
+    return model.eval()
+
+
+def load_version(vdir: Path, info: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """A model version directory (plain or compressed) → (model, card)."""
+    from torchyard_trainer.artifacts import CARD, WEIGHTS, read_card
+
+    if not (vdir / CARD).is_file() or not (vdir / WEIGHTS).is_file():
+        raise ConfigError(f"{vdir}: not a model version (needs {WEIGHTS} and {CARD})")
+    card = read_card(vdir)
+    if "model" not in card:
+        raise ConfigError(f"{vdir / CARD}: has no model spec to rebuild the network from")
+    model = rebuild(card["model"], info, card.get("compression"), load_file(str(vdir / WEIGHTS)))
+    return model, card
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, layers.QuantLinear) for m in model.modules())

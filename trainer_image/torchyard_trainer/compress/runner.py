@@ -1,0 +1,300 @@
+"""The CompressionJob worker: resolve the source model, run the accuracy-aware search over the
+steps, save the winner as a new model version with lineage, write the report and the result.
+
+Result JSON (``$TORCHYARD_RESULT_FILE``; compact, it doubles as the pod's termination message):
+
+    {"status": "Succeeded" | "Failed", "kind": "CompressionJob", "job": name,
+     "reason": "AccuracyGateNotMet" (Failed only), "message": "...", "exitCode": 0 | 3,
+     "model": {name, version, uri, sha256, metrics},       # status.model
+     "report": {baseline, compressed, ratios, accuracyDelta, passed, backend, threads,
+                warnings},                                   # status.report (CompressionReport)
+     "trials": [{name, params, stats, passed}, ...],         # status.trials (Trial)
+     "metrics": {accuracy: ...}, "compressSeconds": s, "reportFile": path}
+
+Exit codes: 0 succeeded; 2 invalid spec (nothing written); 3 no candidate passed the accuracy
+gate (the most accurate candidate and the report are still saved, the job fails permanently).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchyard_trainer.artifacts import (
+    load_weights,
+    read_card,
+    resolve_version_dir,
+    spec_hash,
+    versions,
+    write_model_version,
+    write_result,
+)
+from torchyard_trainer.compress import layers, quantize
+from torchyard_trainer.compress.common import Context, export_state, load_version
+from torchyard_trainer.compress.report import measure, ratios, table
+from torchyard_trainer.compress.report import versions as lib_versions
+from torchyard_trainer.compress.search import run_search
+from torchyard_trainer.data import Dataset, load_dataset
+from torchyard_trainer.env import ConfigError, WorkerEnv
+from torchyard_trainer.models import build_model
+from torchyard_trainer.storage import atomic_write_text, fetch, is_remote, local_path
+
+log = logging.getLogger("torchyard_trainer.compress")
+
+EXIT_GATE = 3
+RESULT_LIMIT = 3800  # bytes: the termination message Kubernetes keeps is 4 KiB
+
+TORCH_AO_WARNING = (
+    "torch.ao.quantization is deprecated upstream (torchao is its successor); torchyard still "
+    "runs int8 on CPU with torch.ao's fbgemm/x86 kernels because they are the fastest there "
+    "(see docs/benchmarks-compression.md). Captured {n} deprecation warning(s): {first}"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and source
+
+
+def preflight(spec: Any) -> None:
+    """Everything that can be checked before any work: bad input fails here, nothing is written."""
+    if not spec.steps:
+        raise ConfigError("spec.steps is empty: give at least one prune, distill or quantize step")
+    seen_quantize = False
+    for i, step in enumerate(spec.steps):
+        chosen = [k for k in ("prune", "distill", "quantize") if getattr(step, k) is not None]
+        if len(chosen) != 1:
+            raise ConfigError(f"spec.steps[{i}]: set exactly one of prune, distill or quantize")
+        if step.prune is not None:
+            for s in [step.prune.sparsity, *step.prune.candidates]:
+                if not 0.0 <= float(s) < 1.0:
+                    raise ConfigError(f"spec.steps[{i}].prune: sparsity {s} must be in [0, 1)")
+            if seen_quantize:
+                raise ConfigError(f"spec.steps[{i}]: prune after quantize is not supported")
+        if step.distill is not None and seen_quantize:
+            raise ConfigError(f"spec.steps[{i}]: distill after quantize is not supported")
+        if step.quantize is not None:
+            if seen_quantize:
+                raise ConfigError(f"spec.steps[{i}]: only one quantize step per job")
+            seen_quantize = True
+            quantize.resolve_backend(step.quantize.method, step.quantize.backend)
+
+
+def store_uri(spec: Any, env: WorkerEnv) -> str:
+    return str(spec.output.storage or f"file://{env.output_dir / 'models'}")
+
+
+def _local_store(uri: str, env: WorkerEnv) -> Path:
+    if is_remote(uri):
+        raise ConfigError(f"{uri}: looking up model versions needs a file:// or pvc:// store")
+    return local_path(uri, env.pvc_root)
+
+
+def find_training_job_model(store: Path, job_name: str) -> Path | None:
+    """Newest model version (by creation) whose lineage says TrainingJob ``job_name`` made it."""
+    best: tuple[str, int, Path] | None = None
+    if not store.is_dir():
+        return None
+    for model_dir in store.iterdir():
+        if not model_dir.is_dir() or model_dir.name.startswith("."):
+            continue
+        for v in versions(model_dir):
+            vdir = model_dir / f"v{v}"
+            try:
+                card = read_card(vdir)
+            except (OSError, ValueError):
+                continue
+            lin = card.get("lineage") or {}
+            if lin.get("job") == job_name and lin.get("kind", "TrainingJob") == "TrainingJob":
+                key = (str(card.get("created", "")), v, vdir)
+                if best is None or key[:2] > best[:2]:
+                    best = key
+    return None if best is None else best[2]
+
+
+def resolve_source(spec: Any, env: WorkerEnv, ds: Dataset
+                   ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(model, its model spec as JSON, lineage of the source)."""
+    src = spec.source
+    if src.model is not None:
+        if not src.model.checkpoint:
+            raise ConfigError("source.model needs checkpoint (the weights to compress)")
+        path = fetch(src.model.checkpoint, env.pvc_root, env.output_dir / "cache")
+        model_spec = src.model.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if path.is_dir() and (path / "model-card.json").is_file():
+            model, card = load_version(path, ds.info)
+            return model, card["model"], {"checkpoint": src.model.checkpoint,
+                                          "sha256": card.get("sha256")}
+        model = build_model(src.model, ds.info)
+        load_weights(path, model)
+        model_spec.pop("checkpoint", None)
+        return model, model_spec, {"checkpoint": src.model.checkpoint}
+    if src.model_ref is not None:
+        store = _local_store(src.model_ref.storage or store_uri(spec, env), env)
+        vdir = resolve_version_dir(store, src.model_ref.name, src.model_ref.version)
+    else:
+        store = _local_store(store_uri(spec, env), env)
+        found = find_training_job_model(store, str(src.training_job_ref))
+        if found is None:
+            raise ConfigError(
+                f"source.trainingJobRef {src.training_job_ref!r}: that TrainingJob has produced "
+                f"no model version in {store} yet"
+            )
+        vdir = found
+    model, card = load_version(vdir, ds.info)
+    lineage = {k: card.get(k) for k in ("name", "version", "uri", "sha256")}
+    if src.training_job_ref:
+        lineage["trainingJob"] = src.training_job_ref
+    return model, dict(card["model"]), lineage
+
+
+# ---------------------------------------------------------------------------------------------
+# the job
+
+
+def _threads() -> int:
+    return int(torch.get_num_threads())
+
+
+def _compact(result: dict[str, Any]) -> dict[str, Any]:
+    """Fit the result into the termination message: trim trial details, then warnings."""
+    def size(r: dict[str, Any]) -> int:
+        return len(json.dumps(r, separators=(",", ":")))
+
+    if size(result) <= RESULT_LIMIT:
+        return result
+    out = dict(result)
+    out["trials"] = [{"name": t["name"], "passed": t["passed"],
+                      "stats": {k: t["stats"].get(k) for k in ("accuracy", "bytes")}}
+                     for t in result.get("trials", [])]
+    if size(out) > RESULT_LIMIT:
+        rep = dict(out["report"])
+        rep["warnings"] = [w[:200] for w in rep.get("warnings", [])][:3]
+        out["report"] = rep
+    while size(out) > RESULT_LIMIT and out["trials"]:
+        out["trials"] = out["trials"][:-1]
+    return out
+
+
+def run(job: Any, env: WorkerEnv) -> dict[str, Any]:
+    """Run a validated CompressionJob; returns the result (also written to the result file)."""
+    started = time.perf_counter()
+    spec = job.spec
+    preflight(spec)
+    layers.drain_warnings()
+    torch.manual_seed(spec.seed)
+    ds = load_dataset(spec.data, spec.seed, env.pvc_root, env.output_dir / "cache")
+    if len(ds.val_x) == 0:
+        raise ConfigError("the accuracy gate needs held-out data: data.validationFraction > 0")
+    source, model_spec, source_lineage = resolve_source(spec, env, ds)
+    source.eval()
+    ctx = Context(ds=ds, optimizer=spec.optimizer, batch_size=spec.batch_size, seed=spec.seed,
+                  metric=spec.accuracy_criterion.metric, model_spec=model_spec)
+    n_threads = _threads()
+    baseline = measure(source, ctx, n_threads)
+    t_search = time.perf_counter()
+    winner, trials, search_warnings = run_search(
+        source, list(spec.steps), ctx, spec.accuracy_criterion, spec.objective,
+        baseline["accuracy"], n_threads,
+    )
+    compress_seconds = time.perf_counter() - t_search
+    compressed = winner.stats
+    warnings_ = list(search_warnings) + list(dict.fromkeys(ctx.notes))
+    captured = layers.drain_warnings()
+    if captured:
+        first = next(iter(captured))
+        warnings_.append(TORCH_AO_WARNING.format(n=sum(captured.values()), first=first))
+    if not winner.passed:
+        warnings_.append("no candidate passed the accuracy gate: the most accurate one was saved")
+    backend = "; ".join(f"{k}: {v}" for k, v in winner.backends.items())
+    report = {
+        "baseline": baseline, "compressed": compressed, "ratios": ratios(baseline, compressed),
+        "accuracyDelta": round(compressed["accuracy"] - baseline["accuracy"], 6),
+        "passed": winner.passed, "backend": f"{backend} ({lib_versions()})", "threads": n_threads,
+        "warnings": warnings_,
+    }
+    trial_dicts = [t.to_trial() for t in trials]
+    # save the winner (or, on a failed gate, the best candidate) as a new model version
+    tensors, section = export_state(winner.model)
+    spec_dict = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    metric_name = ctx.metric
+    metrics = {metric_name: compressed["accuracy"]}
+    card = {
+        "specHash": spec_hash(spec_dict),
+        "model": winner.model_spec,
+        "data": {**spec_dict["data"], **ds.extra},
+        "metrics": metrics,
+        "compression": section,
+        "report": report,
+        "lineage": {
+            "job": job.metadata.name, "namespace": env.namespace or job.metadata.namespace,
+            "kind": "CompressionJob", "source": source_lineage, "steps": winner.steps,
+            "trial": winner.candidate.name, "accuracyCriterion":
+            spec_dict.get("accuracyCriterion"), "objective": spec.objective,
+        },
+    }
+    name = spec.output.model_name or job.metadata.name
+    written = write_model_version(store_uri(spec, env), env.pvc_root, name, tensors, card,
+                                  env.output_dir)
+    full = {**report, "metric": metric_name, "trials": trial_dicts,
+            "compressSeconds": round(compress_seconds, 3),
+            "model": {k: written[k] for k in ("name", "version", "uri", "sha256")},
+            "steps": winner.steps}
+    text = json.dumps(full, indent=2, sort_keys=True) + "\n"
+    human = table(full)
+    env.output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(env.output_dir / "report.json", text)
+    atomic_write_text(env.output_dir / "report.md", human)
+    if not is_remote(written["uri"]):
+        vdir = local_path(written["uri"], env.pvc_root)
+        atomic_write_text(vdir / "report.json", text)
+        atomic_write_text(vdir / "report.md", human)
+    log.info("compression report:\n%s", human)
+    status = "Succeeded" if winner.passed else "Failed"
+    model_status = {k: written[k] for k in ("name", "version", "uri", "sha256")}
+    result: dict[str, Any] = {
+        "status": status, "kind": "CompressionJob", "job": job.metadata.name,
+        "exitCode": 0 if winner.passed else EXIT_GATE,
+        "model": {**model_status, "metrics": metrics},
+        "metrics": metrics, "report": report, "trials": trial_dicts,
+        "compressSeconds": round(compress_seconds, 3),
+        "durationSeconds": round(time.perf_counter() - started, 3),
+        "reportFile": str(env.output_dir / "report.json"),
+    }
+    if not winner.passed:
+        result["reason"] = "AccuracyGateNotMet"
+        result["retryable"] = False
+        crit = spec.accuracy_criterion
+        result["message"] = (
+            f"no candidate passed the accuracy gate ({crit.mode} tolerableLoss "
+            f"{crit.tolerable_loss}): baseline {metric_name} {baseline['accuracy']:.4f}, best "
+            f"candidate {winner.candidate.name} {compressed['accuracy']:.4f}; saved as "
+            f"{written['uri']} with the report"
+        )
+    result = _compact(result)
+    if env.rank == 0:
+        write_result(env.result_file, result)
+    return result
+
+
+def run_job(env: WorkerEnv, job: Any) -> dict[str, Any]:
+    """Entry of ``python -m torchyard_trainer`` for a CompressionJob manifest.
+
+    A failed accuracy gate is not an error of the worker: the result (report, trials, saved
+    best candidate) is already written, so the process ends with exit code 3 (permanent) by
+    ``SystemExit`` — which the generic error handler of ``__main__`` does not catch and
+    therefore does not overwrite the result with a bare failure record.
+    """
+    if env.world_size > 1 and env.rank != 0:
+        log.info("rank %d: compression runs on rank 0 only", env.rank)
+        return {}
+    result = run(job, env)
+    if result["status"] != "Succeeded":
+        log.error("%s", result.get("message"))
+        raise SystemExit(EXIT_GATE)
+    return result

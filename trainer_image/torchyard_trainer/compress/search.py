@@ -1,0 +1,141 @@
+"""Accuracy-aware search: every candidate (sparsity levels, per-tensor vs per-channel, ...) is
+built from the source model by the whole step list, measured, and judged by the accuracy
+criterion. The winner is the *best passing* candidate by the objective (smallest on disk, or
+fastest), never merely the first; when none passes, the most accurate one is returned with
+``passed = False`` so that it and the full trial table can still be saved.
+
+Candidates that share a prefix of steps share its result (a prune → quantize search prunes
+once per sparsity, not once per sparsity × granularity).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from torchyard_trainer.compress import distill, prune, quantize
+from torchyard_trainer.compress.common import Context, clone
+from torchyard_trainer.compress.report import measure, passes
+
+log = logging.getLogger("torchyard_trainer.compress")
+
+
+@dataclass
+class Candidate:
+    """One point of the search: a setting per step."""
+
+    choices: tuple[tuple[str, Any], ...]
+    """Per step: (label, value) — e.g. ("prune.sparsity", 0.9); ("", None) for fixed steps."""
+
+    @property
+    def name(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.choices if k]
+        return ",".join(parts) or "as specified"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.choices if k}
+
+
+@dataclass
+class TrialResult:
+    candidate: Candidate
+    model: nn.Module
+    model_spec: dict[str, Any]
+    stats: dict[str, Any]
+    passed: bool
+    steps: list[dict[str, Any]]
+    seconds: float
+    backends: dict[str, str] = field(default_factory=dict)
+
+    def to_trial(self) -> dict[str, Any]:
+        """The API's Trial (status.trials[])."""
+        return {"name": self.candidate.name,
+                "params": {**self.candidate.params, "seconds": round(self.seconds, 3)},
+                "stats": self.stats, "passed": self.passed}
+
+
+def step_choices(step: Any) -> list[tuple[str, Any]]:
+    if step.prune is not None:
+        values = [step.prune.sparsity, *step.prune.candidates]
+        uniq = list(dict.fromkeys(float(v) for v in values))
+        return [("prune.sparsity", v) for v in uniq]
+    if step.quantize is not None:
+        if step.quantize.method == "binarize" or step.quantize.method == "weightOnlyInt4":
+            return [("", None)]
+        g = step.quantize.granularity
+        opts = ["perTensor", "perChannel"] if g == "auto" else [g]
+        return [("quantize.granularity", o) for o in opts]
+    return [("", None)]
+
+
+def candidates(steps: list[Any], max_trials: int) -> tuple[list[Candidate], int]:
+    """All combinations (the spec's own setting first), capped at ``max_trials``."""
+    combos = [Candidate(tuple(c)) for c in itertools.product(*(step_choices(s) for s in steps))]
+    return combos[:max_trials], len(combos)
+
+
+def apply_step(model: nn.Module, step: Any, value: Any, ctx: Context
+               ) -> tuple[nn.Module, dict[str, Any]]:
+    if step.prune is not None:
+        info = prune.apply(model, step.prune, float(value), ctx)
+        return model, {"prune": {"method": step.prune.method, **info}}
+    if step.distill is not None:
+        student, info = distill.apply(model, step.distill, ctx)
+        return student, {"distill": info}
+    info = quantize.apply(model, step.quantize, value or step.quantize.granularity, ctx)
+    return model, {"quantize": info}
+
+
+def run_search(source: nn.Module, steps: list[Any], ctx: Context, criterion: Any,
+               objective: str, baseline_metric: float, n_threads: int
+               ) -> tuple[TrialResult, list[TrialResult], list[str]]:
+    """Evaluate the candidates; returns (winner or best failing, all trials, warnings)."""
+    cands, total = candidates(steps, criterion.max_trials)
+    warnings: list[str] = []
+    if total > len(cands):
+        warnings.append(f"the search has {total} candidates; maxTrials={criterion.max_trials} "
+                        f"evaluated the first {len(cands)}")
+    base_spec = dict(ctx.model_spec)
+    # prefix cache: choices of the first k steps -> (model, model spec, step infos, backends)
+    cache: dict[tuple[Any, ...], tuple[nn.Module, dict[str, Any], list[dict[str, Any]],
+                                       dict[str, str]]] = {(): (source, base_spec, [], {})}
+    results: list[TrialResult] = []
+    for cand in cands:
+        t0 = time.perf_counter()
+        k = len(cand.choices)
+        while cand.choices[:k] not in cache:
+            k -= 1
+        model, spec, infos, backends = cache[cand.choices[:k]]
+        model, infos, backends = clone(model), list(infos), dict(backends)
+        ctx.model_spec = dict(spec)
+        for i in range(k, len(steps)):
+            ctx.backends = backends
+            model, info = apply_step(model, steps[i], cand.choices[i][1], ctx)
+            infos.append(info)
+            if i < len(steps) - 1:
+                cache[cand.choices[: i + 1]] = (clone(model), dict(ctx.model_spec), list(infos),
+                                                dict(backends))
+        stats = measure(model, ctx, n_threads)
+        ok = passes(baseline_metric, stats["accuracy"], criterion)
+        res = TrialResult(cand, model, dict(ctx.model_spec), stats, ok, infos,
+                          time.perf_counter() - t0, dict(backends))
+        log.info("trial %s: %s=%.4f bytes=%d latency=%.3fms passed=%s", cand.name,
+                 ctx.metric, stats["accuracy"], stats["bytes"], stats["latencyMs"] or -1, ok)
+        results.append(res)
+    ctx.model_spec = base_spec
+    return pick(results, objective), results, warnings
+
+
+def pick(results: list[TrialResult], objective: str) -> TrialResult:
+    """Best passing by objective (ties: higher accuracy); else the most accurate candidate."""
+    passing = [r for r in results if r.passed]
+    if passing:
+        key = "bytes" if objective == "size" else "latencyMs"
+        return min(passing, key=lambda r: (r.stats[key], -r.stats["accuracy"]))
+    return max(results, key=lambda r: (r.stats["accuracy"], -r.stats["bytes"]))
