@@ -1,0 +1,257 @@
+"""CompressionJob runtime on digits models: every method, the accuracy gate, the report's
+figures recomputed from the saved model version, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.compress.conftest import REPO, manifest, recompute, run_job
+
+pytestmark = pytest.mark.worker
+
+
+def _check_report_matches_saved_model(result: dict[str, Any], digits: Any) -> dict[str, Any]:
+    """The report's compressed figures equal what the saved model version measures."""
+    again = recompute(result, digits)
+    comp = result["report"]["compressed"]
+    assert comp["accuracy"] == pytest.approx(again["accuracy"], abs=1e-6)
+    assert comp["params"] == again["params"]
+    assert comp["nonZeroParams"] == again["nonZeroParams"]
+    assert comp["bytes"] == again["bytes"]
+    assert again["card"]["lineage"]["kind"] == "CompressionJob"
+    assert again["card"]["sha256"] == result["model"]["sha256"]
+    assert (again["dir"] / "report.json").is_file()
+    return again
+
+
+def _gate(baseline: float, value: float, tol: float) -> bool:
+    return baseline - value <= tol + 1e-12
+
+
+def test_dynamic_int8_search_picks_best_passing(teacher: dict, digits: Any, tmp_path: Path) -> None:
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"quantize": {"method": "dynamicInt8", "granularity": "auto"}}],
+                   objective="size")
+    result = run_job(doc, tmp_path / "out")
+    rep = result["report"]
+    again = _check_report_matches_saved_model(result, digits)
+    assert rep["baseline"]["accuracy"] == pytest.approx(teacher["accuracy"], abs=1e-6)
+    assert rep["passed"] == _gate(teacher["accuracy"], again["accuracy"], 0.02)
+    assert result["status"] == ("Succeeded" if rep["passed"] else "Failed")
+    # both granularities were tried; the winner is the smallest passing one
+    names = {t["name"] for t in result["trials"]}
+    assert names == {"quantize.granularity=perTensor", "quantize.granularity=perChannel"}
+    passing = [t for t in result["trials"] if t["passed"]]
+    assert rep["compressed"]["bytes"] == min(t["stats"]["bytes"] for t in passing)
+    # int8: at least 3.5x fewer bytes than the float file, recomputed from the files
+    assert teacher["bytes"] / again["bytes"] >= 3.5
+    assert "torch" in rep["backend"]
+    assert rep["threads"] >= 1
+    # deprecation warnings of torch.ao: explained once, never per call
+    assert sum("deprecated" in w for w in rep["warnings"]) <= 1
+
+
+def test_gate_fails_as_the_numbers_say_and_best_candidate_is_saved(
+    teacher: dict, digits: Any, tmp_path: Path
+) -> None:
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"prune": {"method": "magnitude", "sparsity": 0.98, "fineTuneEpochs": 0,
+                               "candidates": [0.97]}}],
+                   accuracyCriterion={"mode": "relative", "tolerableLoss": 0.0})
+    result = run_job(doc, tmp_path / "out")
+    again = _check_report_matches_saved_model(result, digits)
+    rep = result["report"]
+    passed = _gate(rep["baseline"]["accuracy"], again["accuracy"], 0.0)
+    assert rep["passed"] is passed
+    assert passed is False  # 98 % of the weights gone with no fine-tune: accuracy collapses
+    assert result["status"] == "Failed"
+    assert result["reason"] == "AccuracyGateNotMet"
+    assert result["exitCode"] == 3
+    assert len(result["trials"]) == 2
+    # the saved one is the most accurate candidate
+    assert again["accuracy"] == pytest.approx(max(t["stats"]["accuracy"]
+                                                  for t in result["trials"]), abs=1e-6)
+
+
+def test_magnitude_reaches_sparsity_and_shrinks_the_file(
+    teacher: dict, digits: Any, tmp_path: Path
+) -> None:
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"prune": {"method": "magnitude", "sparsity": 0.8, "scope": "layer",
+                               "iterations": 2, "fineTuneEpochs": 2}}])
+    result = run_job(doc, tmp_path / "out")
+    again = _check_report_matches_saved_model(result, digits)
+    linears = [m for m in again["model"].modules() if m.__class__.__name__ == "Linear"]
+    for lin in linears:  # layer scope: each layer at the target
+        zero = float((lin.weight == 0).float().mean())
+        assert zero == pytest.approx(0.8, abs=0.01)
+    assert again["bytes"] < teacher["bytes"] / 2  # bit mask + values storage
+    assert result["report"]["passed"] == _gate(teacher["accuracy"], again["accuracy"], 0.02)
+
+
+def test_l1_threshold_zeroes_weights_under_the_threshold(
+    teacher: dict, digits: Any, tmp_path: Path
+) -> None:
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"prune": {"method": "l1Threshold", "sparsity": 0.5, "threshold": 0.02,
+                               "l1Lambda": 1e-4, "fineTuneEpochs": 2}}])
+    result = run_job(doc, tmp_path / "out")
+    again = _check_report_matches_saved_model(result, digits)
+    info = again["card"]["lineage"]["steps"][0]["prune"]
+    assert info["threshold"] == 0.02
+    zeros = sum(int((m.weight == 0).sum()) for m in again["model"].modules()
+                if m.__class__.__name__ == "Linear")
+    total = sum(m.weight.numel() for m in again["model"].modules()
+                if m.__class__.__name__ == "Linear")
+    assert zeros / total == pytest.approx(info["sparsity"], abs=1e-6)
+    assert info["sparsity"] > 0.3
+
+
+def test_structured_removes_neurons_physically(teacher: dict, digits: Any, tmp_path: Path) -> None:
+    from torchyard_trainer.compress.report import linear_macs
+
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"prune": {"method": "structured", "sparsity": 0.75, "fineTuneEpochs": 3}}])
+    result = run_job(doc, tmp_path / "out")
+    again = _check_report_matches_saved_model(result, digits)
+    model = again["model"]
+    widths = [m.out_features for m in model.modules() if m.__class__.__name__ == "Linear"]
+    assert widths == [32, 16, 10]  # 128 and 64 hidden units, 75 % removed; outputs kept
+    base_params = sum(p.numel() for p in teacher["model"].parameters())
+    assert again["params"] == sum(p.numel() for p in model.parameters())  # real, not masked
+    assert base_params / again["params"] >= 3.5
+    x = digits.val_x[:64]
+    assert linear_macs(teacher["model"], x) / linear_macs(model, x) >= 3.5
+    assert result["report"]["ratios"]["params"] >= 3.5
+    assert result["report"]["passed"] == _gate(teacher["accuracy"], again["accuracy"], 0.02)
+
+
+def test_binarize_weight_bytes(teacher: dict, digits: Any, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"quantize": {"method": "binarize", "qatEpochs": 2}}])
+    result = run_job(doc, tmp_path / "out")
+    again = _check_report_matches_saved_model(result, digits)
+    stored = load_file(str(again["dir"] / "model.safetensors"))
+    float_weight_bytes = sum(m.weight.numel() * 4 for m in teacher["model"].modules()
+                             if m.__class__.__name__ == "Linear")
+    bin_bytes = sum(t.numel() * t.element_size() for k, t in stored.items()
+                    if k.endswith((".weight_bits", ".weight_scale")))
+    assert float_weight_bytes / bin_bytes >= 20
+    assert result["report"]["passed"] == _gate(teacher["accuracy"], again["accuracy"], 0.02)
+
+
+@pytest.mark.parametrize("method", ["staticInt8", "qat"])
+def test_static_and_qat_int8(method: str, teacher: dict, digits: Any, tmp_path: Path) -> None:
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"quantize": {"method": method, "granularity": "perChannel",
+                                  "calibrationSamples": 256, "qatEpochs": 1}}])
+    result = run_job(doc, tmp_path / "out")
+    again = _check_report_matches_saved_model(result, digits)
+    assert teacher["bytes"] / again["bytes"] >= 3.5
+    assert method in result["report"]["backend"]
+    assert result["report"]["passed"] == _gate(teacher["accuracy"], again["accuracy"], 0.02)
+
+
+def test_distill_then_quantize_chain(teacher: dict, digits: Any, tmp_path: Path) -> None:
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"distill": {"student": {"builtin": "mlp", "args": {"hidden": [32]}},
+                                 "epochs": 15}},
+                    {"quantize": {"method": "dynamicInt8"}}])
+    result = run_job(doc, tmp_path / "out")
+    again = _check_report_matches_saved_model(result, digits)
+    assert again["card"]["model"]["args"] == {"hidden": [32]}
+    assert again["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert result["report"]["passed"] == _gate(teacher["accuracy"], again["accuracy"], 0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: clear errors, no model version left behind
+
+
+def _no_versions(store: Path) -> bool:
+    return not store.exists() or not any(p.name.startswith("v") for p in store.rglob("v*"))
+
+
+@pytest.mark.parametrize(
+    ("steps", "source", "message"),
+    [
+        ([], None, "steps"),
+        ([{"prune": {"method": "magnitude", "sparsity": 1.0}}], None, "sparsity"),
+        ([{"quantize": {"method": "binarize", "backend": "torch.ao"}}], None,
+         "does not implement"),
+        ([{"quantize": {"method": "dynamicInt8"}}], {"modelRef": {"name": "nope"}},
+         "no model versions"),
+        ([{"quantize": {"method": "dynamicInt8"}}], {"trainingJobRef": "never-ran"},
+         "no model version"),
+        ([{"quantize": {"method": "dynamicInt8"}}],
+         {"model": {"builtin": "mlp", "checkpoint": "file:///nonexistent/w.safetensors"}},
+         "does not exist"),
+    ],
+    ids=["empty-steps", "sparsity-1", "method-backend-lacking", "missing-modelref",
+         "missing-trainingjob", "missing-checkpoint"],
+)
+def test_bad_input_fails_clearly_without_a_version(
+    steps: list, source: dict | None, message: str, teacher: dict, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    doc = manifest(teacher, store, steps)
+    if source is not None:
+        doc["spec"]["source"] = source
+    proc = _worker(doc, tmp_path / "out")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["status"] == "Failed"
+    assert message in result["message"], result["message"]
+    assert _no_versions(store)
+
+
+def test_weight_only_int4_where_the_platform_lacks_kernels(teacher: dict, tmp_path: Path) -> None:
+    from torchyard_trainer.compress.quantize import torchao_probe
+
+    why = torchao_probe("weightOnlyInt4")
+    if why is None:
+        pytest.skip("this platform has torchao int4 kernels")
+    store = tmp_path / "store"
+    doc = manifest(teacher, store, [{"quantize": {"method": "weightOnlyInt4",
+                                                  "backend": "torchao"}}])
+    proc = _worker(doc, tmp_path / "out")
+    assert proc.returncode == 2
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert "not available on this platform" in result["message"]
+    assert _no_versions(store)
+
+
+def _worker(doc: dict[str, Any], out: Path) -> subprocess.CompletedProcess[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "spec.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHYARD_", "PET_"))}
+    env.update(TORCHYARD_SPEC=str(spec), TORCHYARD_OUTPUT_DIR=str(out), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image")]))
+    return subprocess.run([sys.executable, "-m", "torchyard_trainer"], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_worker_entry_gate_failure_exits_3_and_keeps_the_report(
+    teacher: dict, tmp_path: Path
+) -> None:
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"prune": {"method": "magnitude", "sparsity": 0.99, "fineTuneEpochs": 0}}],
+                   accuracyCriterion={"mode": "absolute", "tolerableLoss": 0.0})
+    proc = _worker(doc, tmp_path / "out")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["reason"] == "AccuracyGateNotMet"
+    assert result["report"]["passed"] is False
+    assert len(json.dumps(result, separators=(",", ":"))) <= 4096  # fits a termination message
+    assert (tmp_path / "out" / "report.md").read_text().count("| trial |") == 1
