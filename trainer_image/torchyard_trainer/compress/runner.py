@@ -181,6 +181,21 @@ def _compact(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class Progress:
+    """Rank 0's progress.jsonl, the format ``torchyard run`` follows (one trial = one step)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def event(self, name: str, **fields: Any) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"event": name, "time": time.time(), **fields}) + "\n")
+
+
 def run(job: Any, env: WorkerEnv) -> dict[str, Any]:
     """Run a validated CompressionJob; returns the result (also written to the result file)."""
     started = time.perf_counter()
@@ -197,10 +212,23 @@ def run(job: Any, env: WorkerEnv) -> dict[str, Any]:
                   metric=spec.accuracy_criterion.metric, model_spec=model_spec)
     n_threads = _threads()
     baseline = measure(source, ctx, n_threads)
+    progress = Progress(env.output_dir / "progress.jsonl" if env.rank == 0 else None)
+    from torchyard_trainer.compress.search import candidates
+
+    n_cands = len(candidates(list(spec.steps), spec.accuracy_criterion.max_trials)[0])
+    progress.event("start", totalSteps=n_cands, epochs=1, stepsPerEpoch=n_cands, startStep=0,
+                   kind="CompressionJob", baseline=baseline)
+    progress.event("eval", epoch=0, step=0, accuracy=baseline["accuracy"])
+
+    def on_trial(i: int, n: int, res: Any) -> None:
+        progress.event("step", epoch=0, step=i, totalSteps=n, trial=res.candidate.name,
+                       passed=res.passed)
+        progress.event("eval", epoch=0, step=i, accuracy=res.stats["accuracy"])
+
     t_search = time.perf_counter()
     winner, trials, search_warnings = run_search(
         source, list(spec.steps), ctx, spec.accuracy_criterion, spec.objective,
-        baseline["accuracy"], n_threads,
+        baseline["accuracy"], n_threads, on_trial,
     )
     compress_seconds = time.perf_counter() - t_search
     compressed = winner.stats
@@ -276,6 +304,7 @@ def run(job: Any, env: WorkerEnv) -> dict[str, Any]:
             f"candidate {winner.candidate.name} {compressed['accuracy']:.4f}; saved as "
             f"{written['uri']} with the report"
         )
+    progress.event("end", status=status, model=result["model"], report=report)
     result = _compact(result)
     if env.rank == 0:
         write_result(env.result_file, result)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +94,8 @@ def apply_step(model: nn.Module, step: Any, value: Any, ctx: Context
 
 
 def run_search(source: nn.Module, steps: list[Any], ctx: Context, criterion: Any,
-               objective: str, baseline_metric: float, n_threads: int
+               objective: str, baseline_metric: float, n_threads: int,
+               on_trial: Callable[[int, int, TrialResult], None] | None = None,
                ) -> tuple[TrialResult, list[TrialResult], list[str]]:
     """Evaluate the candidates; returns (winner or best failing, all trials, warnings)."""
     cands, total = candidates(steps, criterion.max_trials)
@@ -128,6 +130,8 @@ def run_search(source: nn.Module, steps: list[Any], ctx: Context, criterion: Any
         log.info("trial %s: %s=%.4f bytes=%d latency=%.3fms passed=%s", cand.name,
                  ctx.metric, stats["accuracy"], stats["bytes"], stats["latencyMs"] or -1, ok)
         results.append(res)
+        if on_trial is not None:
+            on_trial(len(results), len(cands), res)
     ctx.model_spec = base_spec
     return pick(results, objective), results, warnings
 
