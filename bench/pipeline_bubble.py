@@ -182,9 +182,10 @@ def main() -> None:
         },
         "unsplitStepMs": round(t1 * 1e3, 3),
         "notes": [
-            "Measured bubble = 1 − (t1/S)/t(M); it includes p2p send/recv and per-microbatch "
-            "overhead (smaller matmuls), so it exceeds the model as M grows on CPU.",
-            "2 shared cores: both stages compete with other processes; read the trend, not digits.",
+            "Measured bubble = 1 − (t1/S)/t(M); it also absorbs p2p send/recv and "
+            "per-microbatch overhead (smaller matmuls), which the model ignores.",
+            "The model's trend needs one free core (or GPU) per stage: on an oversubscribed "
+            "CPU the stages cannot overlap and t(M) stays near t1.",
         ],
     }
     print(json.dumps(data, indent=2))
