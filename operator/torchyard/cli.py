@@ -13,6 +13,7 @@ from rich.console import Console
 from torchyard.api import ManifestError, load_manifests
 from torchyard.cli_cluster import register as register_cluster_commands
 from torchyard.crd import all_crds, render, write_crds
+from torchyard.devcluster.cli import app as dev_cluster_app
 
 app = typer.Typer(
     name="torchyard",
@@ -107,6 +108,12 @@ def run(
 
 
 register_cluster_commands(app)  # operator, get, describe, logs
+app.add_typer(
+    dev_cluster_app,
+    name="dev-cluster",
+    help="A real control plane (etcd, apiserver, controller-manager, scheduler, KWOK GPU "
+    "nodes) without Docker.",
+)
 
 
 def main() -> None:
