@@ -46,6 +46,23 @@ def quiet_torch_ao() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=re.escape(first[:60]))
 
 
+@contextlib.contextmanager
+def quiet_torchao_import() -> Iterator[None]:
+    """Import torchao without its import-time log line about torch's pytree registry (a
+    deprecation inside torchao itself, nothing the user can act on)."""
+    import logging
+
+    logger = logging.getLogger("torch.utils._pytree")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def drain_warnings() -> dict[str, int]:
     out = dict(CAPTURED_WARNINGS)
     CAPTURED_WARNINGS.clear()
@@ -221,8 +238,9 @@ class Int8Linear(QuantLinear):
 
             return run
         if self.backend == "torchao":
-            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-            from torchao.quantization.granularity import PerRow, PerTensor
+            with quiet_torchao_import():
+                from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+                from torchao.quantization.granularity import PerRow, PerTensor
 
             lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
             with torch.no_grad():
@@ -357,7 +375,8 @@ class Int4Linear(QuantLinear):
 
     def _build(self) -> Any:
         if self.backend == "torchao":
-            from torchao.quantization import Int4WeightOnlyConfig, quantize_
+            with quiet_torchao_import():
+                from torchao.quantization import Int4WeightOnlyConfig, quantize_
 
             lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
             with torch.no_grad():

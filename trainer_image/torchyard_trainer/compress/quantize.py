@@ -18,7 +18,6 @@ and the report says so.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import torch
@@ -43,8 +42,7 @@ def torch_ao_engine() -> str | None:
 def torchao_probe(method: str) -> str | None:
     """None when torchao can run ``method`` here, else why not (tried on a tiny layer)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with layers.quiet_torchao_import():
             from torchao.quantization import (
                 Int4WeightOnlyConfig,
                 Int8DynamicActivationInt8WeightConfig,
@@ -84,31 +82,34 @@ def resolve_backend(method: str, requested: str) -> tuple[str, str | None]:
             f"quantize {method}: backend {requested!r} does not implement it; available: "
             f"{', '.join(options)} (or auto)"
         )
-    usable: dict[str, str | None] = {}
-    for b in options:
+    def why_not(b: str) -> str | None:
         if b == "torch.ao":
-            usable[b] = None if torch_ao_engine() else "this torch build has no quantized engine"
-        elif b == "torchao":
-            usable[b] = torchao_probe("weightOnlyInt4" if method == "weightOnlyInt4" else "int8")
-        else:
-            usable[b] = None
+            return None if torch_ao_engine() else "this torch build has no quantized engine"
+        if b == "torchao":
+            return torchao_probe("weightOnlyInt4" if method == "weightOnlyInt4" else "int8")
+        return None
+
     if requested != "auto":
-        why = usable[requested]
+        why = why_not(requested)
         if why is not None:
             raise ConfigError(f"quantize {method} with backend {requested} is not available on "
                               f"this platform ({why})")
         return requested, None
     cuda = torch.cuda.is_available()
     order = ("torchao", "torch.ao", "reference") if cuda else ("torch.ao", "torchao", "reference")
-    for b in order:
-        if b in usable and usable[b] is None:
+    tried: dict[str, str | None] = {}
+    for b in order:  # probed lazily: torchao is imported only when it may be chosen
+        if b not in options:
+            continue
+        tried[b] = why_not(b)
+        if tried[b] is None:
             note = None
             if method == "weightOnlyInt4" and b == "reference":
                 note = ("weightOnlyInt4: torchao's int4 kernels are not available here "
-                        f"({usable['torchao']}); weights are stored as int4 and dequantized to "
-                        "float once at load: smaller, not faster")
+                        f"({tried.get('torchao')}); weights are stored as int4 and dequantized "
+                        "to float once at load: smaller, not faster")
             return b, note
-    raise ConfigError(f"quantize {method}: no backend available on this platform: {usable}")
+    raise ConfigError(f"quantize {method}: no backend available on this platform: {tried}")
 
 
 def target_linears(model: nn.Module, keep_float: list[str]) -> list[tuple[str, nn.Linear]]:

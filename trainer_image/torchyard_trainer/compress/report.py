@@ -112,11 +112,11 @@ def ratios(base: dict[str, Any], comp: dict[str, Any]) -> dict[str, float | None
 
 def versions() -> str:
     parts = [f"torch {torch.__version__}"]
-    try:
-        import torchao
+    try:  # the version only: importing torchao costs seconds and logs at import
+        from importlib.metadata import version
 
-        parts.append(f"torchao {torchao.__version__}")
-    except ImportError:
+        parts.append(f"torchao {version('torchao')}")
+    except Exception:
         pass
     parts.append(f"python {platform.python_version()} ({platform.machine()})")
     return ", ".join(parts)
