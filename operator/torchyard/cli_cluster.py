@@ -6,6 +6,7 @@ they use the current kubeconfig context (or ``--kubeconfig``) like kubectl does.
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -21,7 +22,8 @@ from torchyard.api.constants import (
     Label,
 )
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (scripts, tests) gets wide lines instead of columns cut to 80 characters.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 KIND_ALIASES = {

@@ -38,6 +38,16 @@ def _groups(kube: Kube) -> set[str]:
     return {g.name for g in client.ApisApi(kube.api_client).get_api_versions().groups}
 
 
+def _terminating(kube: Kube, name: str) -> bool:
+    try:
+        crd = kube.apiext.read_custom_resource_definition(name)
+    except client.ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return crd.metadata.deletion_timestamp is not None
+
+
 @pytest.fixture
 def gang_crds(kube: Kube) -> Iterator[Callable[..., None]]:
     installed: list[tuple[str, str]] = []
@@ -45,6 +55,9 @@ def gang_crds(kube: Kube) -> Iterator[Callable[..., None]]:
     def install(*crds: tuple[str, str, str]) -> None:
         for file, group, _ in crds:
             doc = yaml.safe_load((CRD_DIR / file).read_text())
+            name = doc["metadata"]["name"]
+            # One left over from an earlier run may still be terminating: wait it out.
+            poll(lambda n=name: not _terminating(kube, n), timeout=120, what=f"{name} gone")
             try:
                 kube.apiext.create_custom_resource_definition(doc)
             except client.ApiException as e:
@@ -171,8 +184,15 @@ def test_kueue_job_starts_suspended_with_queue_label(
         job = _template(kube, namespace)
         assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
         assert job.spec.suspend is True
-        pending = wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.PENDING)
-        assert "admission" in pending["status"]["message"]
+        pending = poll(
+            lambda: (
+                (tj := get(kube, namespace, "TrainingJob", "digits-ddp"))
+                and "admission" in (tj.get("status") or {}).get("message", "")
+                and tj
+            ),
+            what="Pending, waiting for admission",
+        )
+        assert pending["status"]["phase"] == Phase.PENDING
         assert "startTime" not in pending["status"]
         assert not worker_pods(kube, namespace, "digits-ddp")
         # Admission, as Kueue does it: un-suspend the Job. The operator must not fight it.
