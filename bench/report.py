@@ -18,6 +18,8 @@ DOC = ROOT / "docs" / "benchmarks.md"
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -48,10 +50,20 @@ def render_one(name: str, data: dict[str, Any]) -> list[str]:
     if data.get("machine"):
         out += [f"Machine: {data['machine']}", ""]
     table = data.get("table")
+    rows = data.get("rows")
+    if table is None and isinstance(rows, list) and rows and isinstance(rows[0], dict):
+        # A list of records: one column per key, in first-seen order.
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        table = {"columns": columns, "rows": [[r.get(c, "") for c in columns] for r in rows]}
+        data = {k: v for k, v in data.items() if k != "rows"}
     if isinstance(table, dict) and table.get("columns"):
         out += ["| " + " | ".join(map(str, table["columns"])) + " |"]
         out += ["|" + "---|" * len(table["columns"])]
         out += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.get("rows", [])]
+        rest = _flatten({k: v for k, v in data.items() if k not in {"table", "rows"}})
+        if rest:
+            out += ["", "| figure | value |", "|---|---|"]
+            out += [f"| {k} | {_fmt(v)} |" for k, v in rest]
     else:
         out += ["| figure | value |", "|---|---|"]
         out += [f"| {k} | {_fmt(v)} |" for k, v in _flatten(data)]
