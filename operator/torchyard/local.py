@@ -143,7 +143,10 @@ def plan_pods(job: AnyJob, run_dir: Path, pvc_root: Path, attempt: int) -> list[
     template = children.job["spec"]["template"]["spec"]
     container = template["containers"][0]
     command = [*container.get("command", []), *container.get("args", [])]
-    if command and command[0] == "torchrun":
+    if command[:3] == ["python", "-m", "torchyard_trainer.launch"]:
+        # The image's interpreter is this machine's interpreter.
+        command = [sys.executable, *command[1:]]
+    elif command and command[0] == "torchrun":
         # The same launcher, but keeping the workers' exit codes: plain torchrun exits 1 for
         # any failed rank, which would make every kill look permanent.
         command = [sys.executable, "-m", "torchyard_trainer.launch", *command[1:]]

@@ -163,7 +163,7 @@ class TrainingJobSpec(KubeModel):
     """Image pull policy of the worker container."""
     command: list[str] | None = Field(default=None, min_length=1, max_length=256)
     """Bring-your-own command (e.g. ["torchrun", "train.py"]); gets the same env contract.
-    Default: torchrun -m torchyard_trainer."""
+    Default: torchrun (exit-code-preserving wrapper) -m torchyard_trainer."""
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
     """Extra environment of the worker container."""
     pod_metadata: PodMetadata = sub(PodMetadata)

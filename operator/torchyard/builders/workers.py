@@ -33,7 +33,9 @@ STORAGE_MOUNT_ROOT = "/mnt/torchyard"
 # (state.terminated.message, 4 KiB max), which is how the operator reads it without storage access.
 RESULT_FILE = "/dev/termination-log"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-DEFAULT_COMMAND = ("torchrun", "-m", "torchyard_trainer")
+# torchrun itself, through a wrapper that keeps the failed rank's exit code (plain torchrun
+# exits 1 for any failure, which would make an OOM kill look like a permanent user error).
+DEFAULT_COMMAND = ("python", "-m", "torchyard_trainer.launch", "-m", "torchyard_trainer")
 RESTART_ANNOTATION = "torchyard.io/restart-count"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
