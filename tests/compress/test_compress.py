@@ -255,3 +255,39 @@ def test_worker_entry_gate_failure_exits_3_and_keeps_the_report(
     assert result["report"]["passed"] is False
     assert len(json.dumps(result, separators=(",", ":"))) <= 4096  # fits a termination message
     assert (tmp_path / "out" / "report.md").read_text().count("| trial |") == 1
+
+
+@pytest.mark.parametrize(
+    ("builtin", "args", "expected"),
+    [
+        ("cnn", {"channels": [8, 16], "hidden": 32},
+         {"1.0": "8->4", "2.0": "16->8", "3.1": "32->16"}),
+        ("resnet", {"widths": [8, 16]}, {"2.conv1": "8->4", "3.conv1": "16->8"}),
+    ],
+)
+def test_structured_groups_on_conv_models_round_trip(
+    builtin: str, args: dict, expected: dict, digits: Any
+) -> None:
+    """Conv channels (through pooling, batch norm, flatten) are removed and the saved form
+    rebuilds the same smaller network; residual outputs are left alone."""
+    import torch
+
+    from torchyard.api.common import ModelSpec, OptimizerSpec
+    from torchyard.api.compression import PruneStep
+    from torchyard_trainer.compress import prune
+    from torchyard_trainer.compress.common import Context, export_state, rebuild
+    from torchyard_trainer.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(builtin=builtin, args=args), digits.info)
+    before = sum(p.numel() for p in model.parameters())
+    ctx = Context(ds=digits, optimizer=OptimizerSpec(), batch_size=64, seed=0)
+    info = prune.apply(model, PruneStep(method="structured", sparsity=0.5, fine_tune_epochs=0),
+                       0.5, ctx)
+    assert info["layers"] == expected
+    assert sum(p.numel() for p in model.parameters()) < before
+    tensors, section = export_state(model)
+    again = rebuild({"builtin": builtin, "args": args}, digits.info, section, tensors)
+    x = digits.val_x[:8]
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), again(x), atol=1e-6)

@@ -233,10 +233,7 @@ class Int8Linear(QuantLinear):
                     )
                 q.set_weight_bias(qw, self.float_bias())
 
-            def run(x: torch.Tensor) -> torch.Tensor:
-                return q(x.float())  # type: ignore[no-any-return]
-
-            return run
+            return q.forward  # no second nn.Module __call__ per layer: this is the hot path
         if self.backend == "torchao":
             with quiet_torchao_import():
                 from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
