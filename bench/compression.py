@@ -409,6 +409,9 @@ def render(data: dict[str, Any]) -> str:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(THREADS)
+    if sys.argv[1:] == ["--render"]:
+        rerender()
+        return
     sections = sys.argv[1:] or ["int8", "magnitude", "l1", "structured", "distill",
                                 "transformer"]
     started = time.perf_counter()
@@ -435,9 +438,9 @@ def write(b: Bench, old: dict[str, Any], done: list[str], started: float) -> Non
             f"{TEACHER['args']['hidden']} trained 40 epochs in-process; each method run through "
             "torchyard_trainer.compress.run (the CompressionJob worker: search, gate, saved model "
             "version) beside the plain library call for the same method. Latency: p50 of a batch "
-            "of 64 (8 sequences for the transformer), interleaved rounds, median of rounds. "
-            "deltaPt = accuracy minus the teacher's in points; sizeX / nonZeroX / speedupX = "
-            "teacher ÷ variant."),
+            "of 64 (2 sequences of 128 tokens for the transformer), interleaved rounds, median "
+            "of rounds. deltaPt = accuracy minus the teacher's in points; sizeX / nonZeroX / "
+            "speedupX = teacher ÷ variant."),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared "
                    f"with other jobs), torch.set_num_threads({THREADS}); {versions()}",
         "threads": THREADS,
@@ -446,8 +449,15 @@ def write(b: Bench, old: dict[str, Any], done: list[str], started: float) -> Non
         "targets": keep_t + b.targets,
         "rows": [r for r in b.rows if r.get("section") == "teacher"] + keep + [
             r for r in b.rows if r.get("section") != "teacher"],
-        "notes": [
-            "Bytes: ours = model.safetensors of the saved model version (int8/bits + fp16 "
+        "notes": NOTES,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    DOC.write_text(render(data))
+
+
+NOTES = [
+    "Bytes: ours = model.safetensors of the saved model version (int8/bits + fp16 "
             "scales/biases; pruned tensors as bit mask + values); plain = torch.save of the "
             "plain call's state_dict (or safetensors for float models).",
             "The plain pruning calls get no fine-tuning: that is what the library call does; "
@@ -457,9 +467,30 @@ def write(b: Bench, old: dict[str, Any], done: list[str], started: float) -> Non
             "benchmarked in this run.",
             "The machine is shared with other engineers' jobs: absolute ms are noisy; ratios "
             "from interleaved rounds are what count.",
-        ],
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            "Magnitude: exactly 90% of the Linear weights are zero (biases are not pruned, so "
+            "the all-parameter sparsity reads 0.893).",
+            "L1+threshold missed: 94% sparsity holds the teacher's accuracy within 0.3 pt, but "
+            "this run's teacher itself reached 96.9%, below the issue's 97.5% bar.",
+            "Distillation missed: +5 pt over the plain student. On digits a 64-unit MLP "
+            "trained on only 100 labels already reaches ~91%, so +10 pt would need the "
+            "distilled student above the teacher. The distilled student is within 0.6 pt of "
+            "the teacher.",
+            "Unstructured sparsity gives no speed-up (dense kernels); its latency rows are "
+            "the same dense computation and show only the machine's noise.",
+            "Magnitude row: our pruned model measured 8.5 ms against 0.2 ms for the plain pruned "
+    "model of identical dense shape in this run (and 6 ms vs 0.27 ms in the previous one); "
+    "a standalone check of saved pruned versions against in-memory copies shows no "
+    "difference (0.08 ms both), so this is not yet explained: treat that latency as "
+    "unreliable.",
+    "Our int8 layer wraps the same torch.ao kernel as the plain call; on the tiny "
+            "digits MLP the extra module call per layer shows as latency overhead, on the "
+            "transformer they are on par.",
+]
+
+
+def rerender() -> None:
+    data = json.loads(RESULTS.read_text())
+    data["notes"] = NOTES
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     DOC.write_text(render(data))
 
