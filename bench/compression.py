@@ -397,7 +397,7 @@ def render(data: dict[str, Any]) -> str:
            "## Targets (issue 6)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     out += [f"| {t['target']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else '**no**'} |"
             for t in data["targets"]]
-    out += ["", "## All measurements (same run; baselines beside ours)", "",
+    out += ["", "## All measurements (each section: ours and its baselines in the same run)", "",
             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in data["rows"]:
         out.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols)
