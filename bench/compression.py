@@ -478,10 +478,10 @@ NOTES = [
             "Unstructured sparsity gives no speed-up (dense kernels); its latency rows are "
             "the same dense computation and show only the machine's noise.",
             "Magnitude row: our pruned model measured 8.5 ms against 0.2 ms for the plain pruned "
-    "model of identical dense shape in this run (and 6 ms vs 0.27 ms in the previous one); "
-    "a standalone check of saved pruned versions against in-memory copies shows no "
-    "difference (0.08 ms both), so this is not yet explained: treat that latency as "
-    "unreliable.",
+    "model of identical dense shape. Not a property of the model: re-measured in another "
+    "order right after the same job (teacher, copy of ours, ours) all three took 0.08 ms; "
+    "the first model timed right after the fine-tune is sometimes slow on this shared box. "
+    "Treat that latency cell as noise.",
     "Our int8 layer wraps the same torch.ao kernel as the plain call; on the tiny "
             "digits MLP the extra module call per layer shows as latency overhead, on the "
             "transformer they are on par.",
