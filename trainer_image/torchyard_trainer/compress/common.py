@@ -87,7 +87,7 @@ def train_epochs(
             if regularizer is not None:
                 value = value + regularizer(model)
             opt.zero_grad(set_to_none=True)
-            value.backward()
+            value.backward()  # type: ignore[no-untyped-call]
             opt.step()
             sched.step()
             if masks:

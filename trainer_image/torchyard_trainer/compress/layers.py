@@ -183,6 +183,8 @@ class Int8Linear(QuantLinear):
     """
 
     kind = "int8"
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
 
     def __init__(
         self, in_features: int, out_features: int, has_bias: bool, backend: str, granularity: str
@@ -219,7 +221,7 @@ class Int8Linear(QuantLinear):
             with quiet_torch_ao():
                 from torch.ao.nn.quantized.dynamic import Linear as DynLinear
 
-                q = DynLinear(self.in_features, self.out_features, dtype=torch.qint8)
+                q = DynLinear(self.in_features, self.out_features, dtype=torch.qint8)  # type: ignore[no-untyped-call]
                 if self.granularity == "perChannel":
                     qw = torch._make_per_channel_quantized_tensor(
                         self.weight_int8,
@@ -258,6 +260,9 @@ class StaticInt8Linear(QuantLinear):
     output requantized with the calibrated output scale, dequantized for the next layer."""
 
     kind = "staticInt8"
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+    act_qparams: torch.Tensor
 
     def __init__(
         self, in_features: int, out_features: int, has_bias: bool, backend: str, granularity: str
@@ -295,7 +300,7 @@ class StaticInt8Linear(QuantLinear):
         with quiet_torch_ao():
             from torch.ao.nn.quantized import Linear as QLinear
 
-            q = QLinear(self.in_features, self.out_features, dtype=torch.qint8)
+            q = QLinear(self.in_features, self.out_features, dtype=torch.qint8)  # type: ignore[no-untyped-call]
             if self.granularity == "perChannel":
                 qw = torch._make_per_channel_quantized_tensor(
                     self.weight_int8,
@@ -335,6 +340,8 @@ class Int4Linear(QuantLinear):
     platform has them (``torchao``)."""
 
     kind = "int4"
+    weight_int4: torch.Tensor
+    weight_scale: torch.Tensor
 
     def __init__(
         self, in_features: int, out_features: int, has_bias: bool, backend: str, group_size: int
@@ -397,6 +404,8 @@ class BinaryLinear(QuantLinear):
     minimises the L2 error — XNOR-Net's alpha), stored as bits (32× smaller than fp32)."""
 
     kind = "binary"
+    weight_bits: torch.Tensor
+    weight_scale: torch.Tensor
 
     def __init__(self, in_features: int, out_features: int, has_bias: bool, backend: str) -> None:
         super().__init__(in_features, out_features, has_bias, backend)
@@ -449,7 +458,7 @@ def empty_quant_module(cfg: dict[str, Any], lin: nn.Linear) -> QuantLinear:
 # module surgery helpers
 
 
-def get_module(model: nn.Module, fqn: str) -> nn.Module:
+def get_module(model: nn.Module, fqn: str) -> Any:  # the caller knows the layer type
     return model.get_submodule(fqn) if fqn else model
 
 
@@ -458,7 +467,7 @@ def set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
     setattr(get_module(model, parent_name), child, new)
 
 
-def resize_module(mod: nn.Module, shape: list[int]) -> nn.Module:
+def resize_module(mod: Any, shape: list[int]) -> Any:
     """A fresh module of the same type as ``mod`` whose weight has ``shape``."""
     if isinstance(mod, nn.Linear):
         return nn.Linear(shape[1], shape[0], bias=mod.bias is not None)
@@ -466,13 +475,13 @@ def resize_module(mod: nn.Module, shape: list[int]) -> nn.Module:
         return nn.Conv2d(
             shape[1] * mod.groups,
             shape[0],
-            mod.kernel_size,
+            mod.kernel_size,  # type: ignore[arg-type]
             mod.stride,  # type: ignore[arg-type]
-            mod.padding,
-            mod.dilation,
+            mod.padding,  # type: ignore[arg-type]
+            mod.dilation,  # type: ignore[arg-type]
             mod.groups,
             bias=mod.bias is not None,
-        )  # type: ignore[arg-type]
+        )
     if isinstance(mod, nn.BatchNorm2d | nn.BatchNorm1d):
         return type(mod)(shape[0], mod.eps, mod.momentum, mod.affine, mod.track_running_stats)
     if isinstance(mod, nn.LayerNorm):

@@ -33,18 +33,18 @@ def schedule(target: float, rounds: int) -> list[float]:
     return [1.0 - (1.0 - target) ** ((k + 1) / rounds) for k in range(rounds)]
 
 
-def prunable_weights(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def prunable_weights(model: nn.Module) -> list[tuple[str, Any]]:
     mods = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
     if not mods:
         raise ConfigError("pruning found no Linear/Conv2d layer in the model")
     return mods
 
 
-def effective_weight(m: nn.Module) -> torch.Tensor:
+def effective_weight(m: Any) -> torch.Tensor:
     """The weight a forward would use now (the prune hook refreshes ``weight`` only in forward)."""
     if tprune.is_pruned(m):
-        return (m.weight_orig * m.weight_mask).detach()
-    return m.weight.detach()
+        return (m.weight_orig * m.weight_mask).detach()  # type: ignore[no-any-return]
+    return m.weight.detach()  # type: ignore[no-any-return]
 
 
 def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -56,7 +56,7 @@ def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask.reshape(scores.shape)
 
 
-def magnitude_masks(mods: list[tuple[str, nn.Module]], sparsity: float,
+def magnitude_masks(mods: list[tuple[str, Any]], sparsity: float,
                     scope: str) -> dict[str, torch.Tensor]:
     """Masks zeroing the smallest |w|: per layer, or with one threshold over all layers."""
     weights = {n: effective_weight(m).abs() for n, m in mods}
@@ -72,26 +72,26 @@ def magnitude_masks(mods: list[tuple[str, nn.Module]], sparsity: float,
     return out
 
 
-def threshold_masks(mods: list[tuple[str, nn.Module]], threshold: float) -> dict[str, torch.Tensor]:
+def threshold_masks(mods: list[tuple[str, Any]], threshold: float) -> dict[str, torch.Tensor]:
     return {n: (effective_weight(m).abs() >= threshold).float() for n, m in mods}
 
 
-def _apply_masks(mods: list[tuple[str, nn.Module]], masks: dict[str, torch.Tensor]) -> None:
+def _apply_masks(mods: list[tuple[str, Any]], masks: dict[str, torch.Tensor]) -> None:
     for n, m in mods:
         # custom_from_mask combines with an existing mask (AND): pruned weights stay pruned
-        tprune.custom_from_mask(m, "weight", masks[n])
+        tprune.custom_from_mask(m, "weight", masks[n])  # type: ignore[no-untyped-call]
 
 
-def _make_permanent(mods: list[tuple[str, nn.Module]]) -> None:
+def _make_permanent(mods: list[tuple[str, Any]]) -> None:
     for _, m in mods:
         if tprune.is_pruned(m):
-            tprune.remove(m, "weight")
+            tprune.remove(m, "weight")  # type: ignore[no-untyped-call]
 
 
-def sparsity_of(mods: list[tuple[str, nn.Module]]) -> float:
+def sparsity_of(mods: list[tuple[str, Any]]) -> float:
     total = sum(m.weight.numel() for _, m in mods)
     zeros = sum(int((m.weight == 0).sum()) for _, m in mods)
-    return zeros / max(1, total)
+    return zeros / max(1, total)  # type: ignore[no-any-return]
 
 
 def magnitude(model: nn.Module, step: Any, sparsity: float, ctx: Context) -> dict[str, Any]:
@@ -220,7 +220,7 @@ def find_groups(model: nn.Module, prefix: str = "") -> list[Group]:
 
 def _unit_scores(model: nn.Module, g: Group) -> torch.Tensor:
     w = layers.get_module(model, g.producer).weight.detach()
-    return w.reshape(w.shape[0], -1).norm(dim=1)
+    return w.reshape(w.shape[0], -1).norm(dim=1)  # type: ignore[no-any-return]
 
 
 def _shrink(model: nn.Module, g: Group, keep: torch.Tensor) -> None:

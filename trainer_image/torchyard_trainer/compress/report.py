@@ -126,7 +126,7 @@ def passes(baseline: float, value: float, criterion: Any) -> bool:
     """The accuracy gate: drop ≤ tolerableLoss (absolute points, or fraction of baseline)."""
     drop = baseline - value
     allowed = criterion.tolerable_loss * (baseline if criterion.mode == "relative" else 1.0)
-    return drop <= allowed + 1e-12
+    return drop <= allowed + 1e-12  # type: ignore[no-any-return]
 
 
 def table(report: dict[str, Any]) -> str:
