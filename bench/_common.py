@@ -33,19 +33,9 @@ def free_port() -> int:
 
 
 def torchrun(nproc: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torchyard_trainer.launch",
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        str(nproc),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
-    ]
+    from torchyard_trainer.launch import single_node_command
+
+    return single_node_command(nproc, free_port())
 
 
 def run(cmd: list[str], **extra: str) -> str:

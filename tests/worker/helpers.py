@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from torchyard_trainer.launch import single_node_command
+
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_ROOTS = [str(REPO / "operator"), str(REPO / "trainer_image")]
 TIMEOUT = 600
@@ -62,19 +64,7 @@ def run_worker(
     if nproc == 1:
         cmd = [sys.executable, "-m", "torchyard_trainer"]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torchyard_trainer.launch",
-            "--nnodes",
-            "1",
-            "--nproc-per-node",
-            str(nproc),
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(free_port()),
-        ]
+        cmd = single_node_command(nproc, free_port())
     proc = subprocess.run(
         cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
     )

@@ -13,6 +13,23 @@ from __future__ import annotations
 import sys
 
 
+def single_node_command(nproc: int, master_port: int) -> list[str]:
+    """This launcher for ``nproc`` ranks on this machine (tests, benchmarks, local runs)."""
+    return [
+        sys.executable,
+        "-m",
+        "torchyard_trainer.launch",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(master_port),
+    ]
+
+
 def exit_code_of(failure_exitcode: int) -> int:
     """Exit code of the pod for a worker's exit code (negative = killed by that signal)."""
     if failure_exitcode < 0:
