@@ -42,6 +42,7 @@ from torchyard.api.manifest import format_validation_error
 from torchyard.api.training import CheckpointStatus, Progress
 
 RESTART_ANNOTATION = "torchyard.io/restart-count"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 # Exit codes below this are the workload's own verdict (Kubeflow's convention); from 128 on
@@ -121,6 +122,9 @@ class JobInfo:
     complete: bool = False
     failed_reason: str | None = None
     failed_message: str | None = None
+    queue: str | None = None
+    """Kueue's LocalQueue (the Job's ``kueue.x-k8s.io/queue-name`` label): Kueue owns its
+    ``spec.suspend``."""
 
     @property
     def finished(self) -> bool:
@@ -158,6 +162,7 @@ class JobInfo:
             complete=complete,
             failed_reason=failed_reason,
             failed_message=failed_message,
+            queue=(meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL) or None,
         )
 
 
@@ -676,9 +681,10 @@ def decide(view: JobView, obs: Observed) -> Decision:
         status["startTime"] = rfc3339(obs.now)
         b.event(Reason.RESUMED, "job resumed: workers start again (startTime reset)")
         return b.done()
-    elif job.suspended and not job.finished and _gang(view) != "kueue":
+    elif job.suspended and not job.finished and _kueue_queue(view, job) is None:
         # Level-based: the Job must not stay suspended when the job is not (a Job created
-        # suspended while runPolicy.suspend flipped). Under Kueue, Kueue un-suspends it.
+        # suspended while runPolicy.suspend flipped). Under Kueue (also when gang `auto`
+        # chose it: the Job has Kueue's queue label), Kueue un-suspends it.
         b.before(Action(ActionKind.RESUME_JOB, job_uid=job.uid))
 
     if job.complete:
@@ -719,9 +725,29 @@ def decide(view: JobView, obs: Observed) -> Decision:
         return b.done()
 
     # The attempt runs (or waits for its pods).
+    queue = _kueue_queue(view, job)
     if job.suspended:
-        b.phase(Phase.PENDING, "waiting for admission (the Job is suspended by its queue)")
+        if queue is None:
+            b.phase(Phase.PENDING, "waiting for admission (the Job is suspended by its queue)")
+            return b.done()
+        # Kueue holds it (not admitted yet, or evicted/preempted): no pods, quota not given.
+        message = (
+            f"queued by Kueue in LocalQueue {queue}: waiting for admission "
+            "(the worker Job stays suspended until Kueue admits it)"
+        )
+        b.phase(Phase.PENDING, message)
+        if b.cond(ConditionType.SUSPENDED, True, Reason.QUEUED_BY_KUEUE, message):
+            b.event(Reason.QUEUED_BY_KUEUE, message)
+        b.clear(ConditionType.RUNNING, Reason.QUEUED_BY_KUEUE, "the worker Job is suspended")
+        status["workers"] = _worker_counts(None)
         return b.done()
+    held = get_condition(status, ConditionType.SUSPENDED)
+    if queue is not None and held and held.get("reason") == Reason.QUEUED_BY_KUEUE:
+        # Suspended True with this reason: Kueue held it until now, so it was just admitted.
+        message = f"admitted by Kueue (LocalQueue {queue}): workers start"
+        b.cond(ConditionType.SUSPENDED, False, Reason.ADMITTED_BY_KUEUE, message)
+        b.event(Reason.ADMITTED_BY_KUEUE, message)
+        status["startTime"] = rfc3339(obs.now)  # counted from admission, as on resume
     if not status.get("startTime"):
         status["startTime"] = rfc3339(obs.now)
     up = job.ready + job.succeeded
@@ -746,8 +772,13 @@ def decide(view: JobView, obs: Observed) -> Decision:
     return b.done()
 
 
-def _gang(view: JobView) -> str:
-    return view.parsed.spec.scheduling.gang if view.parsed is not None else "none"
+def _kueue_queue(view: JobView, job: JobInfo) -> str | None:
+    """The LocalQueue when Kueue manages this Job's suspension, else None."""
+    if job.queue:
+        return job.queue
+    if view.parsed is not None and view.parsed.spec.scheduling.gang == "kueue":
+        return view.parsed.spec.scheduling.queue
+    return None
 
 
 def _no_job(b: _Builder, view: JobView, restarts: int) -> Decision:
@@ -758,6 +789,9 @@ def _no_job(b: _Builder, view: JobView, restarts: int) -> Decision:
     b.before(Action(ActionKind.CREATE, restart_count=restarts))
     status["workers"] = _worker_counts(None)
     if not condition_true(status, ConditionType.CREATED):
+        if get_condition(status, ConditionType.CREATED) is not None:
+            # It was blocked (decide_blocked): the message said why, and no longer applies.
+            status["message"] = "worker Job created"
         b.cond(ConditionType.CREATED, True, Reason.JOB_CREATED, "worker Job created")
         b.event(Reason.JOB_CREATED, f"created the worker Job ({view.parsed.spec.workers} workers)")
     if policy.suspend:

@@ -18,7 +18,9 @@ from torchyard.status import (
     Observed,
     PodInfo,
     SourceInfo,
+    classify_refusal,
     decide,
+    decide_blocked,
     get_condition,
     lifetime_due,
     parse_result,
@@ -440,6 +442,160 @@ def test_lost_count_write_trusts_the_newer_job() -> None:
     d = run(body, job=job(restart=2, active=2, ready=2))
     assert d.status["restarts"] == 2
     assert d.status["phase"] == Phase.RUNNING
+
+
+# ------------------------------------------------------------------------ blocked children
+
+QUOTA = (
+    'jobs.batch "digits" is forbidden: exceeded quota: no-jobs, requested: count/jobs.batch=1, '
+    "used: count/jobs.batch=0, limited: count/jobs.batch=0"
+)
+RBAC = (
+    'jobs.batch is forbidden: User "system:serviceaccount:ops:torchyard" cannot create '
+    'resource "jobs" in API group "batch" in the namespace "ml"'
+)
+
+
+def blocked(body: dict[str, Any], reason: str, message: str, now: datetime = T0) -> Decision:
+    return decide_blocked(JobView.from_body(body), Observed(now=now), reason, message)
+
+
+@pytest.mark.parametrize(
+    ("kind", "api_version", "code", "message", "reason", "temporary"),
+    [
+        ("Job", "batch/v1", 403, QUOTA, Reason.QUOTA_EXCEEDED, True),
+        (
+            "ConfigMap",
+            "v1",
+            403,
+            'configmaps "x" is forbidden: exceeded quota: q, requested: count/configmaps=1',
+            Reason.QUOTA_EXCEEDED,
+            True,
+        ),
+        ("Job", "batch/v1", 403, RBAC, Reason.CREATE_FORBIDDEN, True),
+        (
+            "Service",
+            "v1",
+            403,
+            'services "x" is forbidden: unable to create new content in namespace ml because '
+            "it is being terminated",
+            Reason.CREATE_FORBIDDEN,
+            True,
+        ),
+        (
+            "Job",
+            "batch/v1",
+            403,
+            'admission webhook "validate.kyverno.svc" denied the request: no GPUs here',
+            Reason.INVALID_SPEC,
+            False,
+        ),
+        (
+            "Job",
+            "batch/v1",
+            422,
+            'Job.batch "x" is invalid: spec.x: Invalid value',
+            Reason.INVALID_SPEC,
+            False,
+        ),
+        ("Service", "v1", 400, "bad request", Reason.INVALID_SPEC, False),
+        (
+            "PodGroup",
+            "scheduling.volcano.sh/v1beta1",
+            404,
+            "404 Not Found",
+            Reason.GANG_SCHEDULER_MISSING,
+            True,
+        ),
+        ("Job", "batch/v1", 404, 'namespaces "ml" not found', None, None),
+        ("Job", "batch/v1", 500, "etcdserver: request timed out", None, None),
+        ("Job", "batch/v1", 429, "too many requests", None, None),
+    ],
+)
+def test_classify_refusal(
+    kind: str, api_version: str, code: int, message: str, reason: str | None, temporary: bool | None
+) -> None:
+    r = classify_refusal(kind, api_version, code, message, "volcano")
+    if reason is None:
+        assert r is None  # an ordinary error: retried a bounded number of times
+        return
+    assert r is not None
+    assert (r.reason, r.temporary) == (reason, temporary)
+    if reason != Reason.GANG_SCHEDULER_MISSING:
+        assert message in r.message  # the API server's own words
+
+
+def test_quota_keeps_the_job_pending_says_why_once_then_proceeds() -> None:
+    r = classify_refusal("Job", "batch/v1", 403, QUOTA)
+    assert r is not None
+    d = blocked(tj_body(), r.reason, r.message)
+    assert d.actions == []
+    assert d.status["phase"] == Phase.PENDING
+    assert d.status["message"] == r.message
+    c = cond(d, ConditionType.CREATED)
+    assert (c["status"], c["reason"]) == ("False", Reason.QUOTA_EXCEEDED)
+    assert "exceeded quota: no-jobs" in c["message"]
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", Reason.QUOTA_EXCEEDED)]
+    assert QUOTA in d.events[0].message
+    assert "startTime" not in d.status  # activeDeadlineSeconds does not run down meanwhile
+    body = step(tj_body(), d)
+    # retried while the quota holds: nothing new to write or say
+    again = blocked(body, r.reason, r.message, now=T0 + timedelta(seconds=30))
+    assert again.events == []
+    assert status_patch(d.status, again.status) == {}
+    # the quota is raised: the next reconcile creates the children as usual
+    go = run(body, now=T0 + timedelta(seconds=60))
+    assert kinds(go) == [ActionKind.CREATE]
+    c = cond(go, ConditionType.CREATED)
+    assert (c["status"], c["reason"]) == ("True", Reason.JOB_CREATED)
+    assert go.status["phase"] == Phase.PENDING
+    assert go.status["message"] == "worker Job created, waiting for workers"
+    assert [e.reason for e in go.events] == [Reason.JOB_CREATED]
+
+
+def test_blocked_restart_keeps_its_phase_and_count() -> None:
+    body = failed_body({"backoffLimit": 2})
+    d = run(body, job=job(failed_reason="BackoffLimitExceeded"), pods=(pod(1, "Failed", 137),))
+    body = step(body, d)
+    assert [(a.kind, a.restart_count) for a in run(body).actions] == [(ActionKind.CREATE, 1)]
+    b = blocked(body, Reason.QUOTA_EXCEEDED, "quota")
+    assert b.status["phase"] == Phase.RESTARTING
+    assert b.status["restarts"] == 1
+    assert cond(b, ConditionType.CREATED)["reason"] == Reason.QUOTA_EXCEEDED
+    assert cond(b, ConditionType.RESTARTING)["status"] == "True"
+
+
+def test_missing_gang_scheduler_names_the_field_and_what_to_install() -> None:
+    volcano = classify_refusal(
+        "PodGroup", "scheduling.volcano.sh/v1beta1", 404, "404 Not Found", "volcano"
+    )
+    assert volcano is not None
+    assert volcano.temporary
+    for part in ("spec.scheduling.gang is volcano", "scheduling.volcano.sh/v1beta1", "Volcano"):
+        assert part in volcano.message
+    assert "install" in volcano.message
+    cosched = classify_refusal(
+        "PodGroup", "scheduling.x-k8s.io/v1alpha1", 404, "", "auto (resolved to coscheduling)"
+    )
+    assert cosched is not None
+    assert "spec.scheduling.gang is auto (resolved to coscheduling)" in cosched.message
+    assert "scheduling.x-k8s.io/v1alpha1" in cosched.message
+    assert "coscheduling plugin" in cosched.message
+    d = blocked(tj_body(scheduling={"gang": "volcano"}), volcano.reason, volcano.message)
+    assert d.status["phase"] == Phase.PENDING
+    assert cond(d, ConditionType.CREATED)["reason"] == Reason.GANG_SCHEDULER_MISSING
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", Reason.GANG_SCHEDULER_MISSING)]
+    # a different reason later is news: one more event
+    other = blocked(step(tj_body(), d), Reason.QUOTA_EXCEEDED, "quota")
+    assert [e.reason for e in other.events] == [Reason.QUOTA_EXCEEDED]
+
+
+def test_blocked_compression_job_leaves_waiting_for_pending() -> None:
+    d = run(cj_body(), source=SourceInfo(found=True, phase=Phase.RUNNING))
+    assert d.status["phase"] == Phase.WAITING
+    b = blocked(step(cj_body(), d), Reason.QUOTA_EXCEEDED, "quota")
+    assert b.status["phase"] == Phase.PENDING
+    assert b.status["message"] == "quota"
 
 
 # ------------------------------------------------------------------------ CompressionJob

@@ -59,6 +59,10 @@ class Reason:
     DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
     SUSPENDED: Final = "JobSuspended"
     RESUMED: Final = "JobResumed"
+    # Kueue holds the batch Job suspended until its Workload is admitted (phase Pending,
+    # Suspended condition True), then un-suspends it (Suspended False).
+    QUEUED_BY_KUEUE: Final = "QueuedByKueue"
+    ADMITTED_BY_KUEUE: Final = "AdmittedByKueue"
     COMPLETED: Final = "JobCompleted"
     INVALID_SPEC: Final = "InvalidSpec"
     ACCURACY_GATE_FAILED: Final = "AccuracyGateFailed"
