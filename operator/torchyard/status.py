@@ -573,6 +573,101 @@ def decide_failure(view: JobView, obs: Observed, reason: str, message: str) -> D
     return _Builder(view, obs.now).fail(reason, message, obs.job)
 
 
+def decide_blocked(view: JobView, obs: Observed, reason: str, message: str) -> Decision:
+    """A child could not be created for a reason that may pass (see :func:`classify_refusal`).
+
+    The job keeps its phase (a new or Waiting one becomes Pending), its message says why, the
+    ``Created`` condition is False with ``reason``, and a Warning Event is posted when that
+    reason is new. Nothing else changes — no ``startTime``, so an ``activeDeadlineSeconds``
+    does not run down while a quota holds the job back; the reconciler retries with backoff.
+    """
+    b = _Builder(view, obs.now)
+    status = b.status
+    if status.get("phase") in (None, Phase.WAITING):
+        b.phase(Phase.PENDING, message)
+    else:
+        status["message"] = message
+    before = get_condition(status, ConditionType.CREATED)
+    b.cond(ConditionType.CREATED, False, reason, message)
+    if before is None or before.get("status") != "False" or before.get("reason") != reason:
+        b.event(reason, message, warning=True)
+    status["workers"] = _worker_counts(None)
+    return b.done()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What the API server's refusal to create one of a job's children means for the job."""
+
+    reason: str
+    message: str
+    temporary: bool
+    """True: the cause may pass (a quota is raised or other jobs finish, a gang scheduler is
+    installed, the operator's RBAC is fixed) — keep the job, say why, retry with backoff
+    (:func:`decide_blocked`). False: the job cannot run as written — fail it
+    (:func:`decide_failure`)."""
+
+
+CHILD_WHAT = {
+    "Job": "worker Job",
+    "ConfigMap": "spec ConfigMap",
+    "Service": "headless Service",
+    "PodGroup": "PodGroup",
+}
+GANG_SCHEDULER_OF_GROUP = {
+    "scheduling.volcano.sh": "Volcano",
+    "scheduling.x-k8s.io": "the scheduler-plugins coscheduling plugin",
+}
+
+
+def classify_refusal(
+    child_kind: str, api_version: str, code: int, api_message: str, gang: str = ""
+) -> Refusal | None:
+    """The meaning of an error status on creating a child (``child_kind`` at ``api_version``),
+    or None for an ordinary error (retried a bounded number of times, no status change).
+
+    - 403 "exceeded quota" (a ResourceQuota on the object count; also "status unknown for
+      quota", a quota the quota controller has not counted yet): temporary, ``QuotaExceeded``;
+    - 404 on a PodGroup (the cluster does not serve that API: no gang scheduler installed):
+      temporary, ``GangSchedulerMissing``, naming ``spec.scheduling.gang`` (``gang``);
+    - 403 "admission webhook ... denied": a policy judged the object as written — like 400
+      and 422 (invalid), the job fails: ``InvalidSpec``;
+    - any other 403 (RBAC: the operator's ServiceAccount lacks the permission; a namespace
+      being deleted): temporary, ``CreateForbidden`` — the job is fine, the operator's
+      permissions are not, and fixing them lets the job proceed.
+    """
+    what = CHILD_WHAT.get(child_kind, child_kind)
+    group, _, version = api_version.rpartition("/")
+    if code == 403 and ("exceeded quota" in api_message or "unknown for quota" in api_message):
+        return Refusal(
+            Reason.QUOTA_EXCEEDED,
+            f"the {what} cannot be created: {api_message} — waiting for the namespace's "
+            "ResourceQuota to allow it (retried with backoff)",
+            temporary=True,
+        )
+    if code == 404 and child_kind == "PodGroup":
+        who = GANG_SCHEDULER_OF_GROUP.get(group, "its gang scheduler")
+        return Refusal(
+            Reason.GANG_SCHEDULER_MISSING,
+            f"spec.scheduling.gang is {gang or '?'}, but this cluster does not serve the "
+            f"{group}/{version} PodGroup API ({who} is not installed): install it, or set "
+            "spec.scheduling.gang to auto or none; retrying until the API exists",
+            temporary=True,
+        )
+    if code == 403 and "admission webhook" not in api_message:
+        return Refusal(
+            Reason.CREATE_FORBIDDEN,
+            f"the operator may not create the {what}: {api_message} — grant the operator's "
+            "ServiceAccount this permission (docs/operator.md, RBAC); retrying with backoff",
+            temporary=True,
+        )
+    if code in (400, 403, 422):
+        return Refusal(
+            Reason.INVALID_SPEC, f"the API server refused the {what}: {api_message}", False
+        )
+    return None
+
+
 def decide(view: JobView, obs: Observed) -> Decision:
     """The next step for one job. Pure: same inputs, same decision."""
     b = _Builder(view, obs.now)

@@ -472,6 +472,14 @@ def blocked(body: dict[str, Any], reason: str, message: str, now: datetime = T0)
             Reason.QUOTA_EXCEEDED,
             True,
         ),
+        (
+            "Job",
+            "batch/v1",
+            403,
+            "status unknown for quota: no-jobs, resources: count/jobs.batch",
+            Reason.QUOTA_EXCEEDED,
+            True,
+        ),
         ("Job", "batch/v1", 403, RBAC, Reason.CREATE_FORBIDDEN, True),
         (
             "Service",

@@ -13,8 +13,13 @@ TRAINING_JOB_PLURAL: Final = "trainingjobs"
 COMPRESSION_JOB_PLURAL: Final = "compressionjobs"
 
 # Longest job name whose derived names still fit Kubernetes' 63-character label/DNS limits:
-# the Indexed Job's pod hostname is "<name>-<index>" and the Service is "<name>".
+# the Indexed Job's pod hostname is "<child>-<index>" and the Service is "<child>", where
+# <child> is the name itself for a TrainingJob and "<name>-cj" for a CompressionJob
+# (COMPRESSION_CHILD_SUFFIX, so that a TrainingJob and a CompressionJob of the same name do not
+# collide). Longest hostnames: 52 + "-1023" = 57 (TrainingJob, <= 1024 workers) and
+# 52 + "-cj" + "-63" = 58 (CompressionJob, <= 64 workers).
 MAX_JOB_NAME_LENGTH: Final = 52
+COMPRESSION_CHILD_SUFFIX: Final = "-cj"
 DNS_1035_LABEL: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
@@ -65,6 +70,11 @@ class Reason:
     ADMITTED_BY_KUEUE: Final = "AdmittedByKueue"
     COMPLETED: Final = "JobCompleted"
     INVALID_SPEC: Final = "InvalidSpec"
+    # A child could not be created for a reason that may pass; the job keeps its phase, says
+    # why in the Created condition (False) and is retried with backoff (docs/operator.md).
+    QUOTA_EXCEEDED: Final = "QuotaExceeded"
+    GANG_SCHEDULER_MISSING: Final = "GangSchedulerMissing"
+    CREATE_FORBIDDEN: Final = "CreateForbidden"
     ACCURACY_GATE_FAILED: Final = "AccuracyGateFailed"
 
 
