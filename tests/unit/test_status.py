@@ -94,6 +94,7 @@ def job(
     suspended: bool = False,
     deleting: bool = False,
     uid: str = "job-uid",
+    queue: str | None = None,
 ) -> JobInfo:
     return JobInfo(
         name="digits",
@@ -107,6 +108,7 @@ def job(
         failed=failed,
         complete=complete,
         failed_reason=failed_reason,
+        queue=queue,
     )
 
 
@@ -390,6 +392,54 @@ def test_kueue_suspended_job_waits_for_admission() -> None:
     assert d.status["phase"] == Phase.PENDING
     assert "admission" in d.status["message"]
     assert "startTime" not in d.status
+    held = cond(d, ConditionType.SUSPENDED)
+    assert (held["status"], held["reason"]) == ("True", Reason.QUEUED_BY_KUEUE)
+    assert "team" in held["message"]
+    assert [e.reason for e in d.events] == [Reason.QUEUED_BY_KUEUE]
+    again = run(step(body, d), job=job(suspended=True))
+    assert again.events == []  # said once
+
+
+def test_kueue_admission_starts_the_clock_and_clears_the_hold() -> None:
+    body = tj_body(scheduling={"gang": "kueue", "queue": "team"})
+    body = step(body, run(body))
+    body = step(body, run(body, job=job(suspended=True)))
+    later = T0 + timedelta(minutes=7)
+    d = run(body, job=job(active=2), now=later)
+    held = cond(d, ConditionType.SUSPENDED)
+    assert (held["status"], held["reason"]) == ("False", Reason.ADMITTED_BY_KUEUE)
+    assert d.status["startTime"] == rfc3339(later)
+    assert [e.reason for e in d.events] == [Reason.ADMITTED_BY_KUEUE]
+    running = run(step(body, d), job=job(active=2, ready=2), now=later)
+    assert running.status["phase"] == Phase.RUNNING
+    assert Reason.ADMITTED_BY_KUEUE not in [e.reason for e in running.events]
+
+
+def test_kueue_preemption_is_queued_again_not_resumed() -> None:
+    body = tj_body(scheduling={"gang": "kueue", "queue": "team"})
+    body = step(body, run(body))
+    body = step(body, run(body, job=job(active=2, ready=2)))
+    assert body["status"]["phase"] == Phase.RUNNING
+    d = run(body, job=job(suspended=True, queue="team"))
+    assert d.actions == []
+    assert d.status["phase"] == Phase.PENDING
+    assert cond(d, ConditionType.RUNNING)["status"] == "False"
+    assert cond(d, ConditionType.SUSPENDED)["reason"] == Reason.QUEUED_BY_KUEUE
+
+
+def test_auto_gang_job_with_kueue_label_is_left_to_kueue() -> None:
+    body = step(tj_body(), run(tj_body()))  # gang: auto, resolved to kueue by the operator
+    d = run(body, job=job(suspended=True, queue="team"))
+    assert d.actions == []
+    assert cond(d, ConditionType.SUSPENDED)["reason"] == Reason.QUEUED_BY_KUEUE
+
+
+def test_job_info_reads_the_kueue_queue_label() -> None:
+    info = JobInfo.from_dict(
+        {"metadata": {"name": "j", "labels": {"kueue.x-k8s.io/queue-name": "team"}}}
+    )
+    assert info.queue == "team"
+    assert JobInfo.from_dict({"metadata": {"name": "j"}}).queue is None
 
 
 def test_plain_job_left_suspended_is_resumed() -> None:
