@@ -20,8 +20,11 @@ test: venv control-plane tools lint typecheck
 venv:
 	@bash hack/setup-venv.sh
 
+# The dev control plane and Kueue (tests/cluster/test_operator_kueue.py), both built from the Go
+# module proxy into $(TORCHYARD_CACHE); a matching stamp skips each build.
 control-plane: venv
 	@if [ -x hack/build-control-plane.sh ]; then bash hack/build-control-plane.sh; fi
+	@if [ -x hack/build-kueue.sh ]; then bash hack/build-kueue.sh; fi
 
 # Helm (built from the Go module proxy into $(TORCHYARD_CACHE)/bin) and Debian's prometheus +
 # promtool (apt; the service is not started): what tests/chart and tests/e2e need.
