@@ -900,7 +900,11 @@ def _no_job(b: _Builder, view: JobView, restarts: int) -> Decision:
         status["startTime"] = rfc3339(b.now)
         b.event(Reason.RESUMED, "job resumed: workers start again (startTime reset)")
     elif status.get("phase") in (None, Phase.PENDING, Phase.WAITING):
-        b.phase(Phase.PENDING, "worker Job created, waiting for workers")
+        # Already what the first look at the new Job would write (its start, no worker
+        # ready yet), so creating a Job costs one status write, not two.
+        b.phase(Phase.PENDING, f"0/{view.parsed.spec.workers} workers ready")
+        if view.parsed.spec.scheduling.queue is None:  # Kueue may hold it: starts on admission
+            status.setdefault("startTime", rfc3339(b.now))
     return b.done()
 
 

@@ -167,14 +167,25 @@ def test_pending_until_every_worker_is_ready_then_running() -> None:
     assert pending.status["phase"] == Phase.PENDING
     assert pending.status["message"] == "1/2 workers ready"
     assert pending.status["workers"] == {"active": 2, "ready": 1, "succeeded": 0, "failed": 0}
-    assert pending.status["startTime"] == rfc3339(T0 + timedelta(seconds=1))
+    # startTime: when the worker Job was created (written with Created, one write)
+    assert pending.status["startTime"] == rfc3339(T0)
     running = run(step(body, pending), job=job(active=2, ready=2), now=T0 + timedelta(seconds=2))
     assert running.status["phase"] == Phase.RUNNING
     assert cond(running, ConditionType.RUNNING)["reason"] == Reason.WORKERS_RUNNING
     assert [e.reason for e in running.events] == [Reason.WORKERS_RUNNING]
     assert running.actions == []
     # startTime stays the first one
-    assert running.status["startTime"] == rfc3339(T0 + timedelta(seconds=1))
+    assert running.status["startTime"] == rfc3339(T0)
+
+
+def test_first_look_at_the_created_job_writes_nothing() -> None:
+    created = run(tj_body())
+    assert created.status["message"] == "0/2 workers ready"
+    assert created.status["startTime"] == rfc3339(T0)
+    seen = run(step(tj_body(), created), job=job(active=0, ready=0), now=T0 + timedelta(seconds=1))
+    assert status_patch(created.status, seen.status) == {}
+    assert seen.events == []
+    assert seen.actions == []
 
 
 def test_last_transition_time_moves_only_when_status_changes() -> None:
@@ -607,7 +618,7 @@ def test_quota_keeps_the_job_pending_says_why_once_then_proceeds() -> None:
     c = cond(go, ConditionType.CREATED)
     assert (c["status"], c["reason"]) == ("True", Reason.JOB_CREATED)
     assert go.status["phase"] == Phase.PENDING
-    assert go.status["message"] == "worker Job created, waiting for workers"
+    assert go.status["message"] == "0/2 workers ready"
     assert [e.reason for e in go.events] == [Reason.JOB_CREATED]
 
 

@@ -26,6 +26,7 @@ from functools import partial
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes import client
 
 from torchyard.api.constants import (
@@ -553,7 +554,15 @@ class Reconciler:
     def _call(self, verb: str, resource: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         self.metrics.api_requests.labels(verb, resource).inc()
         try:
-            return fn(*args, **kw)
+            result = fn(*args, **kw)
+            if isinstance(result, urllib3.BaseHTTPResponse):
+                # A raw response (RAW) holds its connection until its body is read: read it
+                # now (cached in .data), so the connection goes back to the pool. Unread, each
+                # raw call left its connection behind and the next call paid a new TLS
+                # handshake (client certificate loaded from disk) — most of the operator's
+                # CPU in the burst profile.
+                _ = result.data
+            return result
         except client.ApiException as exc:
             if not (exc.status == 409 and verb == "create"):
                 self.metrics.api_errors.labels(verb, resource, str(exc.status)).inc()
