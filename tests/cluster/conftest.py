@@ -8,6 +8,9 @@ kube-controller-manager, kube-scheduler, KWOK). See docs/dev-cluster.md.
 - ``kube`` (session): :class:`torchyard.devcluster.testing.Kube`, the ``kubernetes`` API objects.
 - ``namespace`` (function): a fresh namespace (its default ServiceAccount exists), deleted after.
 - ``crd_dir`` (session): ``<repo>/crds`` path (may not exist yet).
+- ``kueue`` (module): Kueue running as a local process (:mod:`torchyard.devcluster.kueue`:
+  its CRDs, webhooks on 127.0.0.1, the batch/job integration), stopped and its CRDs removed
+  after the module; ``kueue.enable_namespace(ns)`` lets it manage a namespace's Jobs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from torchyard import devcluster
+from torchyard.devcluster import kueue as kueue_proc
 from torchyard.devcluster.cluster import other_users, register_user, unregister_user
 from torchyard.devcluster.crds import apply_crds
 from torchyard.devcluster.testing import Kube, crd_files
@@ -48,6 +52,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from torchyard.devcluster import build
 
     build.ensure_binaries()
+    if any("kueue" in getattr(i, "fixturenames", ()) for i in session.items):
+        kueue_proc.ensure_built()
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +80,12 @@ def cluster(crd_dir: Path) -> Iterator[devcluster.DevCluster]:
         keep = os.environ.get("TORCHYARD_KEEP_CLUSTER") or other_users(c.state_dir)
         if c.started and not keep:
             devcluster.down(state_dir=c.state_dir)
+
+
+@pytest.fixture(scope="module")
+def kueue(cluster: devcluster.DevCluster) -> Iterator[kueue_proc.Kueue]:
+    with kueue_proc.running(cluster) as k:
+        yield k
 
 
 @pytest.fixture(scope="session")

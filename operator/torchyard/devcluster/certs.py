@@ -200,3 +200,22 @@ def generate(directory: Path, *, service_ip: str = "10.96.0.1") -> ClusterCerts:
         sa_public=sa_public,
         sa_private=sa_private,
     )
+
+
+def serving_cert(
+    directory: Path,
+    stem: str,
+    ca: CertPaths,
+    common_name: str,
+    *,
+    dns: tuple[str, ...] = (),
+    ips: tuple[str, ...] = ("127.0.0.1",),
+) -> CertPaths:
+    """A serving certificate signed by an existing CA (the dev cluster's ``pki/ca.*``), for a
+    local process the API server calls back (an admission webhook on 127.0.0.1)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{ca.key}: expected the EC key of the dev cluster CA")
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    return _leaf(directory, stem, ca_key, ca_cert, common_name, server=True, dns=dns, ips=ips)

@@ -1,0 +1,310 @@
+"""Kueue and the operator on the real dev control plane (DESIGN §3: "suspend as Kueue expects").
+
+The question: does Kueue manage the Indexed batch/v1 Job the operator creates for a
+TrainingJob, whose controller owner is a TrainingJob (a kind Kueue does not know)? Kueue runs
+here for real (built from the Go module proxy, ``hack/build-kueue.sh``; started as a local
+process by the ``kueue`` fixture, :mod:`torchyard.devcluster.kueue`, with the ``batch/job``
+integration and its webhooks), the operator runs as a real process, KWOK runs the pods.
+These tests fail if Kueue ignores the Job (it would stay suspended, the job Pending).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from tests.cluster.opkit import (
+    condition,
+    create,
+    example,
+    get,
+    held,
+    release,
+    running_operator,
+    wait_phase,
+    wait_running_pods,
+    worker_jobs,
+    worker_pods,
+)
+
+from torchyard.api.constants import ConditionType, Phase, Reason
+from torchyard.devcluster import GPU_RESOURCE
+from torchyard.devcluster.kueue import GROUP, VERSION, Kueue
+from torchyard.devcluster.testing import Kube, poll
+from torchyard.status import parse_time
+
+pytestmark = pytest.mark.cluster
+
+GPUS_PER_WORKER = 4  # a request that KWOK's GPU nodes (conftest GPUS_PER_NODE) can place
+
+
+def _job(name: str, queue: str) -> dict[str, Any]:
+    m = copy.deepcopy(example("digits-ddp.yaml"))
+    m["metadata"]["name"] = name
+    m["spec"]["resources"]["gpu"] = GPUS_PER_WORKER
+    m["spec"]["scheduling"] = {"gang": "kueue", "queue": queue}
+    return m
+
+
+def _gpus(manifest: dict[str, Any]) -> int:
+    spec = manifest["spec"]
+    return int(spec["workers"]) * int(spec["resources"]["gpu"])
+
+
+@pytest.fixture
+def queue(kube: Kube, kueue: Kueue, namespace: str) -> Iterator[Any]:
+    """A ResourceFlavor, a ClusterQueue for this namespace and a LocalQueue ``team``; the GPU
+    quota is set by the test (``queue(gpus)``) and the ClusterQueue waits until Active."""
+    kueue.enable_namespace(namespace)
+    made: list[tuple[str, str]] = []
+
+    def make(gpus: int) -> str:
+        flavor, cq = f"{namespace}-flavor", f"{namespace}-cq"
+        kube.custom.create_cluster_custom_object(
+            GROUP,
+            VERSION,
+            "resourceflavors",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ResourceFlavor",
+                "metadata": {"name": flavor},
+            },
+        )
+        made.append(("resourceflavors", flavor))
+        kube.custom.create_cluster_custom_object(
+            GROUP,
+            VERSION,
+            "clusterqueues",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ClusterQueue",
+                "metadata": {"name": cq},
+                "spec": {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": namespace}
+                    },
+                    "resourceGroups": [
+                        {
+                            "coveredResources": ["cpu", "memory", GPU_RESOURCE],
+                            "flavors": [
+                                {
+                                    "name": flavor,
+                                    "resources": [
+                                        {"name": "cpu", "nominalQuota": "1000"},
+                                        {"name": "memory", "nominalQuota": "1000Gi"},
+                                        {"name": GPU_RESOURCE, "nominalQuota": gpus},
+                                    ],
+                                }
+                            ],
+                        }
+                    ],
+                },
+            },
+        )
+        made.insert(0, ("clusterqueues", cq))
+        kube.custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "localqueues",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "LocalQueue",
+                "metadata": {"name": "team"},
+                "spec": {"clusterQueue": cq},
+            },
+        )
+
+        def active() -> bool:
+            obj = kube.custom.get_cluster_custom_object(GROUP, VERSION, "clusterqueues", cq)
+            conds = (obj.get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Active" and c["status"] == "True" for c in conds)
+
+        poll(active, timeout=60, what=f"ClusterQueue {cq} Active")
+        return "team"
+
+    yield make
+    for plural, name in made:  # while Kueue runs, so it releases its finalizers
+        try:
+            kube.custom.delete_cluster_custom_object(GROUP, VERSION, plural, name)
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def _workloads(kube: Kube, namespace: str) -> list[dict[str, Any]]:
+    out = kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "workloads")
+    return list(out.get("items") or [])
+
+
+def _workload_of(kube: Kube, namespace: str, job_uid: str) -> dict[str, Any] | None:
+    for wl in _workloads(kube, namespace):
+        owners = wl["metadata"].get("ownerReferences") or []
+        if any(o["kind"] == "Job" and o["uid"] == job_uid for o in owners):
+            return wl
+    return None
+
+
+def _cond(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == ctype:
+            return dict(c)
+    return None
+
+
+def _batch_job(kube: Kube, namespace: str, name: str) -> Any:
+    def find() -> Any:
+        return next((j for j in worker_jobs(kube, namespace) if j.metadata.name == name), None)
+
+    return poll(find, what=f"worker Job {name}")
+
+
+def test_kueue_webhook_suspends_a_queued_job(kube: Kube, kueue: Kueue, namespace: str) -> None:
+    """The API server reaches Kueue's webhooks on 127.0.0.1: a Job naming a queue is
+    suspended on creation by Kueue's defaulting webhook, as in a real install."""
+    kueue.enable_namespace(namespace)
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "plain", "labels": {"kueue.x-k8s.io/queue-name": "nowhere"}},
+        "spec": {
+            "suspend": False,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": "registry.invalid/x:1"}],
+                }
+            },
+        },
+    }
+
+    def create_job() -> Any:
+        # The API server picks up a new webhook configuration asynchronously.
+        try:
+            kube.batch.delete_namespaced_job("plain", namespace, propagation_policy="Background")
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+        poll(lambda: _absent(kube, namespace, "plain"), what="Job plain gone")
+        made = kube.batch.create_namespaced_job(namespace, job)
+        return made if made.spec.suspend else None
+
+    made = poll(create_job, timeout=60, interval=1.0, what="Job suspended by Kueue's webhook")
+    assert made.spec.suspend is True
+
+
+def _absent(kube: Kube, namespace: str, name: str) -> bool:
+    try:
+        kube.batch.read_namespaced_job(name, namespace)
+    except client.ApiException as e:
+        if e.status == 404:
+            return True
+        raise
+    return False
+
+
+def test_kueue_admits_the_job_owned_by_a_trainingjob(
+    kube: Kube, kueue: Kueue, namespace: str, queue: Any, tmp_path: Path
+) -> None:
+    manifest = _job("digits-ddp", "team")
+    queue(_gpus(manifest))
+    with running_operator(kube, namespace, tmp_path):
+        create(kube, namespace, manifest)
+        job = _batch_job(kube, namespace, "digits-ddp")
+        tj = get(kube, namespace, "TrainingJob", "digits-ddp")
+        assert tj is not None
+        (owner,) = job.metadata.owner_references
+        assert (owner.kind, owner.uid, owner.controller) == (
+            "TrainingJob",
+            tj["metadata"]["uid"],
+            True,
+        )
+        assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team"
+
+        # Kueue made a Workload for the Job (not for the TrainingJob) and admitted it.
+        wl = poll(lambda: _workload_of(kube, namespace, job.metadata.uid), what="Workload")
+        assert wl["spec"]["queueName"] == "team"
+        admitted = poll(
+            lambda: (
+                (w := _workload_of(kube, namespace, job.metadata.uid))
+                and (_cond(w, "Admitted") or {}).get("status") == "True"
+                and w
+            ),
+            what="Workload admitted",
+        )
+        assert admitted["status"]["admission"]["clusterQueue"] == f"{namespace}-cq"
+        (podset,) = admitted["spec"]["podSets"]
+        assert podset["count"] == manifest["spec"]["workers"]
+
+        done = wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.SUCCEEDED)
+        assert done["status"]["startTime"]
+        pods = worker_pods(kube, namespace, "digits-ddp")
+        assert len(pods) == manifest["spec"]["workers"]
+        assert {p.status.phase for p in pods} == {"Succeeded"}
+        finished = poll(
+            lambda: (
+                (w := _workload_of(kube, namespace, job.metadata.uid))
+                and (_cond(w, "Finished") or {}).get("status") == "True"
+                and w
+            ),
+            what="Workload Finished",
+        )
+        assert finished["metadata"]["name"] == wl["metadata"]["name"]
+
+
+def test_second_job_waits_for_quota_then_runs(
+    kube: Kube, kueue: Kueue, namespace: str, queue: Any, tmp_path: Path
+) -> None:
+    first_m, second_m = _job("first", "team"), _job("second", "team")
+    queue(_gpus(first_m))  # room for one job at a time
+    with running_operator(kube, namespace, tmp_path):
+        create(kube, namespace, held(first_m))
+        first_pods = wait_running_pods(kube, namespace, "first", first_m["spec"]["workers"])
+        create(kube, namespace, second_m)
+        second_job = _batch_job(kube, namespace, "second")
+
+        # Kueue holds the second one: its Workload has no quota, the Job stays suspended,
+        # the TrainingJob says it is queued.
+        wl = poll(lambda: _workload_of(kube, namespace, second_job.metadata.uid), what="Workload")
+        assert (_cond(wl, "Admitted") or {}).get("status") != "True"
+
+        def queued() -> dict[str, Any] | None:
+            tj = get(kube, namespace, "TrainingJob", "second")
+            c = _cond(tj or {}, ConditionType.SUSPENDED)
+            return tj if c and c["reason"] == Reason.QUEUED_BY_KUEUE else None
+
+        tj = poll(queued, what="second TrainingJob queued by Kueue")
+        assert tj["status"]["phase"] == Phase.PENDING
+        assert "team" in tj["status"]["message"]
+        assert condition(tj, ConditionType.SUSPENDED)["status"] == "True"
+        assert "startTime" not in tj["status"]
+        assert kube.batch.read_namespaced_job("second", namespace).spec.suspend is True
+        assert not worker_pods(kube, namespace, "second")
+        pending = _cond(
+            _workload_of(kube, namespace, second_job.metadata.uid) or {}, "QuotaReserved"
+        )
+        assert pending is not None
+        assert pending["status"] == "False"
+
+        # The first one finishes and gives its quota back: Kueue admits the second.
+        first_job = _batch_job(kube, namespace, "first")
+        release(kube, namespace, first_pods)
+        wait_phase(kube, namespace, "TrainingJob", "first", Phase.SUCCEEDED)
+        second = wait_phase(kube, namespace, "TrainingJob", "second", Phase.SUCCEEDED)
+        admitted = condition(second, ConditionType.SUSPENDED)
+        assert (admitted["status"], admitted["reason"]) == ("False", Reason.ADMITTED_BY_KUEUE)
+        assert second["status"]["startTime"]
+        # Kueue's own record: the second Workload was admitted once the first had finished.
+        first_wl = _workload_of(kube, namespace, first_job.metadata.uid)
+        second_wl = _workload_of(kube, namespace, second_job.metadata.uid)
+        assert first_wl is not None
+        assert second_wl is not None
+        finished = parse_time((_cond(first_wl, "Finished") or {}).get("lastTransitionTime"))
+        took = parse_time((_cond(second_wl, "Admitted") or {}).get("lastTransitionTime"))
+        assert finished is not None
+        assert took is not None
+        assert took >= finished
