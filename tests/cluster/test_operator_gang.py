@@ -1,9 +1,9 @@
 """Gang scheduling modes on the real control plane: each mode produces the objects its
 scheduler expects; `auto` picks by the API groups the cluster serves. The PodGroup CRDs are
 installed from minimal YAML written from Volcano's and scheduler-plugins' published schemas
-(tests/cluster/gang_crds/) and removed afterwards. No gang scheduler runs here: Kueue itself
-is not part of the dev cluster, so the Kueue test plays Kueue's admission (un-suspending the
-Job) and checks only our side of that contract."""
+(tests/cluster/gang_crds/) and removed afterwards. No gang scheduler runs here, so the Kueue
+test below plays Kueue's admission (un-suspending the Job) and checks only our side of that
+contract; tests/cluster/test_operator_kueue.py runs the real Kueue."""
 
 from __future__ import annotations
 
