@@ -11,7 +11,6 @@ what a kubelet reports. The Job controller and the operator take it from there.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from tests.cluster.opkit import (
 )
 
 from torchyard.api.constants import ConditionType, Phase, Reason
+from torchyard.devcluster import finish_pod_as_kubelet
 from torchyard.devcluster.testing import Kube, poll
 
 pytestmark = pytest.mark.cluster
@@ -41,42 +41,6 @@ MODEL = {
     "sha256": "0" * 64,
     "metrics": {"accuracy": 0.975},
 }
-
-
-def _finish_as_kubelet(kube: Kube, namespace: str, pod: Any, result: dict[str, Any] | None) -> None:
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    terminated: dict[str, Any] = {
-        "exitCode": 0,
-        "reason": "Completed",
-        "startedAt": now,
-        "finishedAt": now,
-    }
-    if result is not None:
-        terminated["message"] = json.dumps(result)
-    kube.core.patch_namespaced_pod_status(
-        pod.metadata.name,
-        namespace,
-        {
-            "status": {
-                "phase": "Succeeded",
-                "conditions": [
-                    {"type": "Ready", "status": "False", "reason": "PodCompleted"},
-                    {"type": "ContainersReady", "status": "False", "reason": "PodCompleted"},
-                ],
-                "containerStatuses": [
-                    {
-                        "name": "worker",
-                        "image": pod.spec.containers[0].image,
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "started": False,
-                        "state": {"running": None, "terminated": terminated},
-                    }
-                ],
-            }
-        },
-    )
 
 
 def _rank(pod: Any) -> int:
@@ -126,7 +90,12 @@ def test_compression_job_waits_for_the_model_then_runs(
             },
         }
         for p in pods:
-            _finish_as_kubelet(kube, namespace, p, result if _rank(p) == 0 else None)
+            finish_pod_as_kubelet(
+                kube.api_client,
+                p.metadata.name,
+                namespace,
+                json.dumps(result) if _rank(p) == 0 else None,
+            )
         trained = wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.SUCCEEDED)
         assert trained["status"]["model"] == MODEL  # from rank 0's termination message
         assert trained["status"]["progress"]["accuracy"] == 0.975
@@ -154,7 +123,7 @@ def test_compression_job_waits_for_the_model_then_runs(
             },
             "trials": [{"name": "sparsity=0.9", "params": {"sparsity": 0.9}, "passed": True}],
         }
-        _finish_as_kubelet(kube, namespace, cpod, report)
+        finish_pod_as_kubelet(kube.api_client, cpod.metadata.name, namespace, json.dumps(report))
         done = wait_phase(kube, namespace, "CompressionJob", "digits-prune", Phase.SUCCEEDED)
         st = done["status"]
         assert st["model"]["name"] == "digits-mlp-pruned"

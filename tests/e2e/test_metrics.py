@@ -37,7 +37,12 @@ import yaml
 from tests.chart.conftest import CHART, REPO, OperatorProcess, free_port
 from torchyard.api import load_manifests
 from torchyard.api.constants import COMPRESSION_JOB_PLURAL, GROUP, TRAINING_JOB_PLURAL, VERSION
-from torchyard.devcluster import EXIT_CODE_ANNOTATION, HOLD_ANNOTATION, set_pod_hold
+from torchyard.devcluster import (
+    EXIT_CODE_ANNOTATION,
+    HOLD_ANNOTATION,
+    finish_pod_as_kubelet,
+    set_pod_hold,
+)
 from torchyard.devcluster.testing import Kube, poll
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -195,6 +200,7 @@ class Scenario:
     jobs: dict[str, str]  # k8s job name -> final phase
     operator: OperatorProcess
     operator_metrics: str  # the /metrics text of the operator at the end
+    compression_report: dict[str, Any]  # the real local compression's report (result.json)
 
     @property
     def variables(self) -> dict[str, str]:
@@ -390,11 +396,46 @@ def scenario(
             )
             assert got == want, f"{name}: {got}\n{operator.log.read_text()[-3000:]}"
             finals[name] = got
-        finals["e2e-compress"] = _phase(kube, COMPRESSION_JOB_PLURAL, ns, "e2e-compress") or ""
         finals["e2e-quota"] = _phase(kube, TRAINING_JOB_PLURAL, quota_ns, "e2e-quota") or ""
 
         code = local.wait(timeout=900)
         assert code == 0, (tmp / "run.log").read_text()[-3000:]
+
+        # ---- a real compression of the model that run produced (`torchyard run`, local). Its
+        # result — byte for byte what a worker pod writes to its termination message — ends
+        # the cluster's CompressionJob pod: the operator turns the report into the ratio and
+        # accuracy-delta gauges the compression dashboard shows.
+        compress = yaml.safe_load((REPO / "examples" / "compress-quantize.yaml").read_text())
+        compress_name = f"quantize-e2e-{suffix}"
+        compress["metadata"]["name"] = compress_name
+        compress["spec"]["source"] = {"trainingJobRef": local_job}
+        (tmp / "quantize.yaml").write_text(yaml.safe_dump(compress))
+        with (tmp / "quantize.log").open("w") as quantize_log:
+            quantized = subprocess.run(
+                [str(REPO / ".venv" / "bin" / "torchyard"), "run", str(tmp / "quantize.yaml")],
+                cwd=run_dir,
+                stdout=quantize_log,
+                stderr=subprocess.STDOUT,
+                timeout=900,
+            )
+        assert quantized.returncode == 0, (tmp / "quantize.log").read_text()[-3000:]
+        result = run_dir / "torchyard-runs" / compress_name / "pod-0" / "result.json"
+        (cpod,) = kube.core.list_namespaced_pod(
+            ns, label_selector="torchyard.io/job-name=e2e-compress"
+        ).items
+        finish_pod_as_kubelet(kube.api_client, cpod.metadata.name, ns, result.read_text())
+        compression_report = json.loads(result.read_text())["report"]
+        finals["e2e-compress"] = poll(
+            lambda: (
+                p
+                if (p := _phase(kube, COMPRESSION_JOB_PLURAL, ns, "e2e-compress"))
+                in ("Succeeded", "Failed")
+                else None
+            ),
+            timeout=120,
+            what="e2e-compress to finish",
+        )
+        assert finals["e2e-compress"] == "Succeeded", operator.log.read_text()[-3000:]
         # the operator has met the refused Job (quota) and the failing PodGroup (no Volcano)
         for metric in ("torchyard_api_errors_total{", "torchyard_reconcile_errors_total{"):
             poll(
@@ -407,7 +448,15 @@ def scenario(
         time.sleep(3)  # a few more scrapes and rule evaluations
         op_metrics = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics").text
         yield Scenario(
-            prom, start, time.time(), local_job, [ns, quota_ns], finals, operator, op_metrics
+            prom,
+            start,
+            time.time(),
+            local_job,
+            [ns, quota_ns],
+            finals,
+            operator,
+            op_metrics,
+            compression_report,
         )
     finally:
         if local is not None and local.poll() is None:
@@ -456,6 +505,27 @@ def test_dashboard_query_returns_data(
         return
     assert series, f"{board} / {title} [{ref}] returned no series:\n{query}"
     assert _finite(series), f"{board} / {title} [{ref}] has no finite value:\n{query}"
+
+
+def test_compression_result_panels_show_the_report_of_the_real_compression(
+    scenario: Scenario,
+) -> None:
+    """The ratio and accuracy-delta series are the figures of the local int8 run's report,
+    carried by the termination message through the operator into Prometheus."""
+    report = scenario.compression_report
+    assert report["passed"] is True
+    sel = 'name="e2e-compress"'
+    ratios = {
+        s["metric"]["ratio"]: float(s["value"][1])
+        for s in scenario.prom.query(f"torchyard_compression_ratio{{{sel}}}", at=scenario.end)
+    }
+    want = {k: v for k, v in report["ratios"].items() if v is not None}
+    assert want, report  # int8 makes the model smaller: at least the size ratio exists
+    assert ratios == pytest.approx(want)
+    (delta,) = scenario.prom.query(
+        f"torchyard_compression_accuracy_delta{{{sel}}}", at=scenario.end
+    )
+    assert float(delta["value"][1]) == pytest.approx(report["accuracyDelta"])
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)

@@ -251,3 +251,54 @@ def set_pod_hold(api_client: Any, name: str, namespace: str, hold: bool = True) 
     client.CoreV1Api(api_client).patch_namespaced_pod(
         name, namespace, {"metadata": {"annotations": {HOLD_ANNOTATION: value}}}
     )
+
+
+def finish_pod_as_kubelet(
+    api_client: Any, name: str, namespace: str, message: str | None = None, exit_code: int = 0
+) -> None:
+    """End a held pod the way a kubelet reports it, termination message included.
+
+    KWOK cannot write a container's termination message, and the operator reads worker results
+    from it; for pods whose result matters, tests hold the pod and write the terminated state
+    (exit code, message) through the pod status API — what a kubelet would send.
+    """
+    from datetime import UTC, datetime
+
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    pod = core.read_namespaced_pod(name, namespace)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    terminated: dict[str, Any] = {
+        "exitCode": exit_code,
+        "reason": "Completed" if exit_code == 0 else "Error",
+        "startedAt": now,
+        "finishedAt": now,
+    }
+    if message is not None:
+        terminated["message"] = message
+    core.patch_namespaced_pod_status(
+        name,
+        namespace,
+        {
+            "status": {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "PodCompleted"},
+                    {"type": "ContainersReady", "status": "False", "reason": "PodCompleted"},
+                ],
+                "containerStatuses": [
+                    {
+                        "name": c.name,
+                        "image": c.image,
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "started": False,
+                        "state": {"running": None, "terminated": terminated},
+                    }
+                    for c in pod.spec.containers
+                ],
+            }
+        },
+    )
