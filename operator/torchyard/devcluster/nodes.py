@@ -268,6 +268,7 @@ def finish_pod_as_kubelet(
 
     core = client.CoreV1Api(api_client)
     pod = core.read_namespaced_pod(name, namespace)
+    assert pod.spec is not None
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     terminated: dict[str, Any] = {
         "exitCode": exit_code,
