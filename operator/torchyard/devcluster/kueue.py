@@ -229,12 +229,27 @@ class Kueue:
         try:
             _delete_webhook_configs(self.api, self.webhook_configs)
             procs.stop(self.proc, grace=15)
+            _remove_overlay(self.work_dir)
             if remove_crds:
                 remove_kueue_crds(self.api)
         finally:
             self.api.close()
             fcntl.flock(self.lock, fcntl.LOCK_UN)
             self.lock.close()
+
+
+def _remove_overlay(run: Path) -> None:
+    """The overlay folders of a stopped Kueue (the kernel leaves ``etc-work/work`` mode 000);
+    the log, config and certificates stay."""
+    for name in ("etc-work", "etc-upper"):
+        folder = run / name
+        if not folder.exists():
+            continue
+        for sub in [folder, *folder.rglob("*")]:
+            if sub.is_dir() and not sub.is_symlink():
+                with contextlib.suppress(OSError):
+                    sub.chmod(0o700)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _delete_webhook_configs(api: Any, configs: list[tuple[str, str]]) -> None:
