@@ -614,9 +614,9 @@ CHILD_WHAT = {
     "Service": "headless Service",
     "PodGroup": "PodGroup",
 }
-GANG_SCHEDULER_OF_GROUP = {
-    "scheduling.volcano.sh": "Volcano",
-    "scheduling.x-k8s.io": "the scheduler-plugins coscheduling plugin",
+GANG_SCHEDULER_OF_GROUP = {  # PodGroup API group -> (gang mode, who serves it)
+    "scheduling.volcano.sh": ("volcano", "Volcano"),
+    "scheduling.x-k8s.io": ("coscheduling", "the scheduler-plugins coscheduling plugin"),
 }
 
 
@@ -646,7 +646,7 @@ def classify_refusal(
             temporary=True,
         )
     if code == 404 and child_kind == "PodGroup":
-        who = GANG_SCHEDULER_OF_GROUP.get(group, "its gang scheduler")
+        _, who = GANG_SCHEDULER_OF_GROUP.get(group, ("", "its gang scheduler"))
         return Refusal(
             Reason.GANG_SCHEDULER_MISSING,
             f"spec.scheduling.gang is {gang or '?'}, but this cluster does not serve the "
@@ -655,10 +655,13 @@ def classify_refusal(
             temporary=True,
         )
     if code == 403 and "admission webhook" not in api_message:
+        mode, _ = GANG_SCHEDULER_OF_GROUP.get(group, ("", ""))
+        chart = f"; the Helm chart grants it with rbac.podGroups.{mode}=true" if mode else ""
         return Refusal(
             Reason.CREATE_FORBIDDEN,
             f"the operator may not create the {what}: {api_message} — grant the operator's "
-            "ServiceAccount this permission (docs/operator.md, RBAC); retrying with backoff",
+            f"ServiceAccount this permission (docs/operator.md, RBAC{chart}); retrying with "
+            "backoff",
             temporary=True,
         )
     if code in (400, 403, 422):

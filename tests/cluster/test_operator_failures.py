@@ -7,11 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 from tests.cluster.opkit import (
     condition,
     create,
     event_reasons,
+    events,
     example,
+    get,
     held,
     release,
     running_operator,
@@ -134,3 +137,99 @@ def test_non_retryable_exit_code_fails_at_once(kube: Kube, namespace: str, tmp_p
         settle(3)
         (job,) = worker_jobs(kube, namespace)
         assert job.metadata.annotations[RESTART_ANNOTATION] == "0"
+
+
+# ---------------------------------------------------------------------- refused children
+
+
+def _quota(kube: Kube, namespace: str, jobs: str) -> None:
+    body = {"metadata": {"name": "jobs"}, "spec": {"hard": {"count/jobs.batch": jobs}}}
+    try:
+        kube.core.create_namespaced_resource_quota(namespace, body)
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+        kube.core.patch_namespaced_resource_quota("jobs", namespace, body)
+    # the quota controller has counted it: admission now judges by it
+    poll(
+        lambda: (
+            (q := kube.core.read_namespaced_resource_quota("jobs", namespace)).status
+            and (q.status.hard or {}).get("count/jobs.batch") == jobs
+        ),
+        what=f"quota count/jobs.batch={jobs} in force",
+    )
+
+
+def test_exhausted_quota_keeps_the_job_pending_until_it_is_raised(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    _quota(kube, namespace, "0")
+    with running_operator(kube, namespace, tmp_path) as op:
+        create(kube, namespace, example("digits-ddp.yaml"))
+
+        def blocked() -> dict | None:  # type: ignore[type-arg]
+            tj = get(kube, namespace, "TrainingJob", "digits-ddp") or {}
+            conds = (tj.get("status") or {}).get("conditions") or []
+            return tj if any(c["reason"] == Reason.QUOTA_EXCEEDED for c in conds) else None
+
+        tj = poll(blocked, what="Created=False QuotaExceeded")
+        assert tj["status"]["phase"] == Phase.PENDING
+        created = condition(tj, ConditionType.CREATED)
+        assert created["status"] == "False"
+        # the API server's own words
+        assert "exceeded quota: jobs" in created["message"]
+        assert "count/jobs.batch" in created["message"]
+        assert tj["status"]["message"] == created["message"]
+        assert "startTime" not in tj["status"]
+        (event,) = poll(
+            lambda: [
+                e
+                for e in events(kube, namespace, "digits-ddp")
+                if e.reason == Reason.QUOTA_EXCEEDED
+            ],
+            what="a QuotaExceeded event",
+        )
+        assert event.type == "Warning"
+        assert "exceeded quota: jobs" in event.message
+        # retried with backoff, still held, said once
+        settle(4)
+        tj = get(kube, namespace, "TrainingJob", "digits-ddp")
+        assert tj is not None
+        assert tj["status"]["phase"] == Phase.PENDING
+        assert worker_jobs(kube, namespace) == []
+        assert event_reasons(kube, namespace, "digits-ddp").count(Reason.QUOTA_EXCEEDED) == 1
+        metrics = op.metrics()
+        assert 'torchyard_api_errors_total{code="403",resource="jobs",verb="create"}' in metrics
+        assert 'torchyard_reconcile_errors_total{kind="TrainingJob"}' in metrics
+
+        # The quota is raised: the next retry (backoff capped at 30 s) creates the Job.
+        _quota(kube, namespace, "1")
+        done = wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.SUCCEEDED)
+        created = condition(done, ConditionType.CREATED)
+        assert (created["status"], created["reason"]) == ("True", Reason.JOB_CREATED)
+        reasons = poll(
+            lambda: (
+                (r := event_reasons(kube, namespace, "digits-ddp")) and Reason.COMPLETED in r and r
+            ),
+            what="events",
+        )
+        assert reasons.count(Reason.QUOTA_EXCEEDED) == 1
+        assert reasons.count(Reason.JOB_CREATED) == 1
+
+
+def test_a_child_the_api_server_finds_invalid_fails_the_job_at_once(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    # A pod label value longer than 63 characters: the CRD does not check label values, the
+    # API server refuses the worker Job (422). That is the job as written: Failed at once.
+    manifest = with_pod_annotations(example("digits-ddp.yaml"), {})
+    manifest["spec"]["podMetadata"]["labels"] = {"team": "x" * 64}
+    with running_operator(kube, namespace, tmp_path):
+        create(kube, namespace, manifest)
+        failed = wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.FAILED)
+        cond = condition(failed, ConditionType.FAILED)
+        assert cond["reason"] == Reason.INVALID_SPEC
+        assert cond["message"].startswith("the API server refused the worker Job: ")
+        assert 'is invalid: spec.template.labels: Invalid value: "xxx' in cond["message"]
+        assert "must be no more than 63" in cond["message"]
+        assert worker_jobs(kube, namespace) == []

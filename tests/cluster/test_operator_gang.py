@@ -15,7 +15,10 @@ import pytest
 import yaml
 from kubernetes import client
 from tests.cluster.opkit import (
+    condition,
     create,
+    event_reasons,
+    events,
     example,
     get,
     running_operator,
@@ -24,7 +27,7 @@ from tests.cluster.opkit import (
     worker_pods,
 )
 
-from torchyard.api.constants import Phase
+from torchyard.api.constants import ConditionType, Phase, Reason
 from torchyard.devcluster.testing import Kube, poll
 
 pytestmark = pytest.mark.cluster
@@ -122,19 +125,17 @@ def test_volcano_podgroup_and_scheduler(
         assert pod_tpl.metadata.annotations["scheduling.k8s.io/group-name"] == "digits-ddp"
         # no Volcano scheduler here: the pods wait, the job says so
         poll(lambda: len(worker_pods(kube, namespace, "digits-ddp")) == 2, what="pods")
-        poll(
+        # (the message is "0/2 workers ready" from the Job's creation on: wait for the counts)
+        tj = poll(
             lambda: (
-                ((get(kube, namespace, "TrainingJob", "digits-ddp") or {}).get("status") or {}).get(
-                    "message"
-                )
-                == "0/2 workers ready"
+                (t := get(kube, namespace, "TrainingJob", "digits-ddp"))
+                and ((t.get("status") or {}).get("workers") or {}).get("active") == 2
+                and t
             ),
-            what="Pending with 0/2 workers ready",
+            what="2 active workers counted",
         )
-        tj = get(kube, namespace, "TrainingJob", "digits-ddp")
-        assert tj is not None
         assert tj["status"]["phase"] == Phase.PENDING
-        assert tj["status"]["workers"]["active"] == 2
+        assert tj["status"]["message"] == "0/2 workers ready"
 
 
 def test_coscheduling_podgroup_and_label(
@@ -199,3 +200,70 @@ def test_kueue_job_starts_suspended_with_queue_label(
         kube.batch.patch_namespaced_job("digits-ddp", namespace, {"spec": {"suspend": False}})
         done = wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.SUCCEEDED)
         assert done["status"]["startTime"]
+
+
+@pytest.mark.parametrize(
+    ("gang", "crd"),
+    [("volcano", VOLCANO), ("coscheduling", COSCHEDULING)],
+    ids=["volcano", "coscheduling"],
+)
+def test_missing_gang_scheduler_is_visible_and_installing_it_lets_the_job_proceed(
+    kube: Kube,
+    namespace: str,
+    tmp_path: Path,
+    gang_crds: Callable[..., None],
+    gang: str,
+    crd: tuple[str, str, str],
+) -> None:
+    _, group, version = crd
+    assert group not in _groups(kube)
+    with running_operator(kube, namespace, tmp_path) as op:
+        create(kube, namespace, _job(gang))
+
+        def blocked() -> dict[str, Any] | None:
+            tj = get(kube, namespace, "TrainingJob", "digits-ddp") or {}
+            conds = (tj.get("status") or {}).get("conditions") or []
+            return tj if any(c["reason"] == Reason.GANG_SCHEDULER_MISSING for c in conds) else None
+
+        tj = poll(blocked, what="Created=False GangSchedulerMissing")
+        assert tj["status"]["phase"] == Phase.PENDING
+        created = condition(tj, ConditionType.CREATED)
+        assert created["status"] == "False"
+        for part in (
+            f"spec.scheduling.gang is {gang}",
+            f"{group}/{version} PodGroup API",
+            "install",
+        ):
+            assert part in created["message"], created["message"]
+        (event,) = poll(
+            lambda: [
+                e
+                for e in events(kube, namespace, "digits-ddp")
+                if e.reason == Reason.GANG_SCHEDULER_MISSING
+            ],
+            what="a GangSchedulerMissing event",
+        )
+        assert event.type == "Warning"
+        assert "spec.scheduling.gang" in event.message
+        assert worker_jobs(kube, namespace) == []  # no pods before their gang exists
+        # the retries count as reconcile errors (the dashboards' error panel)
+        assert 'torchyard_reconcile_errors_total{kind="TrainingJob"}' in op.metrics()
+
+        # The gang scheduler's API arrives: the next retry (backoff <= 30 s) goes through.
+        gang_crds(crd)
+        _podgroup(kube, namespace, group, version)
+        _template(kube, namespace)
+        tj = poll(
+            lambda: (
+                (t := get(kube, namespace, "TrainingJob", "digits-ddp"))
+                and condition(t, ConditionType.CREATED)["status"] == "True"
+                and t
+            ),
+            what="Created=True",
+        )
+        assert condition(tj, ConditionType.CREATED)["reason"] == Reason.JOB_CREATED
+        if gang == "coscheduling":
+            # the default scheduler places the pods: the job runs to the end
+            wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.SUCCEEDED)
+        reasons = event_reasons(kube, namespace, "digits-ddp")
+        assert reasons.count(Reason.GANG_SCHEDULER_MISSING) == 1

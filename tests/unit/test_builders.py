@@ -7,8 +7,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES
-from torchyard.api import TrainingJob, load_manifest
-from torchyard.builders import build_children
+from torchyard.api import CompressionJob, TrainingJob, load_manifest
+from torchyard.api.compression import CompressionJobSpec
+from torchyard.api.constants import DNS_1035_LABEL, MAX_JOB_NAME_LENGTH
+from torchyard.api.training import TrainingJobSpec
+from torchyard.builders import Children, build_children
 
 
 def digits() -> TrainingJob:
@@ -104,3 +107,86 @@ def test_user_env_is_appended_after_the_contract() -> None:
     (container,) = build_children(job).job["spec"]["template"]["spec"]["containers"]
     assert container["env"][-1] == {"name": "NCCL_DEBUG", "value": "INFO"}
     assert container["env"][0]["name"] == "PET_NNODES"
+
+
+# ------------------------------------------------------------------------ child names
+
+
+def quantize(name: str) -> CompressionJob:
+    job = load_manifest(EXAMPLES / "compress-quantize.yaml")
+    assert isinstance(job, CompressionJob)
+    job.metadata.name = name
+    return job
+
+
+def names(children: Children) -> dict[str, str]:
+    return {o["kind"]: o["metadata"]["name"] for o in children.all()}
+
+
+def test_training_job_children_keep_the_job_name() -> None:
+    # The names a torchrun script written for Kubeflow sees: <job>-<rank>.<job>.
+    children = build_children(digits(), namespace="ml", gang="volcano")
+    assert names(children) == {
+        "ConfigMap": "digits-ddp-spec",
+        "Service": "digits-ddp",
+        "PodGroup": "digits-ddp",
+        "Job": "digits-ddp",
+    }
+
+
+def test_training_and_compression_job_of_the_same_name_get_their_own_children() -> None:
+    tj = build_children(digits(), namespace="ml", gang="volcano")
+    cj = build_children(quantize("digits-ddp"), namespace="ml", gang="volcano")
+    assert names(cj) == {
+        "ConfigMap": "digits-ddp-cj-spec",
+        "Service": "digits-ddp-cj",
+        "PodGroup": "digits-ddp-cj",
+        "Job": "digits-ddp-cj",
+    }
+    assert not set(names(tj).items()) & set(names(cj).items())
+    # The CompressionJob's pods use its own Service, ConfigMap and PodGroup...
+    pod = cj.job["spec"]["template"]
+    assert pod["spec"]["subdomain"] == "digits-ddp-cj"
+    assert pod["spec"]["volumes"][0]["configMap"]["name"] == "digits-ddp-cj-spec"
+    assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "digits-ddp-cj"
+    env = env_of(cj.job)
+    assert env["PET_MASTER_ADDR"] == env["MASTER_ADDR"] == "digits-ddp-cj-0.digits-ddp-cj.ml.svc"
+    # ...while the job's own name stays what users and metrics see.
+    assert env["TORCHYARD_JOB_NAME"] == "digits-ddp"
+    assert pod["metadata"]["labels"]["torchyard.io/job-name"] == "digits-ddp"
+    assert pod["metadata"]["labels"]["torchyard.io/job-kind"] == "compressionjob"
+    assert cj.service["spec"]["selector"]["torchyard.io/job-kind"] == "compressionjob"
+    assert tj.service["spec"]["selector"]["torchyard.io/job-kind"] == "trainingjob"
+
+
+def _max_workers(spec: type) -> int:
+    (le,) = [m.le for m in spec.model_fields["workers"].metadata if hasattr(m, "le")]
+    return int(le)
+
+
+@pytest.mark.parametrize("kind", ["TrainingJob", "CompressionJob"])
+def test_child_names_fit_dns_labels_at_the_longest_job_name_and_most_workers(kind: str) -> None:
+    import re
+
+    name = "a" * MAX_JOB_NAME_LENGTH
+    job: TrainingJob | CompressionJob
+    if kind == "TrainingJob":
+        job = digits()
+        job.metadata.name = name
+        job.spec.workers = _max_workers(TrainingJobSpec)
+        job.spec.batch_size = job.spec.workers
+    else:
+        job = quantize(name)
+        job.spec.workers = _max_workers(CompressionJobSpec)
+    children = build_children(job, namespace="ml", gang="volcano")
+    labels = [children.service, children.job, children.podgroup]
+    for obj in labels:
+        assert obj is not None
+        assert len(obj["metadata"]["name"]) <= 63
+        assert re.fullmatch(DNS_1035_LABEL, obj["metadata"]["name"])
+    assert len(children.configmap["metadata"]["name"]) <= 253
+    # The last worker's pod hostname (<Job name>-<index>) is a DNS label too.
+    last = f"{children.job['metadata']['name']}-{job.spec.workers - 1}"
+    assert len(last) <= 63, last
+    master = env_of(children.job)["PET_MASTER_ADDR"]
+    assert all(len(part) <= 63 for part in master.split("."))

@@ -634,6 +634,18 @@ def test_blocked_restart_keeps_its_phase_and_count() -> None:
     assert cond(b, ConditionType.RESTARTING)["status"] == "True"
 
 
+def test_forbidden_podgroup_says_how_the_chart_grants_it() -> None:
+    denied = (
+        'podgroups.scheduling.volcano.sh is forbidden: User "system:serviceaccount:ops:ty" '
+        'cannot create resource "podgroups" in API group "scheduling.volcano.sh"'
+    )
+    r = classify_refusal("PodGroup", "scheduling.volcano.sh/v1beta1", 403, denied, "volcano")
+    assert r is not None
+    assert (r.reason, r.temporary) == (Reason.CREATE_FORBIDDEN, True)
+    assert denied in r.message
+    assert "rbac.podGroups.volcano=true" in r.message
+
+
 def test_missing_gang_scheduler_names_the_field_and_what_to_install() -> None:
     volcano = classify_refusal(
         "PodGroup", "scheduling.volcano.sh/v1beta1", 404, "404 Not Found", "volcano"

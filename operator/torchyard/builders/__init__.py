@@ -13,11 +13,14 @@ from torchyard.builders.workers import (
     build_service,
     build_spec_configmap,
     build_worker_job,
+    child_name,
     configmap_name,
     master_address,
+    podgroup_name,
     selector_labels,
     service_name,
     worker_env,
+    worker_job_name,
     workload_of,
 )
 
@@ -34,10 +37,13 @@ __all__ = [
     "build_service",
     "build_spec_configmap",
     "build_worker_job",
+    "child_name",
     "configmap_name",
     "master_address",
+    "podgroup_name",
     "selector_labels",
     "service_name",
     "worker_env",
+    "worker_job_name",
     "workload_of",
 ]

@@ -16,6 +16,8 @@ import yaml
 from torchyard.api import CompressionJob, TrainingJob, dump
 from torchyard.api.common import PodMetadata, ResourceSpec, RunPolicy, SchedulingSpec
 from torchyard.api.constants import (
+    COMPRESSION_CHILD_SUFFIX,
+    COMPRESSION_JOB_KIND,
     DEFAULT_MASTER_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_TRAINER_IMAGE,
@@ -93,21 +95,34 @@ def workload_of(job: TrainingJob | CompressionJob, namespace: str = "default") -
     )
 
 
-def service_name(name: str) -> str:
-    return name
+def child_name(kind: str, name: str) -> str:
+    """The base name of a job's children (Service, worker Job, PodGroup; the ConfigMap adds
+    ``-spec``). A TrainingJob's children carry its own name — the DNS names its workers and
+    torchrun scripts see (``<name>-0.<name>``) stay what Kubeflow users expect; a
+    CompressionJob's carry ``-cj``, so a TrainingJob and a CompressionJob of the same name
+    (a natural choice for a chain) each get their own."""
+    return f"{name}{COMPRESSION_CHILD_SUFFIX}" if kind == COMPRESSION_JOB_KIND else name
 
 
-def configmap_name(name: str) -> str:
-    return f"{name}-spec"
+def service_name(kind: str, name: str) -> str:
+    return child_name(kind, name)
 
 
-def podgroup_name(name: str) -> str:
-    return name
+def configmap_name(kind: str, name: str) -> str:
+    return f"{child_name(kind, name)}-spec"
 
 
-def master_address(name: str, namespace: str) -> str:
+def podgroup_name(kind: str, name: str) -> str:
+    return child_name(kind, name)
+
+
+def worker_job_name(kind: str, name: str) -> str:
+    return child_name(kind, name)
+
+
+def master_address(kind: str, name: str, namespace: str) -> str:
     """DNS name of rank 0: the Indexed Job's pod hostname within the headless Service."""
-    return f"{name}-0.{service_name(name)}.{namespace}.svc"
+    return f"{worker_job_name(kind, name)}-0.{service_name(kind, name)}.{namespace}.svc"
 
 
 def selector_labels(kind: str, name: str) -> dict[str, str]:
@@ -130,7 +145,7 @@ def pvc_mounts(uris: list[str]) -> list[tuple[str, str]]:
 
 def worker_env(w: Workload, restart_count: int = 0) -> list[dict[str, Any]]:
     """The DESIGN §3 environment, in the order a reader expects it."""
-    master = master_address(w.name, w.namespace)
+    master = master_address(w.kind, w.name, w.namespace)
     env: list[dict[str, Any]] = [
         {"name": Env.NNODES, "value": str(w.workers)},
         {"name": Env.NPROC_PER_NODE, "value": str(w.procs_per_worker)},
@@ -217,7 +232,7 @@ def build_service(w: Workload) -> Manifest:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": service_name(w.name),
+            "name": service_name(w.kind, w.name),
             "namespace": w.namespace,
             "labels": _common_labels(w),
         },
@@ -251,7 +266,7 @@ def build_spec_configmap(job: TrainingJob | CompressionJob, w: Workload) -> Mani
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": configmap_name(w.name),
+            "name": configmap_name(w.kind, w.name),
             "namespace": w.namespace,
             "labels": _common_labels(w),
         },
@@ -276,16 +291,16 @@ def build_worker_job(
     suspend = w.run_policy.suspend
     if gang == "volcano":
         scheduler_name = scheduler_name or "volcano"
-        annotations[VOLCANO_GROUP_ANNOTATION] = podgroup_name(w.name)
+        annotations[VOLCANO_GROUP_ANNOTATION] = podgroup_name(w.kind, w.name)
     elif gang == "coscheduling":
-        labels[COSCHEDULING_GROUP_LABEL] = podgroup_name(w.name)
+        labels[COSCHEDULING_GROUP_LABEL] = podgroup_name(w.kind, w.name)
     elif gang == "kueue" and sched.queue:
         # Kueue admits the whole Job at once (its quota is the gang) by un-suspending it.
         job_labels[KUEUE_QUEUE_LABEL] = sched.queue
         suspend = True
 
     volumes: list[dict[str, Any]] = [
-        {"name": "spec", "configMap": {"name": configmap_name(w.name)}},
+        {"name": "spec", "configMap": {"name": configmap_name(w.kind, w.name)}},
     ]
     mounts: list[dict[str, Any]] = [{"name": "spec", "mountPath": SPEC_MOUNT_DIR, "readOnly": True}]
     if w.resources.shared_memory is not None:
@@ -327,7 +342,7 @@ def build_worker_job(
         container["imagePullPolicy"] = w.image_pull_policy
 
     pod_spec: dict[str, Any] = {
-        "subdomain": service_name(w.name),
+        "subdomain": service_name(w.kind, w.name),
         "restartPolicy": "Never",
         "containers": [container],
         "volumes": volumes,
@@ -347,7 +362,7 @@ def build_worker_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": w.name,
+            "name": worker_job_name(w.kind, w.name),
             "namespace": w.namespace,
             "labels": job_labels,
             "annotations": {RESTART_ANNOTATION: str(restart_count)},
@@ -370,7 +385,11 @@ def build_worker_job(
 
 def build_podgroup(w: Workload, gang: GangMode) -> Manifest | None:
     """The gang object for volcano or coscheduling; None for the other modes."""
-    meta = {"name": podgroup_name(w.name), "namespace": w.namespace, "labels": _common_labels(w)}
+    meta = {
+        "name": podgroup_name(w.kind, w.name),
+        "namespace": w.namespace,
+        "labels": _common_labels(w),
+    }
     if gang == "volcano":
         spec: dict[str, Any] = {"minMember": w.workers}
         if w.scheduling.queue:

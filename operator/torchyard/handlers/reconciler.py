@@ -37,9 +37,8 @@ from torchyard.api.constants import (
     VERSION,
     Label,
     Phase,
-    Reason,
 )
-from torchyard.builders import build_children
+from torchyard.builders import build_children, worker_job_name
 from torchyard.handlers.gang import GangResolver
 from torchyard.metrics import OperatorMetrics
 from torchyard.status import (
@@ -51,8 +50,11 @@ from torchyard.status import (
     JobView,
     Observed,
     PodInfo,
+    Refusal,
     SourceInfo,
+    classify_refusal,
     decide,
+    decide_blocked,
     decide_failure,
     rfc3339,
     status_patch,
@@ -64,6 +66,7 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 PLURALS = {"TrainingJob": TRAINING_JOB_PLURAL, "CompressionJob": COMPRESSION_JOB_PLURAL}
 KIND_OF_LABEL = {"trainingjob": "TrainingJob", "compressionjob": "CompressionJob"}
 MAX_ATTEMPTS = 12
+BLOCKED_MAX_DELAY = 30.0
 COUNT_KEYS = frozenset({"workers", "message"})
 # Responses we do not read (or read as JSON): skip the client's typed deserialization,
 # which costs more CPU than the request itself.
@@ -73,6 +76,15 @@ COMPONENT = "torchyard-operator"
 
 class Conflict(Exception):
     """The cached object was stale (409 on a guarded write): reconcile again."""
+
+
+class Blocked(Exception):
+    """A child could not be created for a reason that may pass (quota, no gang scheduler,
+    the operator's RBAC): the status says why; reconcile again with backoff, without limit."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
 
 
 def _rv(obj: dict[str, Any] | None) -> int:
@@ -120,6 +132,7 @@ class Reconciler:
         self._pending: set[Key] = set()
         self._locks: dict[Key, asyncio.Lock] = {}
         self._attempts: dict[Key, int] = {}
+        self._blocked: dict[Key, int] = {}
         self._sem: asyncio.Semaphore | None = None
         # Own threads: the loop's default executor has only cpu+4 threads.
         self._pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="reconcile")
@@ -187,6 +200,7 @@ class Reconciler:
     def _forget(self, key: Key) -> None:
         self.jobs.pop(key, None)
         self._attempts.pop(key, None)
+        self._blocked.pop(key, None)
         self._last_write.pop(key, None)
         self._views.pop(key, None)
         self._seen_pods_created.discard(key)
@@ -221,6 +235,22 @@ class Reconciler:
                 await self._loop.run_in_executor(self._pool, self.reconcile, key)
             except Conflict:
                 self.enqueue(key, 0.05)
+            except Blocked as exc:
+                # Counted as a reconcile error (it did not get the job where it should be),
+                # retried with capped backoff for as long as it lasts: a raised quota or an
+                # installed gang scheduler sends no event to wait for.
+                self.metrics.reconcile_errors.labels(key[0]).inc()
+                blocked = self._blocked.get(key, 0) + 1
+                self._blocked[key] = blocked
+                delay = min(0.5 * 2 ** min(blocked - 1, 16), BLOCKED_MAX_DELAY)
+                (log.warning if blocked == 1 else log.debug)(
+                    "%s %s/%s: blocked (%s), retry in %.1fs: %s",
+                    *key,
+                    exc.refusal.reason,
+                    delay,
+                    exc.refusal.message,
+                )
+                self.enqueue(key, delay)
             except Exception as exc:
                 self.metrics.reconcile_errors.labels(key[0]).inc()
                 attempt = self._attempts.get(key, 0) + 1
@@ -240,6 +270,7 @@ class Reconciler:
                     self.enqueue(key, delay)
             else:
                 self._attempts.pop(key, None)
+                self._blocked.pop(key, None)
             finally:
                 self.metrics.reconcile_seconds.labels(key[0]).observe(time.perf_counter() - started)
             if not self._locks[key].locked() and key not in self._pending:
@@ -271,17 +302,23 @@ class Reconciler:
         if decision.needs_pods and obs.job is not None:
             obs = Observed(now=now, job=obs.job, pods=self._pods(key, obs.job), source=obs.source)
             decision = decide(view, obs)
+        blocked: Blocked | None = None
         try:
             self._act(key, body, view, decision.before_status)
         except _Refused as exc:
-            decision = decide_failure(view, obs, Reason.INVALID_SPEC, str(exc))
+            decision = decide_failure(view, obs, exc.refusal.reason, exc.refusal.message)
             self._act(key, body, view, decision.before_status)
-        if self._throttled(key, body, decision):
+        except Blocked as exc:
+            blocked = exc
+            decision = decide_blocked(view, obs, exc.refusal.reason, exc.refusal.message)
+        if blocked is None and self._throttled(key, body, decision):
             self._observe_metrics(key, body, view, decision, obs)
             return
         self._write_status(key, body, view, decision)
         self._act(key, body, view, decision.after_status)
         self._observe_metrics(key, body, view, decision, obs)
+        if blocked is not None:
+            raise blocked
 
     def _view(self, key: Key, body: dict[str, Any]) -> JobView:
         """The parsed job; the spec is parsed once per generation (pydantic is not free)."""
@@ -346,7 +383,9 @@ class Reconciler:
             # workers read (and mounted when it is a pvc:// URI).
             job_model = job_model.model_copy(deep=True)
             job_model.spec.output.storage = self.settings.default_storage
+        requested = job_model.spec.scheduling.gang
         gang = self.gang.resolve(job_model.spec.scheduling)
+        gang_text = requested if requested == gang else f"{requested} (resolved to {gang})"
         children = build_children(
             job_model,
             namespace=ns,
@@ -360,6 +399,7 @@ class Reconciler:
             kind = obj["kind"]
             if kind == "ConfigMap":
                 self._create_or_exists(
+                    obj,
                     "configmaps",
                     partial(self.core.create_namespaced_config_map, ns, obj, **RAW),
                     update=partial(
@@ -371,11 +411,12 @@ class Reconciler:
                 )
             elif kind == "Service":
                 self._create_or_exists(
-                    "services", partial(self.core.create_namespaced_service, ns, obj, **RAW)
+                    obj, "services", partial(self.core.create_namespaced_service, ns, obj, **RAW)
                 )
             elif kind == "PodGroup":
                 group, version = obj["apiVersion"].split("/")
                 self._create_or_exists(
+                    obj,
                     "podgroups",
                     partial(
                         self.custom.create_namespaced_custom_object,
@@ -386,16 +427,22 @@ class Reconciler:
                         obj,
                         **RAW,
                     ),
+                    gang=gang_text,
                 )
             elif kind == "Job":
                 created = self._create_or_exists(
-                    "jobs", partial(self.batch.create_namespaced_job, ns, obj, **RAW)
+                    obj, "jobs", partial(self.batch.create_namespaced_job, ns, obj, **RAW)
                 )
                 if created is not None:
                     self.observe_job(json.loads(created.data), "ADDED")
 
     def _create_or_exists(
-        self, resource: str, create: Callable[[], Any], update: Callable[[], Any] | None = None
+        self,
+        obj: dict[str, Any],
+        resource: str,
+        create: Callable[[], Any],
+        update: Callable[[], Any] | None = None,
+        gang: str = "",
     ) -> Any:
         try:
             return self._call("create", resource, create)
@@ -404,11 +451,20 @@ class Reconciler:
                 if update is not None:
                     self._call("patch", resource, update)
                 return None
-            if exc.status in (400, 403, 422) and resource != "podgroups":
-                raise _Refused(
-                    f"the API server refused the {resource[:-1]}: {_reason(exc)}"
-                ) from exc
-            raise
+            refusal = classify_refusal(
+                str(obj.get("kind")), str(obj.get("apiVersion")), exc.status, _reason(exc), gang
+            )
+            if refusal is None:
+                raise
+            if refusal.temporary:
+                raise Blocked(refusal) from exc
+            raise _Refused(refusal) from exc
+
+    def _job_name(self, key: Key) -> str:
+        """The name of the job's batch Job: as observed (a CompressionJob's Job made by an
+        operator before the ``-cj`` suffix keeps its name), else as the builders name it."""
+        name = ((self.jobs.get(key) or {}).get("metadata") or {}).get("name")
+        return str(name) if name else worker_job_name(key[0], key[2])
 
     def _delete_job(self, key: Key, uid: str | None) -> None:
         opts = client.V1DeleteOptions(
@@ -417,7 +473,12 @@ class Reconciler:
         )
         try:
             self._call(
-                "delete", "jobs", self.batch.delete_namespaced_job, key[2], key[1], body=opts
+                "delete",
+                "jobs",
+                self.batch.delete_namespaced_job,
+                self._job_name(key),
+                key[1],
+                body=opts,
             )
         except client.ApiException as exc:
             if exc.status not in (404, 409):
@@ -429,7 +490,7 @@ class Reconciler:
                 "patch",
                 "jobs",
                 self.batch.patch_namespaced_job,
-                key[2],
+                self._job_name(key),
                 key[1],
                 {"spec": {"suspend": suspend}},
             )
@@ -621,6 +682,10 @@ class Reconciler:
 class _Refused(Exception):
     """The API server refused a child as invalid: the job cannot run as written."""
 
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
 
 def _reason(exc: client.ApiException) -> str:
     import json
@@ -647,4 +712,4 @@ def _creation(body: dict[str, Any]) -> float | None:
         return None
 
 
-__all__ = ["Conflict", "Key", "Reconciler", "Settings"]
+__all__ = ["Blocked", "Conflict", "Key", "Reconciler", "Settings"]
