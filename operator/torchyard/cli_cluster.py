@@ -312,8 +312,30 @@ def logs(
         err.print(f"[red]✗[/] no pod of rank {rank} for {name} (not started, or cleaned up)")
         raise typer.Exit(code=1)
     pod = max(pods, key=lambda p: p.metadata.creation_timestamp)
-    text = core.read_namespaced_pod_log(pod.metadata.name, ns, container="worker", tail_lines=tail)
+    try:
+        text = core.read_namespaced_pod_log(
+            pod.metadata.name, ns, container="worker", tail_lines=tail
+        )
+    except client.ApiException as exc:
+        # e.g. the container has not started, or the node's kubelet cannot be reached
+        attempt = (pod.metadata.annotations or {}).get("torchyard.io/restart-count", "?")
+        err.print(
+            f"✗ no log of pod {pod.metadata.name} (rank {rank}, attempt {attempt}, "
+            f"{pod.status.phase}): {_api_message(exc)}",
+            markup=False,
+            style="red",
+        )
+        raise typer.Exit(code=1) from None
     typer.echo(text, nl=False)
+
+
+def _api_message(exc: Any) -> str:
+    import json
+
+    try:
+        return str(json.loads(str(exc.body)).get("message"))
+    except (TypeError, ValueError, AttributeError):
+        return f"{exc.status} {exc.reason}"
 
 
 def register(app: typer.Typer) -> None:
