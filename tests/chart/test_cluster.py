@@ -475,6 +475,73 @@ def test_operator_runs_a_training_job_with_the_charts_service_account(
         op.stop()
 
 
+def test_a_missing_permission_holds_the_job_and_names_the_chart_value(
+    helm: str,
+    installed: Callable[..., str],
+    cluster: Any,
+    kube: Kube,
+    namespace: str,
+    extra_namespace: Callable[[], str],
+    tmp_path: Path,
+) -> None:
+    """RBAC 403 is not the job's fault: with the chart's defaults (no PodGroup permission) a
+    `gang: volcano` job waits Pending with CreateForbidden quoting the API server and naming
+    the chart value; once granted (helm upgrade) the next retry gets past RBAC — to the next
+    thing missing here, Volcano's PodGroup API itself (GangSchedulerMissing)."""
+    work = extra_namespace()
+    sa = installed(f"operator.watchNamespaces={{{work}}}")
+    release = sa.removesuffix("-torchyard")
+    tr = kube.core.create_namespaced_service_account_token(
+        sa, namespace, {"spec": {"expirationSeconds": 3600}}
+    )
+    kc = token_kubeconfig(cluster, tr.status.token, tmp_path / "sa.kubeconfig", work)
+    op = OperatorProcess(kc, tmp_path / "operator.log", ["--namespace", work])
+    try:
+        op.wait_healthy()
+        body = _training_job(work, "sa-gang")
+        body["spec"]["scheduling"] = {"gang": "volcano"}
+        kube.custom.create_namespaced_custom_object(GROUP, VERSION, work, TRAINING_JOB_PLURAL, body)
+
+        def created(reason: str) -> dict[str, Any] | None:
+            obj = kube.custom.get_namespaced_custom_object(
+                GROUP, VERSION, work, TRAINING_JOB_PLURAL, "sa-gang"
+            )
+            for c in (obj.get("status") or {}).get("conditions") or []:
+                if c["type"] == "Created" and c["reason"] == reason:
+                    return {**obj, "created": c}
+            return None
+
+        held = poll(lambda: created("CreateForbidden"), timeout=120, what="CreateForbidden")
+        assert held["status"]["phase"] == "Pending"
+        message = held["created"]["message"]
+        assert held["created"]["status"] == "False"
+        assert 'cannot create resource "podgroups" in API group "scheduling.volcano.sh"' in message
+        assert "rbac.podGroups.volcano=true" in message
+        assert kube.batch.list_namespaced_job(work).items == []
+
+        res = _helm(
+            helm,
+            cluster,
+            "upgrade",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--skip-crds",
+            "--reuse-values",
+            "--set",
+            "rbac.podGroups.volcano=true",
+        )
+        assert res.returncode == 0, res.stderr
+        missing = poll(
+            lambda: created("GangSchedulerMissing"), timeout=120, what="GangSchedulerMissing"
+        )
+        assert "spec.scheduling.gang is volcano" in missing["created"]["message"]
+        assert missing["status"]["phase"] == "Pending"
+    finally:
+        op.stop()
+
+
 def _operator_pod(docs: list[dict[str, Any]], namespace: str) -> dict[str, Any]:
     (dep,) = [d for d in docs if d["kind"] == "Deployment"]
     tmpl = dep["spec"]["template"]
