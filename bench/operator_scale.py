@@ -428,9 +428,12 @@ def _doc(data: dict[str, Any]) -> str:
         f"- our reconciler's own API requests per job (incl. Events, pod lists): "
         f"{data['ours']['own_api_requests_per_job']}",
         "",
-        "API req/job counts apiserver_request_total over what only an operator writes "
-        "(trainingjobs incl. status, create/patch/delete of configmaps, services, jobs; "
-        "no watches). The empty operator writes no status and no events.",
+        "API req/job counts apiserver_request_total over the writes only an operator makes "
+        "(POST/PATCH/PUT/DELETE of trainingjobs incl. status, configmaps, services, jobs; "
+        "the client's TrainingJob POST is included for both). Writes only: the dev cluster is "
+        "shared with other engineers' tests, whose GETs of TrainingJobs landed in the count; "
+        "their few writes still do (the fractional DELETE/PATCH rows in the JSON). The empty "
+        "operator writes no status and no events.",
         "",
     ]
     for note in data.get("notes", []):
