@@ -11,6 +11,7 @@ from tests.cluster.opkit import (
     create,
     example,
     held,
+    release,
     running_operator,
     wait_phase,
     wait_running_pods,
@@ -42,7 +43,13 @@ def _cli(kube: Kube, *args: str) -> str:
 
 def test_get_and_describe_tell_the_story(kube: Kube, namespace: str, tmp_path: Path) -> None:
     with running_operator(kube, namespace, tmp_path):
-        create(kube, namespace, example("digits-ddp.yaml"))
+        # Held Running until the operator has seen the workers run: KWOK may otherwise take
+        # the pods from Running to Succeeded between two of its reconciles, and a run the
+        # operator never saw has no WorkersRunning event to tell.
+        create(kube, namespace, held(example("digits-ddp.yaml")))
+        pods = wait_running_pods(kube, namespace, "digits-ddp", 2)
+        wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.RUNNING)
+        release(kube, namespace, pods)
         wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.SUCCEEDED)
         listing = _cli(kube, "get", "tj", "-n", namespace)
         (row,) = [line for line in listing.splitlines() if "digits-ddp" in line]
