@@ -49,9 +49,16 @@ def ensure_binaries(*, quiet: bool = False) -> float:
             file=sys.stderr,
             flush=True,
         )
+    return run_build_script(script)
+
+
+def run_build_script(script: os.PathLike[str] | str) -> float:
+    """Run a hack/ build script to the end; returns the seconds it took.
+
+    Own process group: if we are interrupted (Ctrl-C, a test timeout), the whole build — bash
+    and its go/compile children, which hold the build lock — stops with us.
+    """
     start = time.monotonic()
-    # Own process group: if we are interrupted (Ctrl-C, a test timeout), the whole build —
-    # bash and its go/compile children, which hold the build lock — stops with us.
     child = subprocess.Popen(["bash", str(script)], start_new_session=True)
     try:
         rc = child.wait()

@@ -30,8 +30,6 @@ import copy
 import fcntl
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +42,7 @@ from typing import IO, Any
 import yaml
 
 from torchyard.devcluster import certs, paths, procs
+from torchyard.devcluster.build import run_build_script
 from torchyard.devcluster.cluster import DevCluster, DevClusterError
 from torchyard.devcluster.crds import apply_crds, load_crds
 
@@ -105,18 +104,7 @@ def ensure_built() -> float:
     if script is None:
         raise FileNotFoundError(f"Kueue not built in {root()} and hack/build-kueue.sh is missing")
     print(f"building Kueue {kueue_version()} into {root()} (first time: minutes)…", file=sys.stderr)
-    start = time.monotonic()
-    child = subprocess.Popen(["bash", str(script)], start_new_session=True)
-    try:
-        rc = child.wait()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=30)
-        raise
-    if rc != 0:
-        raise subprocess.CalledProcessError(rc, ["bash", str(script)])
-    return time.monotonic() - start
+    return run_build_script(script)
 
 
 # --------------------------------------------------------------------------- configuration
