@@ -23,8 +23,8 @@ from torchyard.devcluster.testing import Kube, poll
 pytestmark = pytest.mark.cluster
 
 
-def _cli(kube: Kube, *args: str) -> str:
-    out = subprocess.run(
+def _run_cli(kube: Kube, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -35,10 +35,14 @@ def _cli(kube: Kube, *args: str) -> str:
         ],
         capture_output=True,
         text=True,
-        check=True,
         timeout=120,
     )
-    return out.stdout
+
+
+def _cli(kube: Kube, *args: str) -> str:
+    res = _run_cli(kube, *args)
+    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr)
+    return res.stdout
 
 
 def test_get_and_describe_tell_the_story(kube: Kube, namespace: str, tmp_path: Path) -> None:
@@ -68,19 +72,7 @@ def test_get_and_describe_tell_the_story(kube: Kube, namespace: str, tmp_path: P
 
 
 def _cli_fail(kube: Kube, *args: str) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torchyard.cli",
-            *args,
-            "--kubeconfig",
-            str(kube.cluster.kubeconfig),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = _run_cli(kube, *args)
     assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
     assert "Traceback" not in res.stderr, res.stderr
     return res
