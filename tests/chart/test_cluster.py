@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,24 @@ def _sa_client(cluster: Any, kube: Kube, sa: str, namespace: str) -> Any:
     cfg.ssl_ca_cert = str(cluster.state_dir / "pki" / "ca.crt")
     cfg.api_key = {"authorization": f"Bearer {tr.status.token}"}
     return client.ApiClient(cfg)
+
+
+@contextmanager
+def _operator_as(
+    cluster: Any, kube: Kube, sa: str, namespace: str, work: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """`torchyard operator --namespace work`, authenticated only by a fresh token of the
+    chart's ServiceAccount ``sa`` (installed in ``namespace``)."""
+    tr = kube.core.create_namespaced_service_account_token(
+        sa, namespace, {"spec": {"expirationSeconds": 3600}}
+    )
+    kc = token_kubeconfig(cluster, tr.status.token, tmp_path / "sa.kubeconfig", work)
+    op = OperatorProcess(kc, tmp_path / "operator.log", ["--namespace", work])
+    try:
+        op.wait_healthy()
+        yield op
+    finally:
+        op.stop()
 
 
 def _denied(call: Callable[[], Any]) -> None:
@@ -448,13 +467,7 @@ def test_operator_runs_a_training_job_with_the_charts_service_account(
     install), takes a TrainingJob from creation to Succeeded on the real control plane."""
     work = extra_namespace()
     sa = installed(f"operator.watchNamespaces={{{work}}}")
-    tr = kube.core.create_namespaced_service_account_token(
-        sa, namespace, {"spec": {"expirationSeconds": 3600}}
-    )
-    kc = token_kubeconfig(cluster, tr.status.token, tmp_path / "sa.kubeconfig", work)
-    op = OperatorProcess(kc, tmp_path / "operator.log", ["--namespace", work])
-    try:
-        op.wait_healthy()
+    with _operator_as(cluster, kube, sa, namespace, work, tmp_path) as op:
         body = _training_job(work, "sa-lifecycle")
         kube.custom.create_namespaced_custom_object(GROUP, VERSION, work, TRAINING_JOB_PLURAL, body)
 
@@ -471,8 +484,6 @@ def test_operator_runs_a_training_job_with_the_charts_service_account(
         assert kube.batch.read_namespaced_job("sa-lifecycle", work).status.succeeded == 2
         assert " 403" not in log, log[-4000:]
         assert "Forbidden" not in log, log[-4000:]
-    finally:
-        op.stop()
 
 
 def test_a_missing_permission_holds_the_job_and_names_the_chart_value(
@@ -491,13 +502,7 @@ def test_a_missing_permission_holds_the_job_and_names_the_chart_value(
     work = extra_namespace()
     sa = installed(f"operator.watchNamespaces={{{work}}}")
     release = sa.removesuffix("-torchyard")
-    tr = kube.core.create_namespaced_service_account_token(
-        sa, namespace, {"spec": {"expirationSeconds": 3600}}
-    )
-    kc = token_kubeconfig(cluster, tr.status.token, tmp_path / "sa.kubeconfig", work)
-    op = OperatorProcess(kc, tmp_path / "operator.log", ["--namespace", work])
-    try:
-        op.wait_healthy()
+    with _operator_as(cluster, kube, sa, namespace, work, tmp_path):
         body = _training_job(work, "sa-gang")
         body["spec"]["scheduling"] = {"gang": "volcano"}
         kube.custom.create_namespaced_custom_object(GROUP, VERSION, work, TRAINING_JOB_PLURAL, body)
@@ -538,8 +543,6 @@ def test_a_missing_permission_holds_the_job_and_names_the_chart_value(
         )
         assert "spec.scheduling.gang is volcano" in missing["created"]["message"]
         assert missing["status"]["phase"] == "Pending"
-    finally:
-        op.stop()
 
 
 def _operator_pod(docs: list[dict[str, Any]], namespace: str) -> dict[str, Any]:
