@@ -113,6 +113,7 @@ def test_l1_threshold_zeroes_weights_under_the_threshold(
                 if m.__class__.__name__ == "Linear")
     assert zeros / total == pytest.approx(info["sparsity"], abs=1e-6)
     assert info["sparsity"] > 0.3
+    assert result["report"]["passed"] == _gate(teacher["accuracy"], again["accuracy"], 0.02)
 
 
 def test_structured_removes_neurons_physically(teacher: dict, digits: Any, tmp_path: Path) -> None:
@@ -231,13 +232,17 @@ def test_weight_only_int4_where_the_platform_lacks_kernels(teacher: dict, tmp_pa
     assert _no_versions(store)
 
 
-def _worker(doc: dict[str, Any], out: Path) -> subprocess.CompletedProcess[str]:
+def _worker(doc: dict[str, Any], out: Path, omp_threads: str | None = "1"
+            ) -> subprocess.CompletedProcess[str]:
     out.mkdir(parents=True, exist_ok=True)
     spec = out / "spec.yaml"
     spec.write_text(yaml.safe_dump(doc))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHYARD_", "PET_"))}
-    env.update(TORCHYARD_SPEC=str(spec), TORCHYARD_OUTPUT_DIR=str(out), OMP_NUM_THREADS="1",
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TORCHYARD_", "PET_")) and k != "OMP_NUM_THREADS"}
+    env.update(TORCHYARD_SPEC=str(spec), TORCHYARD_OUTPUT_DIR=str(out),
                PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image")]))
+    if omp_threads is not None:
+        env["OMP_NUM_THREADS"] = omp_threads
     return subprocess.run([sys.executable, "-m", "torchyard_trainer"], env=env,
                           capture_output=True, text=True, timeout=600, check=False)
 
@@ -291,3 +296,146 @@ def test_structured_groups_on_conv_models_round_trip(
     x = digits.val_x[:8]
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), again(x), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# search, scope, transfer set, int4, threads
+
+
+@pytest.mark.parametrize("objective", ["size", "latency"])
+def test_search_winner_is_the_best_passing_not_the_first(
+    objective: str, teacher: dict, digits: Any, tmp_path: Path
+) -> None:
+    """Every candidate passes a wide gate; the winner is the best one by the objective, and for
+    size that is the sparser candidate, which the search tries second."""
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"prune": {"method": "magnitude", "sparsity": 0.3, "candidates": [0.6],
+                               "fineTuneEpochs": 0}}],
+                   accuracyCriterion={"mode": "absolute", "tolerableLoss": 1.0},
+                   objective=objective)
+    result = run_job(doc, tmp_path / "out")
+    again = _check_report_matches_saved_model(result, digits)
+    trials = result["trials"]
+    assert [t["name"] for t in trials] == ["prune.sparsity=0.3", "prune.sparsity=0.6"]
+    assert all(t["passed"] for t in trials)
+    key = "bytes" if objective == "size" else "latencyMs"
+    best = min(trials, key=lambda t: t["stats"][key])
+    assert result["report"]["compressed"][key] == best["stats"][key]
+    assert again["card"]["lineage"]["trial"] == best["name"]
+    if objective == "size":
+        assert best["name"] == "prune.sparsity=0.6"  # not the first candidate
+        assert trials[1]["stats"]["bytes"] < trials[0]["stats"]["bytes"]
+        assert again["nonZeroParams"] < trials[0]["stats"]["nonZeroParams"]
+
+
+def test_magnitude_global_scope_one_threshold_and_permanent_masks(
+    teacher: dict, digits: Any, tmp_path: Path
+) -> None:
+    """Global scope: one threshold over all layers (overall sparsity on target, the layers'
+    sparsities differ, every pruned weight was smaller than every kept one); the saved model is
+    plain (masks made permanent: no weight_orig / weight_mask)."""
+    import torch
+    from safetensors.torch import load_file
+
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"prune": {"method": "magnitude", "sparsity": 0.8, "scope": "global",
+                               "fineTuneEpochs": 0}}],
+                   accuracyCriterion={"mode": "absolute", "tolerableLoss": 1.0})
+    result = run_job(doc, tmp_path / "out")
+    again = _check_report_matches_saved_model(result, digits)
+    pruned = [m.weight for m in again["model"].modules() if m.__class__.__name__ == "Linear"]
+    before = [m.weight.detach() for m in teacher["model"].modules()
+              if m.__class__.__name__ == "Linear"]
+    zeros = [int((w == 0).sum()) for w in pruned]
+    sizes = [w.numel() for w in pruned]
+    assert sum(zeros) / sum(sizes) == pytest.approx(0.8, abs=0.005)
+    per_layer = [z / n for z, n in zip(zeros, sizes, strict=True)]
+    assert max(per_layer) - min(per_layer) > 0.05  # a per-layer scope would give 0.8 each
+    gone = torch.cat([b[w == 0].abs() for b, w in zip(before, pruned, strict=True)])
+    kept = torch.cat([b[w != 0].abs() for b, w in zip(before, pruned, strict=True)])
+    assert float(gone.max()) <= float(kept.min())
+    stored = load_file(str(again["dir"] / "model.safetensors"))
+    reparam = (".weight_orig", ".weight_mask")  # torch.nn.utils.prune's, before prune.remove
+    assert not [k for k in stored if k.endswith(reparam)]
+    assert not [k for k in again["model"].state_dict() if k.endswith(reparam)]
+
+
+def test_distill_with_an_unlabeled_transfer_set(
+    teacher: dict, digits: Any, tmp_path: Path
+) -> None:
+    labeled = 100
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"distill": {"student": {"builtin": "mlp", "args": {"hidden": [32]}},
+                                 "epochs": 5, "transferSet": "unlabeled"}}],
+                   data={"builtin": "digits", "labeledSamples": labeled},
+                   accuracyCriterion={"mode": "absolute", "tolerableLoss": 1.0})
+    result = run_job(doc, tmp_path / "out")
+    again = _check_report_matches_saved_model(result, digits)
+    info = again["card"]["lineage"]["steps"][0]["distill"]
+    assert info["transferSet"] == "unlabeled"
+    assert info["labeled"] == labeled
+    assert info["samples"] == len(digits.train_x)  # labeled + unlabeled = the training split
+    assert again["card"]["model"]["args"] == {"hidden": [32]}
+    assert result["report"]["passed"] == _gate(teacher["accuracy"], again["accuracy"], 1.0)
+
+
+def test_distill_unlabeled_transfer_set_needs_unlabeled_data(
+    teacher: dict, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    doc = manifest(teacher, store,
+                   [{"distill": {"student": {"builtin": "mlp", "args": {"hidden": [16]}},
+                                 "epochs": 1, "transferSet": "unlabeled"}}])
+    proc = _worker(doc, tmp_path / "out")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert "labeledSamples" in result["message"]
+    assert _no_versions(store)
+
+
+def test_weight_only_int4_runs_and_packs_two_weights_per_byte(
+    teacher: dict, digits: Any, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from torchyard_trainer.compress.quantize import resolve_backend
+
+    backend, note = resolve_backend("weightOnlyInt4", "auto")
+    doc = manifest(teacher, tmp_path / "store",
+                   [{"quantize": {"method": "weightOnlyInt4"}}],
+                   accuracyCriterion={"mode": "absolute", "tolerableLoss": 1.0})
+    result = run_job(doc, tmp_path / "out")
+    again = _check_report_matches_saved_model(result, digits)
+    rep = result["report"]
+    assert f"weightOnlyInt4: {backend}" in rep["backend"]
+    if note is not None:  # the fallback is explained, not silent
+        assert note in rep["warnings"]
+    stored = load_file(str(again["dir"] / "model.safetensors"))
+    linears = [m for m in teacher["model"].modules() if m.__class__.__name__ == "Linear"]
+    packed = sum(t.numel() * t.element_size() for k, t in stored.items()
+                 if k.endswith(".weight_int4"))
+    assert packed == sum(m.out_features * ((m.in_features + 1) // 2) for m in linears)
+    assert rep["passed"] == _gate(teacher["accuracy"], again["accuracy"], 1.0)
+
+
+@pytest.mark.parametrize("omp", [None, "1"])
+def test_worker_sets_threads_from_the_env_contract_and_reports_them(
+    omp: str | None, teacher: dict, tmp_path: Path
+) -> None:
+    """The worker sets torch's intra-op threads (OMP_NUM_THREADS, else resources.cpu), the
+    report records them, and torch.ao's deprecation warnings never reach the log unexplained."""
+    cpu = (os.cpu_count() or 1) + 1  # not torch's default (the machine's cores)
+    expected = cpu if omp is None else int(omp)
+    doc = manifest(teacher, tmp_path / "store", [{"quantize": {"method": "dynamicInt8"}}],
+                   resources={"cpu": str(cpu)})
+    proc = _worker(doc, tmp_path / "out", omp_threads=omp)
+    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["report"]["threads"] == expected
+    assert f"| CPU latency p50 (ms, {expected} threads) |" in (
+        tmp_path / "out" / "report.md").read_text()
+    leaked = [line for line in proc.stderr.splitlines() if "Warning" in line]
+    assert not leaked, leaked
+    deprecations = [w for w in result["report"]["warnings"] if "deprecat" in w]
+    assert len(deprecations) <= 1
+    assert all("torchao is its successor" in w for w in deprecations)

@@ -44,6 +44,7 @@ from torchyard_trainer.data import Dataset, load_dataset
 from torchyard_trainer.env import ConfigError, WorkerEnv
 from torchyard_trainer.models import build_model
 from torchyard_trainer.storage import atomic_write_text, fetch, is_remote, local_path
+from torchyard_trainer.train.common import cpu_threads
 
 log = logging.getLogger("torchyard_trainer.compress")
 
@@ -322,6 +323,13 @@ def run_job(env: WorkerEnv, job: Any) -> dict[str, Any]:
     if env.world_size > 1 and env.rank != 0:
         log.info("rank %d: compression runs on rank 0 only", env.rank)
         return {}
+    # The worker owns its process: intra-op threads as a TrainingJob's worker sets them
+    # (OMP_NUM_THREADS if set, else the pod's CPU request, else the machine's cores) — torch's
+    # default is every core of the node, oversubscribing a pod with a CPU request. In-process
+    # callers of ``run`` (tests, bench/) keep their own setting. The report records the count.
+    n_threads = cpu_threads(job.spec.resources.cpu, 1)
+    torch.set_num_threads(n_threads)
+    log.info("compression worker: %d CPU thread(s)", n_threads)
     result = run(job, env)
     if result["status"] != "Succeeded":
         log.error("%s", result.get("message"))
