@@ -18,6 +18,7 @@ same file runs wherever one of the backends exists.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import re
 import warnings
@@ -319,11 +320,22 @@ class StaticInt8Linear(QuantLinear):
             # the per-call quantize warns like the rest of torch.ao: captured here, once
             torch.quantize_per_tensor(torch.zeros(1), in_s, int(in_z), torch.quint8)
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            xq = torch.quantize_per_tensor(x.float(), in_s, int(in_z), torch.quint8)
-            return q(xq).dequantize()  # type: ignore[no-any-return]
+        return _QuantizeThen(q, in_s, int(in_z))
 
-        return run
+
+class _QuantizeThen(nn.Module):
+    """Quantize the float input with the calibrated qparams, run the quantized Linear,
+    dequantize: a real module (not a closure) so ``serving_copy`` can hand it to a tracer."""
+
+    def __init__(self, q: nn.Module, scale: float, zero_point: int) -> None:
+        super().__init__()
+        self.q = q
+        self.scale = scale
+        self.zero_point = zero_point
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = torch.quantize_per_tensor(x.float(), self.scale, self.zero_point, torch.quint8)
+        return self.q(xq).dequantize()  # type: ignore[no-any-return]
 
 
 def _affine_qparams(lo: float, hi: float) -> tuple[float, float]:
@@ -452,6 +464,24 @@ def empty_quant_module(cfg: dict[str, Any], lin: nn.Linear) -> QuantLinear:
     if kind == "binary":
         return BinaryLinear(lin.in_features, lin.out_features, has_bias, backend)
     raise ValueError(f"unknown quantized layer kind {kind!r}")
+
+
+def serving_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for serving: each quantized layer whose backend is an nn.Module
+    (torch.ao's dynamic and static quantized Linear, torchao's Linear) is replaced by that
+    module itself. Ours hide the backend (it is rebuilt, never saved), which ``torch.jit.trace``
+    refuses (the packed weights are not a registered submodule); the copy traces and freezes —
+    ``torch.jit.freeze(torch.jit.trace(serving_copy(m), example))`` is the CPU serving path
+    whose int8 speed-ups docs/benchmarks-compression.md measures. Layers with other backends
+    stay as they are (their float weights become trace constants)."""
+    out = copy.deepcopy(model)
+    for fqn, mod in list(out.named_modules()):
+        if isinstance(mod, QuantLinear):
+            impl = mod._build()
+            backend_module = getattr(impl, "__self__", impl)  # torch.ao returns its forward
+            if isinstance(backend_module, nn.Module):
+                set_module(out, fqn, backend_module)
+    return out.eval()
 
 
 # ---------------------------------------------------------------------------------------------
