@@ -48,7 +48,7 @@ def load_job(path: Path) -> Any:
     try:
         return kinds[kind].model_validate(doc)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid TrainingJob:\n{exc}") from exc
+        raise ConfigError(f"{path}: invalid {kind}:\n{exc}") from exc
 
 
 def is_peer_failure(exc: BaseException) -> bool:

@@ -177,7 +177,8 @@ class CompressionJobSpec(KubeModel):
     seed: int = Field(default=0, ge=0)
     """Random seed."""
     workers: int = Field(default=1, ge=1, le=64)
-    """Worker pods (more than one only helps distillation)."""
+    """Worker pods; more than one runs the distill steps' fine-tune data-parallel (needs a
+    distill step; everything else runs on the first worker)."""
     resources: ResourceSpec = sub(ResourceSpec)
     """Per-pod resources."""
     image: str | None = Field(default=None, max_length=1024)
@@ -193,7 +194,18 @@ class CompressionJobSpec(KubeModel):
     scheduling: SchedulingSpec = sub(SchedulingSpec)
     """Placement and gang scheduling."""
 
-    rules = (ENV_RULE,)
+    rules = (
+        ENV_RULE,
+        Rule(
+            cel="self.workers <= 1 || self.steps.exists(s, has(s.distill))",
+            message=(
+                "more than one worker needs a distill step: only the distillation fine-tune "
+                "runs data-parallel (prune and quantize run on one worker); set workers: 1"
+            ),
+            field_path=".workers",
+            check=lambda s: s.workers <= 1 or any(st.distill is not None for st in s.steps),
+        ),
+    )
 
 
 class ModelStats(KubeModel):

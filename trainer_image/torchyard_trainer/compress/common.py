@@ -45,6 +45,8 @@ class Context:
     """Warnings for the report."""
     backends: dict[str, str] = field(default_factory=dict)
     """Which implementation ran each method."""
+    group: Any = None
+    """``distributed.Group`` of a multi-worker job (the distill steps run data-parallel)."""
 
 
 def train_epochs(
@@ -57,18 +59,24 @@ def train_epochs(
     loss_override: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     tensors: tuple[torch.Tensor, ...] | None = None,
     lr_scale: float = 1.0,
+    device: torch.device | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    batch_size: int | None = None,
 ) -> None:
-    """Plain single-process fine-tuning (cosine-decayed lr). ``masks`` (parameter name → 0/1)
-    are re-applied after every step so pruned weights stay zero."""
+    """Plain fine-tuning (cosine-decayed lr), single-process unless ``wrap`` makes the forward
+    model data-parallel (DDP: ``tensors`` are then this rank's shard, ``batch_size`` its share
+    of the batch). ``masks`` (parameter name → 0/1) are re-applied after every step so pruned
+    weights stay zero."""
     if epochs <= 0:
         return
     x, y = tensors if tensors is not None else (ctx.ds.train_x, ctx.ds.train_y)
     params = dict(model.named_parameters())
     spec = ctx.optimizer.model_copy(update={"lr": ctx.optimizer.lr * lr_scale})
-    opt = build_optimizer(model.parameters(), spec, torch.device("cpu"))
+    opt = build_optimizer(model.parameters(), spec, device or torch.device("cpu"))
+    forward = wrap(model) if wrap is not None else model
     loss = loss_fn(ctx.ds.info.task)
     g = torch.Generator().manual_seed(ctx.seed)
-    bs = min(ctx.batch_size, len(x))
+    bs = min(batch_size or ctx.batch_size, len(x))
     steps_per_epoch = max(1, len(x) // bs)
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -81,9 +89,9 @@ def train_epochs(
             idx = perm[i * bs : (i + 1) * bs]
             bx, by = x[idx], y[idx]
             if loss_override is not None:
-                value = loss_override(model, bx, by)
+                value = loss_override(forward, bx, by)
             else:
-                value = loss(model(bx), by)
+                value = loss(forward(bx), by)
             if regularizer is not None:
                 value = value + regularizer(model)
             opt.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ Result JSON (``$TORCHYARD_RESULT_FILE``; compact, it doubles as the pod's termin
 
 Exit codes: 0 succeeded; 2 invalid spec (nothing written); 3 no candidate passed the accuracy
 gate (the most accurate candidate and the report are still saved, the job fails permanently).
+With several workers the other ranks exit with rank 0's code once it has finished.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from torchyard_trainer.artifacts import (
     write_model_version,
     write_result,
 )
-from torchyard_trainer.compress import layers, quantize
-from torchyard_trainer.compress.common import Context, export_state, load_version
+from torchyard_trainer.compress import distill, layers, quantize
+from torchyard_trainer.compress.common import Context, export_state, load_version, rebuild
+from torchyard_trainer.compress.distributed import Group, check_world, start
 from torchyard_trainer.compress.report import measure, ratios, table
 from torchyard_trainer.compress.report import versions as lib_versions
 from torchyard_trainer.compress.search import run_search
 from torchyard_trainer.data import Dataset, load_dataset
-from torchyard_trainer.env import ConfigError, WorkerEnv
+from torchyard_trainer.env import EXIT_CONFIG, EXIT_ERROR, ConfigError, WorkerEnv
 from torchyard_trainer.models import build_model
 from torchyard_trainer.storage import atomic_write_text, fetch, is_remote, local_path
 from torchyard_trainer.train.common import cpu_threads
@@ -197,8 +199,9 @@ class Progress:
             fh.write(json.dumps({"event": name, "time": time.time(), **fields}) + "\n")
 
 
-def run(job: Any, env: WorkerEnv) -> dict[str, Any]:
-    """Run a validated CompressionJob; returns the result (also written to the result file)."""
+def run(job: Any, env: WorkerEnv, group: Group | None = None) -> dict[str, Any]:
+    """Run a validated CompressionJob; returns the result (also written to the result file).
+    With ``group`` (rank 0 of several workers) the distill steps run data-parallel."""
     started = time.perf_counter()
     spec = job.spec
     preflight(spec)
@@ -210,7 +213,7 @@ def run(job: Any, env: WorkerEnv) -> dict[str, Any]:
     source, model_spec, source_lineage = resolve_source(spec, env, ds)
     source.eval()
     ctx = Context(ds=ds, optimizer=spec.optimizer, batch_size=spec.batch_size, seed=spec.seed,
-                  metric=spec.accuracy_criterion.metric, model_spec=model_spec)
+                  metric=spec.accuracy_criterion.metric, model_spec=model_spec, group=group)
     n_threads = _threads()
     baseline = measure(source, ctx, n_threads)
     progress = Progress(env.output_dir / "progress.jsonl" if env.rank == 0 else None)
@@ -319,10 +322,12 @@ def run_job(env: WorkerEnv, job: Any) -> dict[str, Any]:
     best candidate) is already written, so the process ends with exit code 3 (permanent) by
     ``SystemExit`` — which the generic error handler of ``__main__`` does not catch and
     therefore does not overwrite the result with a bare failure record.
+
+    With WORLD_SIZE > 1 (``spec.workers``, distill steps only) the ranks join a process group:
+    rank 0 runs the job, the others take part in each distillation fine-tune and then exit
+    with rank 0's exit code (see distributed.py).
     """
-    if env.world_size > 1 and env.rank != 0:
-        log.info("rank %d: compression runs on rank 0 only", env.rank)
-        return {}
+    check_world(job.spec, env.world_size)
     # The worker owns its process: intra-op threads as a TrainingJob's worker sets them
     # (OMP_NUM_THREADS if set, else the pod's CPU request, else the machine's cores) — torch's
     # default is every core of the node, oversubscribing a pod with a CPU request. In-process
@@ -330,8 +335,76 @@ def run_job(env: WorkerEnv, job: Any) -> dict[str, Any]:
     n_threads = cpu_threads(job.spec.resources.cpu, 1)
     torch.set_num_threads(n_threads)
     log.info("compression worker: %d CPU thread(s)", n_threads)
+    if env.world_size > 1:
+        return _run_distributed(env, job)
     result = run(job, env)
     if result["status"] != "Succeeded":
         log.error("%s", result.get("message"))
         raise SystemExit(EXIT_GATE)
     return result
+
+
+def _exit_code(exc: BaseException) -> int:
+    """The exit code ``__main__`` gives a worker that raised ``exc``."""
+    from torchyard_trainer.__main__ import EXIT_PEER_LOST, is_peer_failure
+
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    return EXIT_PEER_LOST if is_peer_failure(exc) else EXIT_ERROR
+
+
+def _run_distributed(env: WorkerEnv, job: Any) -> dict[str, Any]:
+    """Rank 0 runs the job and then tells the others its exit code; the others follow its
+    distillation commands until then. Only rank 0 ever writes a model version or a result."""
+    preflight(job.spec)  # fails every rank alike, before any rendezvous
+    group = start(env, job.spec)
+    if env.rank != 0:
+        code = _follow(job, env, group)
+        if code != 0:
+            log.error("rank %d: rank 0 failed (exit code %d)", env.rank, code)
+            raise SystemExit(code)
+        log.info("rank %d: rank 0 saved the model version; done", env.rank)
+        return {}
+    code = EXIT_ERROR
+    try:
+        result = run(job, env, group)
+        code = 0 if result["status"] == "Succeeded" else EXIT_GATE
+    except BaseException as exc:
+        code = _exit_code(exc)
+        raise
+    finally:
+        try:
+            group.send(("done", code))
+            if code == 0:
+                group.ack()  # every rank heard it before rank 0 (and its store) goes away
+        except Exception as exc:  # a peer gone or hung: rank 0's own outcome stands
+            log.warning("could not tell the other ranks the outcome (%s)", exc)
+    if code != 0:
+        log.error("%s", result.get("message"))
+        raise SystemExit(code)
+    return result
+
+
+def _follow(job: Any, env: WorkerEnv, group: Group) -> int:
+    """Ranks > 0: load the data, then run every distillation rank 0 asks for; returns rank 0's
+    exit code. Nothing is evaluated or written here."""
+    from torchyard.api.compression import DistillStep
+
+    spec = job.spec
+    ds = load_dataset(spec.data, spec.seed, env.pvc_root, env.output_dir / "cache")
+    ctx = Context(ds=ds, optimizer=spec.optimizer, batch_size=spec.batch_size, seed=spec.seed,
+                  metric=spec.accuracy_criterion.metric, group=group)
+    while True:
+        message = group.receive()
+        if message[0] == "done":
+            if message[1] == 0:
+                group.ack()
+            return int(message[1])
+        _, step, model_spec, tensors, section = message
+        teacher = rebuild(model_spec, ds.info, section, tensors)
+        ctx.model_spec = dict(model_spec)
+        distill.apply(teacher, DistillStep.model_validate(step), ctx)

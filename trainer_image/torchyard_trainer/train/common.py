@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -126,8 +127,9 @@ def cpu_threads(cpu_request: Any, local_world_size: int) -> int:
     return max(1, int(cores // max(1, local_world_size)))
 
 
-def init_distributed(env: WorkerEnv) -> torch.device:
-    """Initialise the default process group (gloo on CPU, nccl + gloo on CUDA)."""
+def init_distributed(env: WorkerEnv, timeout: timedelta | None = None) -> torch.device:
+    """Initialise the default process group (gloo on CPU, nccl + gloo on CUDA); ``timeout``
+    bounds every collective (torch's default when None)."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
     if cuda:
@@ -135,10 +137,14 @@ def init_distributed(env: WorkerEnv) -> torch.device:
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
         if env.is_distributed:
-            dist.init_process_group(backend=backend, device_id=device if cuda else None)
+            dist.init_process_group(
+                backend=backend, device_id=device if cuda else None, timeout=timeout
+            )
         else:  # plain `python -m torchyard_trainer`: a world of one, no rendezvous needed
             store = dist.HashStore()  # type: ignore[attr-defined,unused-ignore]
-            dist.init_process_group(backend=backend, store=store, rank=0, world_size=1)
+            dist.init_process_group(
+                backend=backend, store=store, rank=0, world_size=1, timeout=timeout
+            )
     if dist.get_world_size() != env.world_size:
         raise ConfigError(
             f"process group has {dist.get_world_size()} ranks, WORLD_SIZE={env.world_size}"

@@ -1,0 +1,122 @@
+"""Several workers for a CompressionJob: the distill steps' fine-tune runs data-parallel.
+
+Rank 0 runs the job (search, evaluation, gate, report, saving) exactly as a single worker does.
+Whenever it reaches a distill step it sends the other ranks a command over a gloo *control*
+group — the step and the teacher (sparse-coded as a saved version is) — and every rank
+fine-tunes the student together: each on its shard of the transfer set (DistributedSampler,
+drop_last: the same number of steps everywhere), teacher logits computed locally for that
+shard, the student wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA: the trainer's
+process-group set-up). The other ranks never evaluate or write anything; when rank 0 is done
+(saved, gate failed or crashed) it sends ``done`` with its exit code and they exit with it.
+
+Timeouts: the default group's collectives (the DDP all-reduces, the teacher broadcast) are
+bounded by ``COLLECTIVE_TIMEOUT``; the control group, where the other ranks wait while rank 0
+prunes, quantizes or measures on its own, by the job's ``runPolicy.activeDeadlineSeconds`` (else
+``CONTROL_TIMEOUT``). A rank that dies closes its connections, so its peers fail at once; one
+that hangs fails its peers after the timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from torchyard_trainer.env import ConfigError
+
+log = logging.getLogger("torchyard_trainer.compress")
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+CONTROL_TIMEOUT = timedelta(hours=24)
+# Tests shorten the collective timeout to see a hung peer fail the job in seconds.
+TIMEOUT_ENV = "TORCHYARD_COLLECTIVE_TIMEOUT_SECONDS"
+
+
+@dataclass
+class Group:
+    """This process's place in a multi-worker CompressionJob."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    """Where the distillation fine-tune runs (cuda:LOCAL_RANK with nccl, else the CPU)."""
+    backend: str
+    control: Any
+    """The gloo process group of commands (ProcessGroup)."""
+
+    def send(self, message: Any) -> None:
+        """Rank 0: a command to every other rank."""
+        dist.broadcast_object_list([message], src=0, group=self.control)
+
+    def receive(self) -> Any:
+        """Other ranks: the next command of rank 0 (waits as long as rank 0 works alone)."""
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` of every rank, in rank order (a collective of the default group)."""
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
+    def ack(self) -> None:
+        """Every rank reached this point (bounded by the collective timeout): rank 0 leaves
+        only after the others have its outcome."""
+        work = dist.all_reduce(torch.zeros(1), group=self.control, async_op=True)
+        assert work is not None
+        work.wait(collective_timeout())
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+
+
+def has_distill(spec: Any) -> bool:
+    return any(step.distill is not None for step in spec.steps)
+
+
+def check_world(spec: Any, world_size: int) -> None:
+    """Only distillation runs on several ranks (the API's rule on ``spec.workers``, checked
+    again for a worker started by hand with WORLD_SIZE > 1)."""
+    if world_size > 1 and not has_distill(spec):
+        raise ConfigError(
+            f"spec.workers: WORLD_SIZE={world_size} but spec.steps has no distill step; only "
+            "the distillation fine-tune runs data-parallel (prune and quantize run on one "
+            "worker): set workers: 1"
+        )
+
+
+def collective_timeout() -> timedelta:
+    raw = os.environ.get(TIMEOUT_ENV)
+    if not raw:
+        return COLLECTIVE_TIMEOUT
+    try:
+        return timedelta(seconds=float(raw))
+    except ValueError as exc:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from exc
+
+
+def start(env: Any, spec: Any) -> Group:
+    """Join the process group (and the control group) of the job's ranks."""
+    from torchyard_trainer.train.common import init_distributed
+
+    device = init_distributed(env, timeout=collective_timeout())
+    deadline = spec.run_policy.active_deadline_seconds
+    control_timeout = timedelta(seconds=deadline) if deadline else CONTROL_TIMEOUT
+    control = dist.new_group(backend="gloo", timeout=control_timeout)
+    backend = str(dist.get_backend())
+    log.info("rank %d of %d joined (%s, distillation on %s)", env.rank, env.world_size,
+             backend, device)
+    return Group(env.rank, env.world_size, device, backend, control)
+
+
+__all__ = ["Group", "check_world", "has_distill", "start"]
