@@ -51,10 +51,11 @@ def torchao_probe(method: str) -> str | None:
 
             lin = nn.Linear(64, 32)
             if method == "weightOnlyInt4":
-                dev = "cuda" if torch.cuda.is_available() else "cpu"
-                lin = lin.to(dev, torch.bfloat16)
+                # probed on the CPU, where the compression runtime computes (a CUDA-only
+                # kernel would pass a CUDA probe and then fail inside the search)
+                lin = lin.to(torch.bfloat16)
                 quantize_(lin, Int4WeightOnlyConfig(group_size=INT4_GROUP))
-                lin(torch.randn(2, 64, device=dev, dtype=torch.bfloat16))
+                lin(torch.randn(2, 64, dtype=torch.bfloat16))
             else:
                 quantize_(lin, Int8DynamicActivationInt8WeightConfig())
                 lin(torch.randn(2, 64))
@@ -95,8 +96,9 @@ def resolve_backend(method: str, requested: str) -> tuple[str, str | None]:
             raise ConfigError(f"quantize {method} with backend {requested} is not available on "
                               f"this platform ({why})")
         return requested, None
-    cuda = torch.cuda.is_available()
-    order = ("torchao", "torch.ao", "reference") if cuda else ("torch.ao", "torchao", "reference")
+    # the runtime computes on the CPU (fine-tuning, evaluation, latency), where torch.ao's
+    # fbgemm/x86 kernels are the fastest int8 path; torchao's are the fallback
+    order = ("torch.ao", "torchao", "reference")
     tried: dict[str, str | None] = {}
     for b in order:  # probed lazily: torchao is imported only when it may be chosen
         if b not in options:
