@@ -8,7 +8,10 @@ kubelet would (completion index, namespace) and rewritten where a laptop differs
 * ``TORCHYARD_SPEC`` → the resolved manifest written to ``<run dir>/spec.yaml``;
 * ``TORCHYARD_RESULT_FILE`` (``/dev/termination-log`` in a pod) → ``<run dir>/pod-<i>/result.json``;
 * ``TORCHYARD_OUTPUT_DIR`` → ``<run dir>/pod-<i>``; ``TORCHYARD_PVC_ROOT`` → a local folder;
-* ``TORCHYARD_METRICS_PORT`` → base + i × procsPerWorker (pods share one host here).
+* ``TORCHYARD_METRICS_PORT`` → the first of ``procsPerWorker`` consecutive free local ports per
+  pod (local rank r serves base + r), picked afresh for every attempt like the rendezvous port,
+  so that runs side by side (or anything else on 9400) never collide. Where each rank serves is
+  printed and written to ``<run dir>/metrics-targets.json``, a Prometheus ``file_sd`` file.
 
 Like the operator, one failed worker restarts the *whole group* (all pods), counted against
 ``runPolicy.backoffLimit``; exit codes are classified by ``runPolicy.retryPolicy`` (ExitCode:
@@ -61,10 +64,41 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 # preparing the pods
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+METRICS_TARGETS_FILE = "metrics-targets.json"
+LOCAL_HOST = "127.0.0.1"
+MAX_PORT = 65535
+PORT_TRIES = 100
+
+
+def free_port_blocks(sizes: list[int]) -> list[int]:
+    """For each size n, the first of n consecutive ports free on 127.0.0.1; no two blocks
+    overlap. Every port is held (bound) until all are picked, then released for the workers."""
+    with contextlib.ExitStack() as held:
+        starts = []
+        for size in sizes:
+            for _ in range(PORT_TRIES):
+                first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                first.bind((LOCAL_HOST, 0))
+                start = int(first.getsockname()[1])
+                block = [first]
+                try:
+                    if start + size - 1 > MAX_PORT:
+                        raise OSError("block past the last port")
+                    for port in range(start + 1, start + size):
+                        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                        block.append(sock)
+                        sock.bind((LOCAL_HOST, port))
+                except OSError:
+                    for sock in block:
+                        sock.close()
+                    continue
+                for sock in block:
+                    held.enter_context(sock)
+                starts.append(start)
+                break
+            else:
+                raise OSError(f"no {size} consecutive free local ports in {PORT_TRIES} tries")
+        return starts
 
 
 def with_overrides(job: AnyJob, workers: int | None, procs_per_worker: int | None) -> AnyJob:
@@ -133,6 +167,8 @@ class PodPlan:
     command: list[str]
     env: dict[str, str]
     out_dir: Path
+    metrics_ports: list[int] = field(default_factory=list)
+    """The port each local rank serves its metrics on (index = local rank)."""
 
 
 def plan_pods(job: AnyJob, run_dir: Path, pvc_root: Path, attempt: int) -> list[PodPlan]:
@@ -152,7 +188,8 @@ def plan_pods(job: AnyJob, run_dir: Path, pvc_root: Path, attempt: int) -> list[
         command = [sys.executable, "-m", "torchyard_trainer.launch", *command[1:]]
     workers = int(children.job["spec"]["parallelism"])
     procs = job.spec.procs_per_worker if isinstance(job, TrainingJob) else 1
-    port = free_port()
+    # the rendezvous port, then one block of procsPerWorker metrics ports per pod
+    port, *metrics_bases = free_port_blocks([1] + [procs] * workers)
     pods = []
     for index in range(workers):
         env: dict[str, str] = {}
@@ -162,23 +199,50 @@ def plan_pods(job: AnyJob, run_dir: Path, pvc_root: Path, attempt: int) -> list[
                 env[entry["name"]] = value
         out_dir = run_dir / f"pod-{index}"
         out_dir.mkdir(parents=True, exist_ok=True)
-        base_metrics = int(env.get("TORCHYARD_METRICS_PORT", "9400"))
+        base_metrics = metrics_bases[index]
         env.update(
             {
-                "PET_MASTER_ADDR": "127.0.0.1",
-                "MASTER_ADDR": "127.0.0.1",
+                "PET_MASTER_ADDR": LOCAL_HOST,
+                "MASTER_ADDR": LOCAL_HOST,
                 "PET_MASTER_PORT": str(port),
                 "MASTER_PORT": str(port),
                 "TORCHYARD_SPEC": str(spec_path),
                 "TORCHYARD_OUTPUT_DIR": str(out_dir),
                 "TORCHYARD_RESULT_FILE": str(out_dir / "result.json"),
                 "TORCHYARD_PVC_ROOT": str(pvc_root),
-                "TORCHYARD_METRICS_PORT": str(base_metrics + index * procs),
+                "TORCHYARD_METRICS_PORT": str(base_metrics),
                 "TORCHYARD_RESTART_COUNT": str(attempt),
             }
         )
-        pods.append(PodPlan(index, command, env, out_dir))
+        ports = [base_metrics + r for r in range(procs)]
+        pods.append(PodPlan(index, command, env, out_dir, ports))
+    write_metrics_targets(run_dir / METRICS_TARGETS_FILE, pods)
     return pods
+
+
+def metrics_targets(pods: list[PodPlan]) -> list[dict[str, Any]]:
+    """Where every process serves its metrics, as Prometheus ``file_sd`` target groups, in rank
+    order (torchrun numbers ranks pod by pod: pod index × procsPerWorker + local rank). The
+    workers export their own job/namespace/rank labels; these say which process it is."""
+    return [
+        {
+            "targets": [f"{LOCAL_HOST}:{port}"],
+            "labels": {"pod": f"pod-{pod.index}", "local_rank": str(local_rank)},
+        }
+        for pod in pods
+        for local_rank, port in enumerate(pod.metrics_ports)
+    ]
+
+
+def write_metrics_targets(path: Path, pods: list[PodPlan]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(metrics_targets(pods), indent=1) + "\n")
+    tmp.replace(path)  # atomic: Prometheus never reads half a file
+
+
+def metrics_summary(pods: list[PodPlan]) -> str:
+    ranks = [port for pod in pods for port in pod.metrics_ports]
+    return ", ".join(f"rank {rank} {LOCAL_HOST}:{port}" for rank, port in enumerate(ranks))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,6 +445,9 @@ def report(job: AnyJob, run_dir: Path, code: int, restarts: int, started: float)
     png = plot(read_events(run_dir / "pod-0" / "progress.jsonl"), run_dir / "curves.png")
     if png is not None:
         table.add_row("curves", str(png))
+    targets = run_dir / METRICS_TARGETS_FILE
+    if targets.exists():
+        table.add_row("metrics targets", str(targets))
     table.add_row("logs", str(run_dir / "pod-*" / "log.txt"))
     console.print(table)
 
@@ -430,6 +497,10 @@ def run_job(job: AnyJob, base_dir: Path) -> int:
             task = progress.add_task(job.metadata.name, total=None, info="starting", acc="")
             while True:
                 pods = plan_pods(job, run_dir, pvc_root, attempt)
+                console.print(
+                    f"metrics: {metrics_summary(pods)} "
+                    f"(Prometheus file_sd: {run_dir / METRICS_TARGETS_FILE})"
+                )
                 code, failed = run_group(job, pods, attempt, progress, task)
                 if code == 0:
                     break

@@ -44,6 +44,7 @@ from torchyard.devcluster import (
     set_pod_hold,
 )
 from torchyard.devcluster.testing import Kube, poll
+from torchyard.local import METRICS_TARGETS_FILE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -51,7 +52,6 @@ DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 ALERTS = CHART / "files" / "alerts.yaml"
 SCRAPE = "500ms"
 RATE_INTERVAL = "10s"  # Grafana's $__rate_interval for this scrape interval (>= 4 scrapes)
-WORKER_PORTS = (9400, 9401)  # torchyard run: TORCHYARD_METRICS_PORT 9400 + pod index
 
 # Worker metrics a CPU run of an MLP cannot produce (the worker only sets them when known).
 NOT_ON_THIS_RUN = {
@@ -169,24 +169,6 @@ def _selectors(expr: str) -> list[str]:
     return out
 
 
-def _wait_ports_free(ports: tuple[int, ...], timeout: float = 300.0) -> None:
-    """torchyard run binds fixed metrics ports; another run on this host must end first."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        busy = []
-        for p in ports:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", p)) == 0:
-                    busy.append(p)
-        if not busy:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"ports {busy} stay busy (another `torchyard run` on this host?)")
-        time.sleep(2)
-
-
 # ---------------------------------------------------------------------------------- scenario
 
 
@@ -201,6 +183,7 @@ class Scenario:
     operator: OperatorProcess
     operator_metrics: str  # the /metrics text of the operator at the end
     compression_report: dict[str, Any]  # the real local compression's report (result.json)
+    worker_targets: list[str]  # every rank's metrics address, as the local run recorded them
 
     @property
     def variables(self) -> dict[str, str]:
@@ -277,7 +260,14 @@ def scenario(
     local = None
     try:
         operator.wait_healthy()
-        # ---- Prometheus: scrape the operator and the two local workers, load the alert rules
+        # ---- Prometheus: scrape the operator and every rank of the local run, load the alerts.
+        # `torchyard run` picks free metrics ports and records where each rank serves in a
+        # file_sd file of its run folder: Prometheus follows that file (made before the run, so
+        # that the folder exists for its watch; refreshed each second as well).
+        local_job = f"digits-e2e-{suffix}"
+        run_dir = tmp / "run"
+        targets_file = run_dir / "torchyard-runs" / local_job / METRICS_TARGETS_FILE
+        targets_file.parent.mkdir(parents=True)
         prom_port = free_port()
         config = {
             "global": {
@@ -294,7 +284,7 @@ def scenario(
                 {
                     "job_name": "torchyard-workers",
                     "honor_labels": True,
-                    "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in WORKER_PORTS]}],
+                    "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "1s"}],
                 },
             ],
         }
@@ -326,15 +316,11 @@ def scenario(
         start = time.time()
 
         # ---- the local run of the digits example (unique name: its series are ours)
-        _wait_ports_free(WORKER_PORTS)
-        local_job = f"digits-e2e-{suffix}"
         manifest = yaml.safe_load((REPO / "examples" / "digits-ddp.yaml").read_text())
         manifest["metadata"]["name"] = local_job
         manifest["spec"]["epochs"] = 60  # ~15 s of training at 2-4 scrapes a second
         (tmp / "digits.yaml").write_text(yaml.safe_dump(manifest))
         assert load_manifests(tmp / "digits.yaml")
-        run_dir = tmp / "run"
-        run_dir.mkdir()
         local = subprocess.Popen(
             [str(REPO / ".venv" / "bin" / "torchyard"), "run", str(tmp / "digits.yaml")],
             cwd=run_dir,
@@ -400,6 +386,7 @@ def scenario(
 
         code = local.wait(timeout=900)
         assert code == 0, (tmp / "run.log").read_text()[-3000:]
+        worker_targets = [t for g in json.loads(targets_file.read_text()) for t in g["targets"]]
 
         # ---- a real compression of the model that run produced (`torchyard run`, local). Its
         # result — byte for byte what a worker pod writes to its termination message — ends
@@ -457,6 +444,7 @@ def scenario(
             operator,
             op_metrics,
             compression_report,
+            worker_targets,
         )
     finally:
         if local is not None and local.poll() is None:
@@ -468,6 +456,26 @@ def scenario(
             prom_proc.wait(timeout=30)
         for name in (ns, quota_ns):
             kube.core.delete_namespace(name, propagation_policy="Background")
+
+
+def test_every_rank_the_local_run_recorded_was_scraped(scenario: Scenario) -> None:
+    """One target per process of the local run, each scraped (up == 1) and serving its own rank
+    of this run: the ports the run picked are the ones it recorded."""
+    manifest = yaml.safe_load((REPO / "examples" / "digits-ddp.yaml").read_text())
+    world = manifest["spec"]["workers"] * manifest["spec"]["procsPerWorker"]
+    assert len(set(scenario.worker_targets)) == world, scenario.worker_targets
+    window = f"{scenario.range_s}s"
+    up = scenario.prom.query(
+        f'max_over_time(up{{job="torchyard-workers"}}[{window}])', at=scenario.end
+    )
+    scraped = {s["metric"]["instance"]: s["value"][1] for s in up}
+    assert scraped == dict.fromkeys(scenario.worker_targets, "1")
+    restarts = f'torchyard_worker_restarts{{job="{scenario.local_job}"}}'
+    served = scenario.prom.query(
+        f"group by (instance, rank) (last_over_time({restarts}[{window}]))", at=scenario.end
+    )
+    ranks = {s["metric"]["instance"]: s["metric"]["rank"] for s in served}
+    assert ranks == {t: str(rank) for rank, t in enumerate(scenario.worker_targets)}
 
 
 # ---------------------------------------------------------------------------------- dashboards
