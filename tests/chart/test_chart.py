@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from tests.chart.conftest import ALL_OPTIONS, CHART, REPO, by_kind, helm_template, one
-from torchyard.api import load_manifests
-from torchyard.api.constants import DEFAULT_METRICS_PORT, Label
-from torchyard.builders import build_children
+from torchyard.api import TrainingJob, load_manifests
+from torchyard.api.constants import Env, Label
+from torchyard.builders import METRICS_PORT_NAME_PREFIX, build_children
 
 VALUES_CASES = {"default": [], "all-options": [ALL_OPTIONS]}
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
@@ -311,17 +311,61 @@ def test_long_release_names_fit_63_characters(helm: str) -> None:
 # ------------------------------------------------------------------------------ monitoring
 
 
-def test_podmonitor_selects_the_pods_the_builders_make(helm: str) -> None:
+def _relabel(rules: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, str] | None:
+    """Prometheus' relabeling (keep, drop, replace) of one discovered target; None: dropped."""
+    labels = dict(labels)
+    for rule in rules:
+        action = rule.get("action", "replace")
+        assert action in ("keep", "drop", "replace"), rule
+        sources = rule.get("sourceLabels", [])
+        value = rule.get("separator", ";").join(labels.get(n, "") for n in sources)
+        m = re.fullmatch(rule.get("regex", "(.*)"), value)
+        if (action == "keep" and m is None) or (action == "drop" and m is not None):
+            return None
+        if action == "replace" and m is not None:
+            labels[rule["targetLabel"]] = m.expand(rule.get("replacement", "$1").replace("$", "\\"))
+    return labels
+
+
+@pytest.mark.parametrize("procs", [1, 4])
+def test_podmonitor_scrapes_every_process_of_the_pods_the_builders_make(
+    helm: str, procs: int
+) -> None:
     docs = helm_template(helm, values=[ALL_OPTIONS])
     pm = one(docs, "PodMonitor")
     (job,) = load_manifests(REPO / "examples" / "digits-ddp.yaml")
+    assert isinstance(job, TrainingJob)
+    job.spec.procs_per_worker = procs
     pod = build_children(job, namespace="team-a", restart_count=0).job["spec"]["template"]
     selector = pm["spec"]["selector"]["matchLabels"]
     assert selector == {Label.ROLE: "worker"}
     assert selector.items() <= pod["metadata"]["labels"].items()
     (endpoint,) = pm["spec"]["podMetricsEndpoints"]
-    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
-    assert ports[endpoint["port"]] == DEFAULT_METRICS_PORT
+    # Prometheus' pod discovery: one target per declared container port, kept or dropped by the
+    # endpoint's relabelings (no `port:` filter, which would keep one port name only)
+    assert "port" not in endpoint
+    assert "portNumber" not in endpoint
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    base = int(env[Env.METRICS_PORT])
+    scraped = {}
+    for port in container["ports"]:
+        target = _relabel(
+            endpoint["relabelings"],
+            {
+                "__meta_kubernetes_pod_container_port_name": port["name"],
+                "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+            },
+        )
+        if target is not None:
+            scraped[port["containerPort"]] = target
+    # local rank r serves TORCHYARD_METRICS_PORT + r: all of them are scraped, nothing else
+    assert sorted(scraped) == [base + r for r in range(procs)]
+    assert {t["endpoint"] for t in scraped.values()} == {
+        f"{METRICS_PORT_NAME_PREFIX}{r}" for r in range(procs)
+    }
+    # the values' own relabelings still apply, after the port filter
+    assert all(t["cluster"] == "dev" for t in scraped.values())
     # the workers' own job/namespace/rank labels must win over the scrape job's
     assert endpoint["honorLabels"] is True
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
@@ -329,6 +373,8 @@ def test_podmonitor_selects_the_pods_the_builders_make(helm: str) -> None:
         assert label in pod["metadata"]["labels"]
     default_pm = one(helm_template(helm, sets=["metrics.podMonitor.enabled=true"]), "PodMonitor")
     assert default_pm["spec"]["namespaceSelector"] == {"any": True}
+    (default_endpoint,) = default_pm["spec"]["podMetricsEndpoints"]
+    assert default_endpoint["relabelings"] == endpoint["relabelings"][:2]
 
 
 def test_servicemonitor_selects_the_metrics_service(helm: str) -> None:

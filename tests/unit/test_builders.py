@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -11,7 +12,12 @@ from torchyard.api import CompressionJob, TrainingJob, load_manifest
 from torchyard.api.compression import CompressionJobSpec
 from torchyard.api.constants import DNS_1035_LABEL, MAX_JOB_NAME_LENGTH
 from torchyard.api.training import TrainingJobSpec
-from torchyard.builders import Children, build_children
+from torchyard.builders import (
+    METRICS_PORT_NAME_PREFIX,
+    METRICS_PORT_NAME_REGEX,
+    Children,
+    build_children,
+)
 
 
 def digits() -> TrainingJob:
@@ -190,3 +196,34 @@ def test_child_names_fit_dns_labels_at_the_longest_job_name_and_most_workers(kin
     assert len(last) <= 63, last
     master = env_of(children.job)["PET_MASTER_ADDR"]
     assert all(len(part) <= 63 for part in master.split("."))
+
+
+IANA_SVC_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*$")
+# the schema's upper bound of procsPerWorker: the longest metrics port names
+MAX_PROCS = next(
+    m.le for m in TrainingJobSpec.model_fields["procs_per_worker"].metadata if hasattr(m, "le")
+)
+
+
+@pytest.mark.parametrize("procs", [1, 4, MAX_PROCS])
+def test_every_local_rank_declares_its_metrics_port(procs: int) -> None:
+    """Local rank r serves TORCHYARD_METRICS_PORT + r (the worker's rule): the pod declares one
+    named port per process, all matching the PodMonitor's name regex, and the Service lists the
+    same ports."""
+    job = digits()
+    job.spec.procs_per_worker = procs
+    children = build_children(job)
+    (container,) = children.job["spec"]["template"]["spec"]["containers"]
+    base = int(env_of(children.job)["TORCHYARD_METRICS_PORT"])
+    declared = {p["name"]: p["containerPort"] for p in container["ports"]}
+    metrics = {n: p for n, p in declared.items() if re.fullmatch(METRICS_PORT_NAME_REGEX, n)}
+    assert sorted(metrics.values()) == [base + r for r in range(procs)]
+    assert metrics == {f"{METRICS_PORT_NAME_PREFIX}{r}": base + r for r in range(procs)}
+    # the other ports (rendezvous) are not scraped
+    assert all(not re.fullmatch(METRICS_PORT_NAME_REGEX, n) for n in declared.keys() - metrics)
+    assert len(container["ports"]) == len(declared)  # names are unique
+    assert len({p["containerPort"] for p in container["ports"]}) == len(declared)
+    for name in declared:
+        assert IANA_SVC_NAME.fullmatch(name), name
+    service = {p["name"]: p["targetPort"] for p in children.service["spec"]["ports"]}
+    assert service == declared

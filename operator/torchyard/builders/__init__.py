@@ -2,6 +2,8 @@
 
 from torchyard.builders.workers import (
     DEFAULT_COMMAND,
+    METRICS_PORT_NAME_PREFIX,
+    METRICS_PORT_NAME_REGEX,
     RESULT_FILE,
     SPEC_FILE,
     SPEC_MOUNT_DIR,
@@ -16,6 +18,7 @@ from torchyard.builders.workers import (
     child_name,
     configmap_name,
     master_address,
+    metrics_ports,
     podgroup_name,
     selector_labels,
     service_name,
@@ -26,6 +29,8 @@ from torchyard.builders.workers import (
 
 __all__ = [
     "DEFAULT_COMMAND",
+    "METRICS_PORT_NAME_PREFIX",
+    "METRICS_PORT_NAME_REGEX",
     "RESULT_FILE",
     "SPEC_FILE",
     "SPEC_MOUNT_DIR",
@@ -40,6 +45,7 @@ __all__ = [
     "child_name",
     "configmap_name",
     "master_address",
+    "metrics_ports",
     "podgroup_name",
     "selector_labels",
     "service_name",

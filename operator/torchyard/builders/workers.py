@@ -42,6 +42,11 @@ RESTART_ANNOTATION = "torchyard.io/restart-count"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+# Local rank r of a pod serves its metrics on TORCHYARD_METRICS_PORT + r, declared as the container
+# port ``metrics-<r>`` (15 characters at most: procsPerWorker <= 64 leaves plenty of room); the
+# chart's PodMonitor keeps every port whose name matches METRICS_PORT_NAME_REGEX.
+METRICS_PORT_NAME_PREFIX = "metrics-"
+METRICS_PORT_NAME_REGEX = "metrics-[0-9]+"
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,14 @@ def pvc_mounts(uris: list[str]) -> list[tuple[str, str]]:
             claim = uri.removeprefix("pvc://").split("/", 1)[0]
             claims.setdefault(claim, f"{STORAGE_MOUNT_ROOT}/{claim}")
     return sorted(claims.items())
+
+
+def metrics_ports(w: Workload) -> list[tuple[str, int]]:
+    """(port name, port) of every process of a pod: local rank r serves the base port + r."""
+    return [
+        (f"{METRICS_PORT_NAME_PREFIX}{r}", DEFAULT_METRICS_PORT + r)
+        for r in range(w.procs_per_worker)
+    ]
 
 
 def worker_env(w: Workload, restart_count: int = 0) -> list[dict[str, Any]]:
@@ -246,11 +259,10 @@ def build_service(w: Workload) -> Manifest:
                     "port": DEFAULT_MASTER_PORT,
                     "targetPort": DEFAULT_MASTER_PORT,
                 },
-                {
-                    "name": "metrics",
-                    "port": DEFAULT_METRICS_PORT,
-                    "targetPort": DEFAULT_METRICS_PORT,
-                },
+                *(
+                    {"name": name, "port": port, "targetPort": port}
+                    for name, port in metrics_ports(w)
+                ),
             ],
         },
     }
@@ -330,7 +342,7 @@ def build_worker_job(
         "env": worker_env(w, restart_count),
         "ports": [
             {"name": "rendezvous", "containerPort": DEFAULT_MASTER_PORT},
-            {"name": "metrics", "containerPort": DEFAULT_METRICS_PORT},
+            *({"name": name, "containerPort": port} for name, port in metrics_ports(w)),
         ],
         "resources": _resources(w.resources),
         "volumeMounts": mounts,
