@@ -37,7 +37,15 @@ from pydantic import ValidationError
 from torchyard.api import CompressionJob, TrainingJob
 from torchyard.api.common import ModelVersionStatus
 from torchyard.api.compression import CompressionReport, Trial
-from torchyard.api.constants import ConditionType, Label, Phase, Reason
+from torchyard.api.constants import (
+    COMPRESSION_CHILD_SUFFIX,
+    COMPRESSION_JOB_KIND,
+    TRAINING_JOB_KIND,
+    ConditionType,
+    Label,
+    Phase,
+    Reason,
+)
 from torchyard.api.manifest import format_validation_error
 from torchyard.api.training import CheckpointStatus, Progress
 
@@ -125,6 +133,9 @@ class JobInfo:
     queue: str | None = None
     """Kueue's LocalQueue (the Job's ``kueue.x-k8s.io/queue-name`` label): Kueue owns its
     ``spec.suspend``."""
+    owned: bool = True
+    """False: a Job with this job's labels whose controller is another object (an earlier job
+    of the same name, deleted and not yet garbage-collected): waited out, never touched."""
 
     @property
     def finished(self) -> bool:
@@ -199,7 +210,8 @@ class ActionKind(enum.Enum):
     RESUME_JOB = "resume-job"
     """Clear the batch Job's spec.suspend."""
     CLEAN_PODS = "clean-pods"
-    """Delete worker pods per cleanPodPolicy (``pod_policy``: Running or All)."""
+    """Delete the worker pods of the batch Job ``job_uid`` per cleanPodPolicy (``pod_policy``:
+    Running or All)."""
 
 
 @dataclass(frozen=True)
@@ -553,8 +565,9 @@ class _Builder:
             # Deadline or a lost race: workers still run; suspending the Job removes its
             # active pods and keeps the Job (and the finished pods) for inspection.
             self.before(Action(ActionKind.SUSPEND_JOB, job_uid=job.uid))
-        if job is not None and policy in ("Running", "All"):
-            self.before(Action(ActionKind.CLEAN_PODS, pod_policy=policy))
+        if job is not None and job.owned and policy in ("Running", "All"):
+            # Only the pods of this job's own Job (by its uid), never another's.
+            self.before(Action(ActionKind.CLEAN_PODS, job_uid=job.uid, pod_policy=policy))
 
     def done(self) -> Decision:
         self.status["observedGeneration"] = self.gen
@@ -669,6 +682,78 @@ def classify_refusal(
             Reason.INVALID_SPEC, f"the API server refused the {what}: {api_message}", False
         )
     return None
+
+
+def controller_ref(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The ownerReference with ``controller: true`` of an object (a dict as the API returns
+    it), or None."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def controlled_by(obj: dict[str, Any], owner_uid: str | None) -> bool:
+    """True when the object's controller ownerReference names ``owner_uid`` — the only proof
+    that an object (a child found by name) is this job's. Names and labels prove nothing:
+    another job, an earlier job of the same name or a user may have made it."""
+    ref = controller_ref(obj)
+    return bool(owner_uid) and ref is not None and ref.get("uid") == owner_uid
+
+
+def classify_existing(
+    child_kind: str,
+    existing: dict[str, Any],
+    job_kind: str,
+    job_name: str,
+    job_uid: str,
+) -> Refusal | None:
+    """What an existing object that holds a child's name (a create answered 409) means.
+
+    None when it is this job's own (its controller ownerReference has the job's uid): the
+    child exists, go on. Otherwise the name is taken — by another job's child (a
+    CompressionJob ``x`` and a TrainingJob ``x-cj`` both name theirs ``x-cj``), by what an
+    earlier job of the same name left for the garbage collector, or by an object a user made:
+    the job must not adopt, change or delete it. That may pass (the other object is deleted),
+    so it is temporary (``NameConflict``, retried with backoff like :func:`classify_refusal`'s
+    temporary refusals), and the message names the object, its owner and what to do.
+    """
+    if controlled_by(existing, job_uid):
+        return None
+    meta = existing.get("metadata") or {}
+    what = f"{CHILD_WHAT.get(child_kind, child_kind)} {meta.get('name', '?')}"
+    going = " (being deleted)" if meta.get("deletionTimestamp") else ""
+    ref = controller_ref(existing)
+    retry = "; retrying with backoff until the name is free"
+    if ref is None:
+        return Refusal(
+            Reason.NAME_CONFLICT,
+            f"the {what} already exists{going} and is not owned by any job (no controller "
+            f"ownerReference): torchyard never adopts, changes or deletes it — delete or "
+            f"rename that object, or rename this {job_kind}{retry}",
+            temporary=True,
+        )
+    owner = f"{ref.get('kind', '?')} {ref.get('name', '?')}"
+    if ref.get("kind") == job_kind and ref.get("name") == job_name:
+        return Refusal(
+            Reason.NAME_CONFLICT,
+            f"the {what} still belongs to an earlier {owner} (uid {ref.get('uid')}), deleted "
+            f"and not yet garbage-collected{going}: waiting for it to go{retry}",
+            temporary=True,
+        )
+    hint = ""
+    if ref.get("kind") in (TRAINING_JOB_KIND, COMPRESSION_JOB_KIND):
+        hint = (
+            f" (a {TRAINING_JOB_KIND}'s children are named after it, a "
+            f"{COMPRESSION_JOB_KIND}'s <name>{COMPRESSION_CHILD_SUFFIX})"
+        )
+    return Refusal(
+        Reason.NAME_CONFLICT,
+        f"the {what} already exists{going} and belongs to {owner}, not to this {job_kind} "
+        f"{job_name}: torchyard never adopts, changes or deletes it — rename this {job_kind} "
+        f"or the {owner}{hint}, or delete the {owner}{retry}",
+        temporary=True,
+    )
 
 
 def decide(view: JobView, obs: Observed) -> Decision:

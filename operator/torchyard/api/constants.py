@@ -75,6 +75,10 @@ class Reason:
     QUOTA_EXCEEDED: Final = "QuotaExceeded"
     GANG_SCHEDULER_MISSING: Final = "GangSchedulerMissing"
     CREATE_FORBIDDEN: Final = "CreateForbidden"
+    # A child's name is taken by an object this job does not own (another job's child, an
+    # earlier job of the same name still being garbage-collected, a user's object): never
+    # adopted, changed or deleted; retried with backoff until the name is free.
+    NAME_CONFLICT: Final = "NameConflict"
     ACCURACY_GATE_FAILED: Final = "AccuracyGateFailed"
 
 

@@ -52,7 +52,9 @@ from torchyard.status import (
     PodInfo,
     Refusal,
     SourceInfo,
+    classify_existing,
     classify_refusal,
+    controlled_by,
     decide,
     decide_blocked,
     decide_failure,
@@ -290,10 +292,14 @@ class Reconciler:
         now = datetime.now(UTC)
         job_body = self.jobs.get(key)
         job = JobInfo.from_dict(job_body) if job_body else None
-        if job is not None and job_body is not None and not _owned_by(job_body, body):
+        if (
+            job is not None
+            and job_body is not None
+            and not controlled_by(job_body, (body.get("metadata") or {}).get("uid"))
+        ):
             # A Job of an earlier object with the same name (deleted and re-created while
             # its children are still being garbage-collected): never ours, wait it out.
-            job = replace(job, deleting=True, restart_count=-1)
+            job = replace(job, deleting=True, restart_count=-1, owned=False)
         obs = Observed(now=now, job=job)
         decision = decide(view, obs)
         if decision.needs_source:
@@ -368,11 +374,11 @@ class Reconciler:
             elif action.kind is ActionKind.DELETE_JOB:
                 self._delete_job(key, action.job_uid)
             elif action.kind is ActionKind.SUSPEND_JOB:
-                self._suspend_job(key, True)
+                self._suspend_job(key, True, action.job_uid)
             elif action.kind is ActionKind.RESUME_JOB:
-                self._suspend_job(key, False)
+                self._suspend_job(key, False, action.job_uid)
             elif action.kind is ActionKind.CLEAN_PODS:
-                self._clean_pods(key, str(action.pod_policy))
+                self._clean_pods(key, str(action.pod_policy), action.job_uid)
 
     def _create(self, key: Key, body: dict[str, Any], view: JobView, restart_count: int) -> None:
         assert view.parsed is not None
@@ -395,27 +401,35 @@ class Reconciler:
         )
         objs = children.all()
         kopf.adopt(objs, owner=body)  # type: ignore[arg-type]
+        uid = str((body.get("metadata") or {}).get("uid") or "")
         for obj in objs:
             kind = obj["kind"]
+            name = obj["metadata"]["name"]
             if kind == "ConfigMap":
                 self._create_or_exists(
+                    key,
+                    uid,
                     obj,
                     "configmaps",
                     partial(self.core.create_namespaced_config_map, ns, obj, **RAW),
-                    update=partial(
-                        self.core.patch_namespaced_config_map,
-                        obj["metadata"]["name"],
-                        ns,
-                        {"data": obj["data"]},
-                    ),
+                    read=partial(self.core.read_namespaced_config_map, name, ns, **RAW),
+                    patch=partial(self.core.patch_namespaced_config_map, name, ns, **RAW),
+                    data={"data": obj["data"]},
                 )
             elif kind == "Service":
                 self._create_or_exists(
-                    obj, "services", partial(self.core.create_namespaced_service, ns, obj, **RAW)
+                    key,
+                    uid,
+                    obj,
+                    "services",
+                    partial(self.core.create_namespaced_service, ns, obj, **RAW),
+                    read=partial(self.core.read_namespaced_service, name, ns, **RAW),
                 )
             elif kind == "PodGroup":
                 group, version = obj["apiVersion"].split("/")
                 self._create_or_exists(
+                    key,
+                    uid,
                     obj,
                     "podgroups",
                     partial(
@@ -427,29 +441,50 @@ class Reconciler:
                         obj,
                         **RAW,
                     ),
+                    read=partial(
+                        self.custom.get_namespaced_custom_object,
+                        group,
+                        version,
+                        ns,
+                        "podgroups",
+                        name,
+                        **RAW,
+                    ),
                     gang=gang_text,
                 )
             elif kind == "Job":
                 created = self._create_or_exists(
-                    obj, "jobs", partial(self.batch.create_namespaced_job, ns, obj, **RAW)
+                    key,
+                    uid,
+                    obj,
+                    "jobs",
+                    partial(self.batch.create_namespaced_job, ns, obj, **RAW),
+                    read=partial(self.batch.read_namespaced_job, name, ns, **RAW),
                 )
                 if created is not None:
                     self.observe_job(json.loads(created.data), "ADDED")
 
     def _create_or_exists(
         self,
+        key: Key,
+        uid: str,
         obj: dict[str, Any],
         resource: str,
         create: Callable[[], Any],
-        update: Callable[[], Any] | None = None,
+        read: Callable[[], Any],
+        patch: Callable[[dict[str, Any]], Any] | None = None,
+        data: dict[str, Any] | None = None,
         gang: str = "",
     ) -> Any:
+        """Create one child. Returns the created object's raw response, or None when the
+        child already exists and is this job's own (then ``data`` is patched in, if given).
+        A name taken by an object this job does not own raises :class:`Blocked`
+        (``NameConflict``): that object is never adopted, patched or deleted."""
         try:
             return self._call("create", resource, create)
         except client.ApiException as exc:
             if exc.status == 409:
-                if update is not None:
-                    self._call("patch", resource, update)
+                self._check_existing(key, uid, obj, resource, read, patch, data)
                 return None
             refusal = classify_refusal(
                 str(obj.get("kind")), str(obj.get("apiVersion")), exc.status, _reason(exc), gang
@@ -460,6 +495,42 @@ class Reconciler:
                 raise Blocked(refusal) from exc
             raise _Refused(refusal) from exc
 
+    def _check_existing(
+        self,
+        key: Key,
+        uid: str,
+        obj: dict[str, Any],
+        resource: str,
+        read: Callable[[], Any],
+        patch: Callable[[dict[str, Any]], Any] | None,
+        data: dict[str, Any] | None,
+    ) -> None:
+        """The child's name is taken: by this job's own child (go on), or not (blocked)."""
+        try:
+            existing: dict[str, Any] = json.loads(self._call("get", resource, read).data)
+        except client.ApiException as exc:
+            if exc.status == 404:  # gone meanwhile: create it on the next pass
+                raise Conflict() from exc
+            raise
+        refusal = classify_existing(str(obj.get("kind")), existing, key[0], key[2], uid)
+        if refusal is not None:
+            raise Blocked(refusal)
+        if obj.get("kind") == "Job":
+            existing.setdefault("apiVersion", "batch/v1")
+            existing.setdefault("kind", "Job")
+            self.observe_job(existing, None)
+        if patch is None or data is None:
+            return
+        meta = existing.get("metadata") or {}
+        # Guarded: only the object just checked (uid) in the version just read.
+        guard = {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}
+        try:
+            self._call("patch", resource, patch, {"metadata": guard, **data})
+        except client.ApiException as exc:
+            if exc.status in (404, 409):
+                raise Conflict() from exc
+            raise
+
     def _job_name(self, key: Key) -> str:
         """The name of the job's batch Job: as observed (a CompressionJob's Job made by an
         operator before the ``-cj`` suffix keeps its name), else as the builders name it."""
@@ -467,9 +538,10 @@ class Reconciler:
         return str(name) if name else worker_job_name(key[0], key[2])
 
     def _delete_job(self, key: Key, uid: str | None) -> None:
+        if not uid:
+            return  # never delete by name alone: only the Job this job owns (its uid)
         opts = client.V1DeleteOptions(
-            propagation_policy="Foreground",
-            preconditions=client.V1Preconditions(uid=uid) if uid else None,
+            propagation_policy="Foreground", preconditions=client.V1Preconditions(uid=uid)
         )
         try:
             self._call(
@@ -484,7 +556,9 @@ class Reconciler:
             if exc.status not in (404, 409):
                 raise
 
-    def _suspend_job(self, key: Key, suspend: bool) -> None:
+    def _suspend_job(self, key: Key, suspend: bool, uid: str | None) -> None:
+        if not uid:
+            return
         try:
             self._call(
                 "patch",
@@ -492,14 +566,23 @@ class Reconciler:
                 self.batch.patch_namespaced_job,
                 self._job_name(key),
                 key[1],
-                {"spec": {"suspend": suspend}},
+                # The uid makes the patch fail (422: uid is immutable) on any other Job that
+                # took the name meanwhile: only the observed Job (this job's own) is changed.
+                {"metadata": {"uid": uid}, "spec": {"suspend": suspend}},
             )
         except client.ApiException as exc:
-            if exc.status != 404:
-                raise
+            if exc.status == 404 or (exc.status == 422 and "uid" in _reason(exc)):
+                return
+            raise
 
-    def _clean_pods(self, key: Key, policy: str) -> None:
-        selector = f"{Label.JOB_NAME}={key[2]},{Label.JOB_KIND}={key[0].lower()}"
+    def _clean_pods(self, key: Key, policy: str, uid: str | None) -> None:
+        if not uid:
+            return
+        # The pods of this job's own Job (its uid), never pods that only carry our labels.
+        selector = (
+            f"{Label.JOB_NAME}={key[2]},{Label.JOB_KIND}={key[0].lower()},"
+            f"batch.kubernetes.io/controller-uid={uid}"
+        )
         pods = self._call(
             "list", "pods", self.core.list_namespaced_pod, key[1], label_selector=selector
         )
@@ -694,12 +777,6 @@ def _reason(exc: client.ApiException) -> str:
         return str(json.loads(str(exc.body)).get("message"))
     except (TypeError, ValueError, AttributeError):
         return f"{exc.status} {exc.reason}"
-
-
-def _owned_by(child: dict[str, Any], owner: dict[str, Any]) -> bool:
-    uid = (owner.get("metadata") or {}).get("uid")
-    refs = (child.get("metadata") or {}).get("ownerReferences") or []
-    return any(r.get("uid") == uid and r.get("controller") for r in refs)
 
 
 def _creation(body: dict[str, Any]) -> float | None:
