@@ -60,8 +60,9 @@ class OperatorMetrics:
         )
         self.restarts = Counter(
             "torchyard_job_restarts",
-            "Whole-group restarts after retryable worker failures.",
-            ["kind", "namespace"],
+            "Whole-group restarts after retryable worker failures (one series per job, dropped "
+            "with the job).",
+            ["kind", "namespace", "name"],
             registry=r,
         )
         self.transitions = Counter(
@@ -189,9 +190,10 @@ class OperatorMetrics:
             info = self._info.pop(key, None)
             if info is not None:
                 self._remove(self.job_info, kind, namespace, name, *info)
+            self._remove(self.restarts, kind, namespace, name)
 
     @staticmethod
-    def _remove(metric: Gauge, *labels: str) -> None:
+    def _remove(metric: Gauge | Counter, *labels: str) -> None:
         with contextlib.suppress(KeyError):
             metric.remove(*labels)
 

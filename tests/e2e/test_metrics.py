@@ -605,6 +605,7 @@ def test_restarts_looping_alert_fires_for_a_job_that_keeps_being_killed(scenario
         what="TorchyardRestartsLooping firing",
     )
     assert firing[0]["labels"]["kind"] == "TrainingJob"
+    assert firing[0]["labels"]["name"] == "e2e-restarts"  # per job, not per namespace
     assert float(firing[0]["value"]) >= 3
 
 

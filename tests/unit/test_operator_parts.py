@@ -40,7 +40,10 @@ def test_job_series_follow_the_phase_and_go_with_the_job() -> None:
     m.observe_job("TrainingJob", "ml", "a", "Pending", strategy="ddp", workers=2, gang="auto")
     m.observe_job("TrainingJob", "ml", "a", "Running", strategy="ddp", workers=2, gang="auto")
     m.observe_job("TrainingJob", "ml", "b", "Running", strategy="ddp", workers=4, gang="none")
+    m.restarts.labels("TrainingJob", "ml", "a").inc()
+    m.restarts.labels("TrainingJob", "ml", "b").inc()
     text = _text(m)
+    assert 'torchyard_job_restarts_total{kind="TrainingJob",name="a",namespace="ml"} 1.0' in text
     assert (
         'torchyard_job_status{kind="TrainingJob",name="a",namespace="ml",phase="Running"} 1.0'
         in text

@@ -736,7 +736,7 @@ class Reconciler:
         if kind == "CompressionJob" and status.get("report") and not old.get("report"):
             self.metrics.observe_report(key[1], key[2], status["report"])
         if int(status.get("restarts") or 0) > int(old.get("restarts") or 0):
-            self.metrics.restarts.labels(kind, key[1]).inc()
+            self.metrics.restarts.labels(kind, key[1], key[2]).inc()
         created = _creation(body)
         if created is None or spec is None or int(status.get("restarts") or 0) > 0:
             return
