@@ -51,6 +51,10 @@ from torchyard.api.training import CheckpointStatus, Progress
 
 RESTART_ANNOTATION = "torchyard.io/restart-count"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_GROUP = "kueue.x-k8s.io"
+#: Kueue labels the Workload it makes for a Job with the Job's uid (a server-side filter; the
+#: ownerReference decides, :func:`workload_step`).
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 # Exit codes below this are the workload's own verdict (Kubeflow's convention); from 128 on
@@ -209,6 +213,11 @@ class ActionKind(enum.Enum):
     """Set the batch Job's spec.suspend (its active pods are removed, it is kept)."""
     RESUME_JOB = "resume-job"
     """Clear the batch Job's spec.suspend."""
+    SET_WORKLOAD_ACTIVE = "set-workload-active"
+    """A Job Kueue manages (its queue label): Kueue owns its spec.suspend, so suspend/resume
+    sets ``spec.active`` (``active``) of the Workload Kueue made for the Job ``job_uid``:
+    false makes Kueue evict and suspend the Job and release its quota, true queues it again
+    (:func:`workload_step`)."""
     CLEAN_PODS = "clean-pods"
     """Delete the worker pods of the batch Job ``job_uid`` per cleanPodPolicy (``pod_policy``:
     Running or All)."""
@@ -220,6 +229,8 @@ class Action:
     restart_count: int = 0
     job_uid: str | None = None
     pod_policy: str | None = None
+    active: bool | None = None
+    """SET_WORKLOAD_ACTIVE: the Workload's ``spec.active`` to set."""
 
 
 @dataclass(frozen=True)
@@ -564,7 +575,7 @@ class _Builder:
         if job is not None and not job.finished and not job.deleting and not job.suspended:
             # Deadline or a lost race: workers still run; suspending the Job removes its
             # active pods and keeps the Job (and the finished pods) for inspection.
-            self.before(Action(ActionKind.SUSPEND_JOB, job_uid=job.uid))
+            self.before(_suspend_action(self.view, job))
         if job is not None and job.owned and policy in ("Running", "All"):
             # Only the pods of this job's own Job (by its uid), never another's.
             self.before(Action(ActionKind.CLEAN_PODS, job_uid=job.uid, pod_policy=policy))
@@ -767,7 +778,7 @@ def decide(view: JobView, obs: Observed) -> Decision:
         # Final phases are sticky. Only make sure nothing keeps running (a deadline hit
         # while the operator was down, a crash between the status write and the stop).
         if job is not None and not job.finished and not job.deleting and not job.suspended:
-            b.before(Action(ActionKind.SUSPEND_JOB, job_uid=job.uid))
+            b.before(_suspend_action(view, job))
         if job is not None:
             status["workers"] = _worker_counts(job)
         return b.done()
@@ -845,26 +856,46 @@ def decide(view: JobView, obs: Observed) -> Decision:
     status["workers"] = _worker_counts(job)
 
     # Suspension (runPolicy.suspend): pods removed, state kept.
+    queue = _kueue_queue(view, job)
     if policy.suspend:
-        if not job.suspended and not job.finished:
+        if queue is not None and not job.finished:
+            # Kueue owns the Job's spec.suspend (it would un-suspend an admitted Job): its
+            # Workload is deactivated instead. Level-based: also a Job Kueue still holds
+            # (suspended, not admitted) must not be admitted; the reconciler patches only
+            # a Workload that is still active.
+            b.before(_workload_action(job, active=False))
+        elif not job.suspended and not job.finished:
             b.before(Action(ActionKind.SUSPEND_JOB, job_uid=job.uid))
+        reason, message = Reason.SUSPENDED, "runPolicy.suspend is true"
+        if queue is not None:
+            reason = Reason.WORKLOAD_DEACTIVATED
+            message = (
+                f"runPolicy.suspend is true: the Kueue Workload of the worker Job is "
+                f"deactivated (spec.active: false); Kueue evicts and suspends the Job and "
+                f"releases its quota in LocalQueue {queue}"
+            )
         if phase != Phase.SUSPENDED and not job.finished:
             b.phase(Phase.SUSPENDED, "suspended: worker pods removed, state kept")
-            b.cond(ConditionType.SUSPENDED, True, Reason.SUSPENDED, "runPolicy.suspend is true")
+            b.cond(ConditionType.SUSPENDED, True, reason, message)
             b.clear(ConditionType.RUNNING, Reason.SUSPENDED, "the job is suspended")
-            b.event(Reason.SUSPENDED, "job suspended: worker pods are removed")
+            b.event(reason, "job suspended: worker pods are removed")
             return b.done()
         if not job.finished:
+            b.cond(ConditionType.SUSPENDED, True, reason, message)  # e.g. created suspended
             return b.done()
     elif phase == Phase.SUSPENDED:
-        if job.suspended:
+        if queue is not None and not job.finished:
+            # Kueue queues the Job again; it is un-suspended on admission (QueuedByKueue,
+            # then AdmittedByKueue, as for a new job).
+            b.before(_workload_action(job, active=True))
+        elif queue is None and job.suspended:
             b.before(Action(ActionKind.RESUME_JOB, job_uid=job.uid))
         b.phase(Phase.PENDING, "resumed: waiting for workers")
         b.cond(ConditionType.SUSPENDED, False, Reason.RESUMED, "runPolicy.suspend is false")
         status["startTime"] = rfc3339(obs.now)
         b.event(Reason.RESUMED, "job resumed: workers start again (startTime reset)")
         return b.done()
-    elif job.suspended and not job.finished and _kueue_queue(view, job) is None:
+    elif job.suspended and not job.finished and queue is None:
         # Level-based: the Job must not stay suspended when the job is not (a Job created
         # suspended while runPolicy.suspend flipped). Under Kueue (also when gang `auto`
         # chose it: the Job has Kueue's queue label), Kueue un-suspends it.
@@ -908,7 +939,6 @@ def decide(view: JobView, obs: Observed) -> Decision:
         return b.done()
 
     # The attempt runs (or waits for its pods).
-    queue = _kueue_queue(view, job)
     if job.suspended:
         if queue is None:
             b.phase(Phase.PENDING, "waiting for admission (the Job is suspended by its queue)")
@@ -962,6 +992,68 @@ def _kueue_queue(view: JobView, job: JobInfo) -> str | None:
     if view.parsed is not None and view.parsed.spec.scheduling.gang == "kueue":
         return view.parsed.spec.scheduling.queue
     return None
+
+
+def _suspend_action(view: JobView, job: JobInfo) -> Action:
+    """The action that stops a Job's pods: its Workload deactivated when Kueue manages it
+    (Kueue would un-suspend the Job again), else the Job suspended."""
+    if _kueue_queue(view, job) is not None:
+        return _workload_action(job, active=False)
+    return Action(ActionKind.SUSPEND_JOB, job_uid=job.uid)
+
+
+def _workload_action(job: JobInfo, *, active: bool) -> Action:
+    return Action(ActionKind.SET_WORKLOAD_ACTIVE, job_uid=job.uid, active=active)
+
+
+@dataclass(frozen=True)
+class WorkloadStep:
+    """What setting a Kueue Workload's ``spec.active`` takes (:func:`workload_step`)."""
+
+    name: str | None = None
+    """The Workload to patch with ``patch``; None: nothing to patch."""
+    patch: dict[str, Any] | None = None
+    retry: str | None = None
+    """Why the step must be tried again later (the Workload does not exist yet), else None."""
+
+
+def workload_step(workloads: list[dict[str, Any]], job_uid: str, active: bool) -> WorkloadStep:
+    """How to set ``spec.active`` to ``active`` on the Workload Kueue made for the batch Job
+    ``job_uid``, given the Workloads listed in the Job's namespace (dicts as the API returns
+    them).
+
+    The Job's Workload is the one whose ownerReference names the Job's uid; a finished or
+    deleted one is past changing (nothing to do). Already as wanted (``spec.active`` defaults
+    to true): nothing. None yet (Kueue makes it shortly after the Job): nothing when
+    activating (a new Workload starts active), a retry when deactivating — until then Kueue
+    could admit the Job.
+    The patch carries the Workload's uid, so it changes only the Workload just read.
+    """
+    past = False
+    for wl in workloads:
+        meta = wl.get("metadata") or {}
+        owners = meta.get("ownerReferences") or []
+        if not any(o.get("kind") == "Job" and o.get("uid") == job_uid for o in owners):
+            continue
+        finished = any(
+            c.get("type") == "Finished" and c.get("status") == "True"
+            for c in (wl.get("status") or {}).get("conditions") or []
+        )
+        if meta.get("deletionTimestamp") or finished:
+            past = True
+            continue
+        if bool((wl.get("spec") or {}).get("active", True)) == active:
+            return WorkloadStep()
+        return WorkloadStep(
+            name=str(meta.get("name")),
+            patch={"metadata": {"uid": meta.get("uid")}, "spec": {"active": active}},
+        )
+    if active or past:
+        return WorkloadStep()
+    return WorkloadStep(
+        retry=f"Kueue has no Workload for the worker Job (uid {job_uid}) yet: its "
+        "deactivation (runPolicy.suspend) is retried"
+    )
 
 
 def _no_job(b: _Builder, view: JobView, restarts: int) -> Decision:

@@ -276,6 +276,16 @@ def test_application_rules_cover_every_object_the_builders_make(helm: str) -> No
                     assert _allows(rules, group, plural, verb), f"{path.name}: {verb} {plural}"
 
 
+@pytest.mark.parametrize("case", VALUES_CASES)
+def test_kueue_workloads_get_list_patch(helm: str, case: str) -> None:
+    """runPolicy.suspend of a Kueue-managed Job patches its Workload's spec.active."""
+    app = _rules(helm_template(helm, values=VALUES_CASES[case]))["application"]
+    for verb in ("get", "list", "patch"):
+        assert _allows(app, "kueue.x-k8s.io", "workloads", verb)
+    for verb in ("create", "delete", "update"):  # Kueue makes and removes them
+        assert not _allows(app, "kueue.x-k8s.io", "workloads", verb)
+
+
 def test_podgroup_rules_only_when_enabled(helm: str) -> None:
     off = _rules(helm_template(helm))["application"]
     on = _rules(helm_template(helm, values=[ALL_OPTIONS]))["application"]

@@ -23,6 +23,8 @@ from tests.cluster.opkit import (
     example,
     get,
     held,
+    live_pods,
+    patch_spec,
     release,
     running_operator,
     wait_phase,
@@ -308,3 +310,87 @@ def test_second_job_waits_for_quota_then_runs(
         assert finished is not None
         assert took is not None
         assert took >= finished
+
+
+def test_suspend_deactivates_the_workload_and_resume_requeues_it(
+    kube: Kube, kueue: Kueue, namespace: str, queue: Any, tmp_path: Path
+) -> None:
+    """runPolicy.suspend on a Kueue-admitted job: Kueue owns the Job's spec.suspend (it
+    un-suspends an admitted Job the operator suspends), so the operator deactivates the Job's
+    Workload; Kueue evicts it, suspends the Job and releases the quota (a waiting job runs).
+    Resume re-activates the Workload: Kueue admits the Job again and it runs to the end."""
+    first_m, second_m = _job("first", "team"), _job("second", "team")
+    queue(_gpus(first_m))  # room for one job at a time
+    workers = first_m["spec"]["workers"]
+    with running_operator(kube, namespace, tmp_path):
+        create(kube, namespace, held(first_m))
+        wait_running_pods(kube, namespace, "first", workers)
+        wait_phase(kube, namespace, "TrainingJob", "first", Phase.RUNNING)
+        job = _batch_job(kube, namespace, "first")
+        uid = job.metadata.uid
+        create(kube, namespace, second_m)
+        second_job = _batch_job(kube, namespace, "second")
+        wl2 = poll(lambda: _workload_of(kube, namespace, second_job.metadata.uid), what="WL 2")
+        assert (_cond(wl2, "Admitted") or {}).get("status") != "True"
+
+        patch_spec(kube, namespace, "TrainingJob", "first", {"runPolicy": {"suspend": True}})
+
+        def deactivated() -> dict[str, Any] | None:
+            w = _workload_of(kube, namespace, uid)
+            return w if w and w["spec"].get("active") is False else None
+
+        wl = poll(deactivated, what="first Workload spec.active false")
+        poll(
+            lambda: kube.batch.read_namespaced_job("first", namespace).spec.suspend is True,
+            what="first Job suspended by Kueue",
+        )
+        poll(lambda: not live_pods(kube, namespace, "first"), what="first job's pods gone")
+        released = poll(
+            lambda: (
+                (w := _workload_of(kube, namespace, uid))
+                and (_cond(w, "QuotaReserved") or {}).get("status") == "False"
+                and w
+            ),
+            what="first Workload's quota released",
+        )
+        assert (_cond(released, "Evicted") or {}).get("status") == "True"
+        tj = wait_phase(kube, namespace, "TrainingJob", "first", Phase.SUSPENDED)
+        held_by = poll(
+            lambda: (
+                (c := _cond(get(kube, namespace, "TrainingJob", "first") or {}, "Suspended"))
+                and c["reason"] == Reason.WORKLOAD_DEACTIVATED
+                and c
+            ),
+            what="first TrainingJob Suspended through its Workload",
+        )
+        assert held_by["status"] == "True"
+        assert held_by["reason"] != Reason.QUEUED_BY_KUEUE
+        assert condition(tj, ConditionType.RUNNING)["status"] == "False"
+
+        # The quota it gave back admits the job that waited for it, which runs to the end.
+        wait_phase(kube, namespace, "TrainingJob", "second", Phase.SUCCEEDED)
+        # Meanwhile Kueue did not bring the suspended one back (no un-suspend/suspend loop).
+        assert kube.batch.read_namespaced_job("first", namespace).spec.suspend is True
+        assert not live_pods(kube, namespace, "first")
+        assert (_workload_of(kube, namespace, uid) or {})["spec"]["active"] is False
+        assert get(kube, namespace, "TrainingJob", "first")["status"]["phase"] == Phase.SUSPENDED
+
+        patch_spec(kube, namespace, "TrainingJob", "first", {"runPolicy": {"suspend": False}})
+        readmitted = poll(
+            lambda: (
+                (w := _workload_of(kube, namespace, uid))
+                and w["spec"].get("active", True) is True
+                and (_cond(w, "Admitted") or {}).get("status") == "True"
+                and w
+            ),
+            what="first Workload active and admitted again",
+        )
+        assert readmitted["metadata"]["name"] == wl["metadata"]["name"]
+        pods = wait_running_pods(kube, namespace, "first", workers)
+        running = wait_phase(kube, namespace, "TrainingJob", "first", Phase.RUNNING)
+        back = condition(running, ConditionType.SUSPENDED)
+        assert back["status"] == "False"
+        assert back["reason"] in (Reason.RESUMED, Reason.ADMITTED_BY_KUEUE)
+        release(kube, namespace, pods)
+        done = wait_phase(kube, namespace, "TrainingJob", "first", Phase.SUCCEEDED)
+        assert done["status"]["startTime"]

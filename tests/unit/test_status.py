@@ -27,6 +27,7 @@ from torchyard.status import (
     rfc3339,
     set_condition,
     status_patch,
+    workload_step,
 )
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -451,6 +452,162 @@ def test_job_info_reads_the_kueue_queue_label() -> None:
     )
     assert info.queue == "team"
     assert JobInfo.from_dict({"metadata": {"name": "j"}}).queue is None
+
+
+def _kueue_running() -> dict[str, Any]:
+    body = tj_body(scheduling={"gang": "kueue", "queue": "team"})
+    body = step(body, run(body))
+    body = step(body, run(body, job=job(suspended=True, queue="team")))
+    body = step(body, run(body, job=job(active=2, ready=2, queue="team")))
+    assert body["status"]["phase"] == Phase.RUNNING
+    return body
+
+
+def _with_policy(body: dict[str, Any], run_policy: dict[str, Any], gen: int) -> dict[str, Any]:
+    return step(
+        tj_body(scheduling={"gang": "kueue", "queue": "team"}, run_policy=run_policy,
+                generation=gen),
+        Decision(status=body["status"]),
+    )
+
+
+def test_kueue_suspend_deactivates_the_workload_not_the_job() -> None:
+    body = _with_policy(_kueue_running(), {"suspend": True}, 2)
+    s = run(body, job=job(active=2, ready=2, queue="team"), now=T0 + timedelta(minutes=1))
+    # Kueue owns Job.spec.suspend (it would un-suspend an admitted Job): never patched here.
+    assert [(a.kind, a.active, a.job_uid) for a in s.actions] == [
+        (ActionKind.SET_WORKLOAD_ACTIVE, False, "job-uid")
+    ]
+    assert s.status["phase"] == Phase.SUSPENDED
+    held = cond(s, ConditionType.SUSPENDED)
+    assert (held["status"], held["reason"]) == ("True", Reason.WORKLOAD_DEACTIVATED)
+    assert held["reason"] != Reason.QUEUED_BY_KUEUE
+    assert "team" in held["message"]
+    assert cond(s, ConditionType.RUNNING)["status"] == "False"
+    assert [e.reason for e in s.events] == [Reason.WORKLOAD_DEACTIVATED]
+    body = step(body, s)
+    # Kueue evicted and suspended the Job: the status stays, no new event; the Workload stays
+    # deactivated (level-based: the reconciler patches only a Workload still active).
+    settled = run(body, job=job(suspended=True, queue="team"), now=T0 + timedelta(minutes=2))
+    assert [(a.kind, a.active) for a in settled.actions] == [
+        (ActionKind.SET_WORKLOAD_ACTIVE, False)
+    ]
+    assert settled.events == []
+    assert settled.status == {**s.status, "workers": settled.status["workers"]}
+    assert cond(settled, ConditionType.SUSPENDED)["reason"] == Reason.WORKLOAD_DEACTIVATED
+
+
+def test_kueue_resume_activates_the_workload_then_waits_for_admission() -> None:
+    body = _with_policy(_kueue_running(), {"suspend": True}, 2)
+    body = step(body, run(body, job=job(active=2, ready=2, queue="team")))
+    body = _with_policy(body, {"suspend": False}, 3)
+    resumed_at = T0 + timedelta(minutes=10)
+    r = run(body, job=job(suspended=True, queue="team"), now=resumed_at)
+    assert [(a.kind, a.active) for a in r.actions] == [(ActionKind.SET_WORKLOAD_ACTIVE, True)]
+    assert r.status["phase"] == Phase.PENDING
+    assert cond(r, ConditionType.SUSPENDED)["reason"] == Reason.RESUMED
+    body = step(body, r)
+    # Kueue queues it again (the Job stays suspended until admission), then admits it.
+    q = run(body, job=job(suspended=True, queue="team"), now=resumed_at)
+    assert q.actions == []  # no RESUME_JOB: Kueue un-suspends it
+    assert cond(q, ConditionType.SUSPENDED)["reason"] == Reason.QUEUED_BY_KUEUE
+    body = step(body, q)
+    admitted_at = resumed_at + timedelta(minutes=1)
+    a = run(body, job=job(active=2, ready=2, queue="team"), now=admitted_at)
+    assert a.actions == []
+    assert a.status["phase"] == Phase.RUNNING
+    assert cond(a, ConditionType.SUSPENDED)["reason"] == Reason.ADMITTED_BY_KUEUE
+    assert a.status["startTime"] == rfc3339(admitted_at)
+
+
+def test_kueue_job_created_suspended_gets_its_workload_deactivated() -> None:
+    body = tj_body(scheduling={"gang": "kueue", "queue": "team"}, run_policy={"suspend": True})
+    body = step(body, run(body))
+    assert cond(Decision(status=body["status"]), ConditionType.SUSPENDED)["reason"] == (
+        Reason.SUSPENDED
+    )
+    # Kueue holds (or already admitted) the Job created suspended: deactivate its Workload.
+    d = run(body, job=job(suspended=True, queue="team"))
+    assert [(a.kind, a.active) for a in d.actions] == [(ActionKind.SET_WORKLOAD_ACTIVE, False)]
+    assert d.status["phase"] == Phase.SUSPENDED
+    assert cond(d, ConditionType.SUSPENDED)["reason"] == Reason.WORKLOAD_DEACTIVATED
+
+
+def test_kueue_deadline_stops_workers_through_the_workload() -> None:
+    body = tj_body(scheduling={"gang": "kueue", "queue": "team"},
+                   run_policy={"activeDeadlineSeconds": 30})
+    body = step(body, run(body))
+    body = step(body, run(body, job=job(active=2, ready=2, queue="team")))
+    d = run(body, job=job(active=2, ready=2, queue="team"), now=T0 + timedelta(minutes=5))
+    assert d.status["phase"] == Phase.FAILED
+    assert ActionKind.SUSPEND_JOB not in kinds(d)
+    stop = d.actions[0]
+    assert (stop.kind, stop.active) == (ActionKind.SET_WORKLOAD_ACTIVE, False)
+    assert ActionKind.CLEAN_PODS in kinds(d)
+
+
+def test_plain_job_suspend_still_patches_the_job() -> None:
+    body = step(tj_body(), run(tj_body()))
+    body = step(body, run(body, job=job(active=2, ready=2)))
+    body = step(tj_body(run_policy={"suspend": True}, generation=2), Decision(body["status"]))
+    s = run(body, job=job(active=2, ready=2))
+    assert kinds(s) == [ActionKind.SUSPEND_JOB]
+    assert cond(s, ConditionType.SUSPENDED)["reason"] == Reason.SUSPENDED
+
+
+def _wl(name: str, owner_uid: str, *, active: bool | None = None, finished: bool = False,
+        uid: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"queueName": "team"}
+    if active is not None:
+        spec["active"] = active
+    conds = [{"type": "Finished", "status": "True"}] if finished else []
+    return {
+        "metadata": {
+            "name": name,
+            "uid": uid or f"uid-{name}",
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "digits", "uid": owner_uid,
+                 "controller": True}
+            ],
+        },
+        "spec": spec,
+        "status": {"conditions": conds},
+    }
+
+
+def test_workload_step_patches_the_workload_owned_by_the_job() -> None:
+    others = [_wl("other", "other-job"), _wl("old", "job-uid", finished=True)]
+    mine = _wl("job-digits-abc", "job-uid")  # spec.active absent: Kueue's default, true
+    st = workload_step([*others, mine], "job-uid", False)
+    assert st.retry is None
+    assert st.name == "job-digits-abc"
+    assert st.patch == {"metadata": {"uid": "uid-job-digits-abc"}, "spec": {"active": False}}
+    back = workload_step([_wl("w", "job-uid", active=False)], "job-uid", True)
+    assert (back.name, back.patch) == ("w", {"metadata": {"uid": "uid-w"},
+                                             "spec": {"active": True}})
+
+
+@pytest.mark.parametrize(
+    ("workloads", "active"),
+    [
+        ([_wl("w", "job-uid", active=False)], False),
+        ([_wl("w", "job-uid")], True),
+        ([_wl("w", "job-uid", active=True)], True),
+        ([], True),  # none yet: Kueue makes it active
+        ([_wl("w", "job-uid", active=True, finished=True)], False),  # past changing
+    ],
+)
+def test_workload_step_nothing_to_do(workloads: list[dict[str, Any]], active: bool) -> None:
+    st = workload_step(workloads, "job-uid", active)
+    assert (st.name, st.patch, st.retry) == (None, None, None)
+
+
+@pytest.mark.parametrize("workloads", [[], [_wl("other", "other-job")]])
+def test_workload_step_missing_workload_is_retried(workloads: list[dict[str, Any]]) -> None:
+    st = workload_step(workloads, "job-uid", False)
+    assert st.name is None
+    assert st.retry is not None
+    assert "job-uid" in st.retry
 
 
 def test_plain_job_left_suspended_is_resumed() -> None:

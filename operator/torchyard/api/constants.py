@@ -68,6 +68,11 @@ class Reason:
     # Suspended condition True), then un-suspends it (Suspended False).
     QUEUED_BY_KUEUE: Final = "QueuedByKueue"
     ADMITTED_BY_KUEUE: Final = "AdmittedByKueue"
+    # runPolicy.suspend on a Job Kueue manages: Kueue owns Job.spec.suspend (it un-suspends an
+    # admitted Job), so the operator deactivates the Job's Workload (spec.active: false) and
+    # Kueue evicts the Job, suspends it and releases its quota (phase Suspended, Suspended
+    # condition True with this reason, distinct from QueuedByKueue).
+    WORKLOAD_DEACTIVATED: Final = "WorkloadDeactivated"
     COMPLETED: Final = "JobCompleted"
     INVALID_SPEC: Final = "InvalidSpec"
     # A child could not be created for a reason that may pass; the job keeps its phase, says

@@ -49,6 +49,7 @@ class GangResolver:
         self.api = api
         self.refresh_seconds = refresh_seconds
         self._groups: frozenset[str] | None = None
+        self._preferred: dict[str, str] = {}
         self._at = 0.0
         self._lock = threading.Lock()
 
@@ -58,9 +59,19 @@ class GangResolver:
                 from kubernetes import client
 
                 listing = client.ApisApi(self.api).get_api_versions()
-                self._groups = frozenset(g.name for g in listing.groups or [])
+                groups = listing.groups or []
+                self._groups = frozenset(g.name for g in groups)
+                self._preferred = {
+                    g.name: g.preferred_version.version for g in groups if g.preferred_version
+                }
                 self._at = time.monotonic()
             return self._groups
+
+    def preferred_version(self, group: str) -> str | None:
+        """The version of ``group`` the cluster prefers (discovery), None when not served."""
+        self.groups()
+        with self._lock:
+            return self._preferred.get(group)
 
     def resolve(self, scheduling: SchedulingSpec) -> GangMode:
         if scheduling.gang != "auto":

@@ -42,6 +42,8 @@ from torchyard.builders import build_children, worker_job_name
 from torchyard.handlers.gang import GangResolver
 from torchyard.metrics import OperatorMetrics
 from torchyard.status import (
+    KUEUE_GROUP,
+    KUEUE_JOB_UID_LABEL,
     Action,
     ActionKind,
     Decision,
@@ -60,6 +62,7 @@ from torchyard.status import (
     decide_failure,
     rfc3339,
     status_patch,
+    workload_step,
 )
 
 log = logging.getLogger("torchyard.operator")
@@ -78,6 +81,11 @@ COMPONENT = "torchyard-operator"
 
 class Conflict(Exception):
     """The cached object was stale (409 on a guarded write): reconcile again."""
+
+
+class Retry(Exception):
+    """A step waits for something another controller makes (Kueue's Workload of a Job):
+    reconcile again with capped backoff, without limit and without a status change."""
 
 
 class Blocked(Exception):
@@ -237,6 +245,14 @@ class Reconciler:
                 await self._loop.run_in_executor(self._pool, self.reconcile, key)
             except Conflict:
                 self.enqueue(key, 0.05)
+            except Retry as exc:
+                waited = self._blocked.get(key, 0) + 1
+                self._blocked[key] = waited
+                delay = min(0.5 * 2 ** min(waited - 1, 16), BLOCKED_MAX_DELAY)
+                (log.info if waited == 1 else log.debug)(
+                    "%s %s/%s: %s (retry in %.1fs)", *key, exc, delay
+                )
+                self.enqueue(key, delay)
             except Blocked as exc:
                 # Counted as a reconcile error (it did not get the job where it should be),
                 # retried with capped backoff for as long as it lasts: a raised quota or an
@@ -309,6 +325,7 @@ class Reconciler:
             obs = Observed(now=now, job=obs.job, pods=self._pods(key, obs.job), source=obs.source)
             decision = decide(view, obs)
         blocked: Blocked | None = None
+        retry: Retry | None = None
         try:
             self._act(key, body, view, decision.before_status)
         except _Refused as exc:
@@ -317,6 +334,10 @@ class Reconciler:
         except Blocked as exc:
             blocked = exc
             decision = decide_blocked(view, obs, exc.refusal.reason, exc.refusal.message)
+        except Retry as exc:
+            # Only level-based steps wait (a Workload to deactivate: re-decided on every
+            # reconcile while the job is suspended or finished), so the status is written.
+            retry = exc
         if blocked is None and self._throttled(key, body, decision):
             self._observe_metrics(key, body, view, decision, obs)
             return
@@ -325,6 +346,8 @@ class Reconciler:
         self._observe_metrics(key, body, view, decision, obs)
         if blocked is not None:
             raise blocked
+        if retry is not None:
+            raise retry
 
     def _view(self, key: Key, body: dict[str, Any]) -> JobView:
         """The parsed job; the spec is parsed once per generation (pydantic is not free)."""
@@ -368,17 +391,28 @@ class Reconciler:
     # ------------------------------------------------------------------ actions
 
     def _act(self, key: Key, body: dict[str, Any], view: JobView, actions: list[Action]) -> None:
+        retry: Retry | None = None
         for action in actions:
-            if action.kind is ActionKind.CREATE:
-                self._create(key, body, view, action.restart_count)
-            elif action.kind is ActionKind.DELETE_JOB:
-                self._delete_job(key, action.job_uid)
-            elif action.kind is ActionKind.SUSPEND_JOB:
-                self._suspend_job(key, True, action.job_uid)
-            elif action.kind is ActionKind.RESUME_JOB:
-                self._suspend_job(key, False, action.job_uid)
-            elif action.kind is ActionKind.CLEAN_PODS:
-                self._clean_pods(key, str(action.pod_policy), action.job_uid)
+            try:
+                self._act_one(key, body, view, action)
+            except Retry as exc:  # the other actions still run (e.g. cleanPodPolicy)
+                retry = exc
+        if retry is not None:
+            raise retry
+
+    def _act_one(self, key: Key, body: dict[str, Any], view: JobView, action: Action) -> None:
+        if action.kind is ActionKind.CREATE:
+            self._create(key, body, view, action.restart_count)
+        elif action.kind is ActionKind.DELETE_JOB:
+            self._delete_job(key, action.job_uid)
+        elif action.kind is ActionKind.SUSPEND_JOB:
+            self._suspend_job(key, True, action.job_uid)
+        elif action.kind is ActionKind.RESUME_JOB:
+            self._suspend_job(key, False, action.job_uid)
+        elif action.kind is ActionKind.SET_WORKLOAD_ACTIVE:
+            self._set_workload_active(key, bool(action.active), action.job_uid)
+        elif action.kind is ActionKind.CLEAN_PODS:
+            self._clean_pods(key, str(action.pod_policy), action.job_uid)
 
     def _create(self, key: Key, body: dict[str, Any], view: JobView, restart_count: int) -> None:
         assert view.parsed is not None
@@ -573,6 +607,50 @@ class Reconciler:
         except client.ApiException as exc:
             if exc.status == 404 or (exc.status == 422 and "uid" in _reason(exc)):
                 return
+            raise
+
+    def _set_workload_active(self, key: Key, active: bool, uid: str | None) -> None:
+        """Set ``spec.active`` of the Workload Kueue made for the Job ``uid`` (Kueue owns a
+        managed Job's spec.suspend); what to patch is :func:`workload_step`'s decision."""
+        if not uid:
+            return
+        version = self.gang.preferred_version(KUEUE_GROUP) or "v1beta1"
+        try:
+            listed = self._call(
+                "list",
+                "workloads",
+                self.custom.list_namespaced_custom_object,
+                KUEUE_GROUP,
+                version,
+                key[1],
+                "workloads",
+                label_selector=f"{KUEUE_JOB_UID_LABEL}={uid}",
+            )
+        except client.ApiException as exc:
+            if exc.status != 404:  # 404: Kueue's API is not served (no Workload to find)
+                raise
+            listed = {}
+        step = workload_step(list(listed.get("items") or []), uid, active)
+        if step.retry is not None:
+            raise Retry(step.retry)
+        if step.name is None or step.patch is None:
+            return
+        try:
+            self._call(
+                "patch",
+                "workloads",
+                self.custom.patch_namespaced_custom_object,
+                KUEUE_GROUP,
+                version,
+                key[1],
+                "workloads",
+                step.name,
+                step.patch,
+                **RAW,
+            )
+        except client.ApiException as exc:
+            if exc.status == 404 or (exc.status == 422 and "uid" in _reason(exc)):
+                raise Conflict() from exc  # replaced meanwhile: decide again
             raise
 
     def _clean_pods(self, key: Key, policy: str, uid: str | None) -> None:
