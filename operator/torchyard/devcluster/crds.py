@@ -19,6 +19,31 @@ def load_crds(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return out
 
 
+def _create_or_replace(ext: Any, name: str, doc: dict[str, Any], attempts: int = 5) -> None:
+    """Create the CRD, or replace the live one at its current resourceVersion; a 409 on the
+    replace means someone else (another test session on the same dev cluster) changed it in
+    between: read it again and retry."""
+    from kubernetes import client
+
+    try:
+        ext.create_custom_resource_definition(doc)
+        return
+    except client.ApiException as e:
+        if getattr(e, "status", None) != 409:
+            raise
+    for attempt in range(attempts):
+        live = ext.read_custom_resource_definition(name)
+        new = {**doc, "metadata": {**doc["metadata"]}}
+        new["metadata"]["resourceVersion"] = live.metadata.resource_version
+        try:
+            ext.replace_custom_resource_definition(name, new)
+            return
+        except client.ApiException as e:
+            if getattr(e, "status", None) != 409 or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def apply_crds(api_client: Any, crd_dir: Path, *, timeout: float = 60.0) -> list[str]:
     """Create or replace every CRD in ``crd_dir/*.yaml``; return their names once Established."""
     from kubernetes import client
@@ -29,15 +54,7 @@ def apply_crds(api_client: Any, crd_dir: Path, *, timeout: float = 60.0) -> list
     for doc in docs:
         name = str(doc["metadata"]["name"])
         names.append(name)
-        try:
-            ext.create_custom_resource_definition(doc)
-        except client.ApiException as e:
-            if getattr(e, "status", None) != 409:
-                raise
-            live = ext.read_custom_resource_definition(name)
-            doc = {**doc, "metadata": {**doc["metadata"]}}
-            doc["metadata"]["resourceVersion"] = live.metadata.resource_version
-            ext.replace_custom_resource_definition(name, doc)
+        _create_or_replace(ext, name, doc)
     deadline = time.monotonic() + timeout
     pending = set(names)
     while pending:
