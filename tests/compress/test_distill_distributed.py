@@ -5,6 +5,7 @@ but no distill step are rejected naming spec.workers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -139,4 +140,91 @@ def test_several_workers_without_a_distill_step_are_rejected(
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["message"].startswith("spec.workers: WORLD_SIZE=2"), result["message"]
     assert proc.stderr.count("spec.workers: WORLD_SIZE=2") >= WORLD  # logged by both ranks
+    assert _versions(store) == []
+
+
+def _rank_pid(spec: Path, rank: int) -> int | None:
+    """PID of the live worker process of ``rank`` whose environment points at ``spec``."""
+    needles = {f"TORCHYARD_SPEC={spec}".encode(), f"RANK={rank}".encode()}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needles <= set((proc / "environ").read_bytes().split(b"\0")):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_a_hung_rank_fails_rank0_after_the_collective_timeout(
+    teacher: dict, tmp_path: Path
+) -> None:
+    """Rank 1 stops (SIGSTOP: alive, its connections open, never answering) in the middle of
+    the distillation fine-tune. Rank 0's collective times out after TORCHYARD_COLLECTIVE_
+    TIMEOUT_SECONDS instead of the 10-minute default, and so does its word to the other ranks
+    (not the control group's 24 h): rank 0 exits with the retryable peer-lost code within a few
+    timeouts, naming the timeout, and no model version is written."""
+    import os
+    import signal
+    import time
+
+    from torchyard.api.compression import DistillStep
+    from torchyard_trainer.__main__ import EXIT_PEER_LOST
+    from torchyard_trainer.compress.distributed import COLLECTIVE_TIMEOUT, TIMEOUT_ENV
+
+    timeout = 10.0
+    # the runtime's worst case: the fine-tune's collective, then telling the others "done"
+    bound = 3 * timeout
+    store, out = tmp_path / "store", tmp_path / "out"
+    # the most epochs the API allows, far more than the test lasts: only the timeout can end
+    # the fine-tune in time
+    epochs = next(m.le for m in DistillStep.model_fields["epochs"].metadata if hasattr(m, "le"))
+    doc = manifest(teacher, store, [{"distill": {"student": STUDENT, "epochs": epochs}}],
+                   workers=WORLD)
+    out.mkdir(parents=True)
+    spec = out / "spec.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    env = base_env(TORCHYARD_SPEC=str(spec), TORCHYARD_OUTPUT_DIR=str(out),
+                   **{TIMEOUT_ENV: str(timeout)})
+    log_path = tmp_path / "launch.log"
+    stopped: int | None = None
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(single_node_command(WORLD, free_port()), env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT, text=True)
+        try:
+            # wait until both ranks train (each logged its shard), then freeze rank 1
+            deadline = time.monotonic() + COLLECTIVE_TIMEOUT.total_seconds() / 5
+            while len(set(SHARD_LOG.findall(log_path.read_text()))) < WORLD:
+                assert proc.poll() is None, log_path.read_text()[-4000:]
+                assert time.monotonic() < deadline, log_path.read_text()[-4000:]
+                time.sleep(0.1)
+            leader, stopped = _rank_pid(spec, 0), _rank_pid(spec, 1)
+            assert leader is not None, log_path.read_text()[-4000:]
+            assert stopped is not None, log_path.read_text()[-4000:]
+            os.kill(stopped, signal.SIGSTOP)
+            t_stop = time.monotonic()
+            while Path(f"/proc/{leader}").exists() and time.monotonic() - t_stop < 2 * bound:
+                time.sleep(0.1)
+            elapsed = time.monotonic() - t_stop
+            # what Kubernetes does to the other pods of a failed Job (torchrun here would give
+            # the stopped process its 30 s SIGTERM grace first)
+            os.kill(stopped, signal.SIGKILL)
+            code = proc.wait(timeout=bound)
+        finally:
+            if stopped is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stopped, signal.SIGKILL)
+                    os.kill(stopped, signal.SIGCONT)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log_path.read_text()
+    assert elapsed < bound, (elapsed, text[-4000:])
+    assert code == EXIT_PEER_LOST, text[-4000:]  # rank 0's code: retryable, a group restart
+    result = json.loads((out / "result.json").read_text())
+    assert (result["status"], result["exitCode"]) == ("Failed", EXIT_PEER_LOST), result
+    assert re.search(r"timed out|timeout", result["message"], re.I), result["message"]
+    assert "rank0 ERROR a peer rank failed" in text, text[-4000:]
     assert _versions(store) == []

@@ -9,17 +9,20 @@ shard, the student wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA
 process-group set-up). The other ranks never evaluate or write anything; when rank 0 is done
 (saved, gate failed or crashed) it sends ``done`` with its exit code and they exit with it.
 
-Timeouts: the default group's collectives (the DDP all-reduces, the teacher broadcast) are
-bounded by ``COLLECTIVE_TIMEOUT``; the control group, where the other ranks wait while rank 0
-prunes, quantizes or measures on its own, by the job's ``runPolicy.activeDeadlineSeconds`` (else
-``CONTROL_TIMEOUT``). A rank that dies closes its connections, so its peers fail at once; one
-that hangs fails its peers after the timeout.
+Timeouts: the default group's collectives (the DDP all-reduces, the gathers) and rank 0's
+commands (the teacher, ``done``) are bounded by ``COLLECTIVE_TIMEOUT``; only the other ranks'
+wait for the next command on the control group, while rank 0 prunes, quantizes or measures on
+its own, by the job's ``runPolicy.activeDeadlineSeconds`` (else ``CONTROL_TIMEOUT``). A rank
+that dies closes its connections, so its peers fail at once; one that hangs fails its peers
+after the collective timeout, and rank 0 waits at most one more to tell the others its outcome
+(never the control timeout): it exits with the peer-lost code and writes no model version.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -51,14 +54,23 @@ class Group:
     """The gloo process group of commands (ProcessGroup)."""
 
     def send(self, message: Any) -> None:
-        """Rank 0: a command to every other rank."""
-        dist.broadcast_object_list([message], src=0, group=self.control)
+        """Rank 0: a command to every other rank, bounded by the collective timeout (a hung
+        rank does not keep rank 0 for the control group's long timeout)."""
+        data = torch.frombuffer(bytearray(pickle.dumps(message)), dtype=torch.uint8)
+        for tensor in (torch.tensor([data.numel()], dtype=torch.long), data):
+            work = dist.broadcast(tensor, src=0, group=self.control, async_op=True)
+            assert work is not None
+            work.wait(collective_timeout())
 
     def receive(self) -> Any:
         """Other ranks: the next command of rank 0 (waits as long as rank 0 works alone)."""
-        box: list[Any] = [None]
-        dist.broadcast_object_list(box, src=0, group=self.control)
-        return box[0]
+        size = torch.zeros(1, dtype=torch.long)
+        dist.broadcast(size, src=0, group=self.control)
+        data = torch.empty(int(size.item()), dtype=torch.uint8)
+        work = dist.broadcast(data, src=0, group=self.control, async_op=True)
+        assert work is not None
+        work.wait(collective_timeout())
+        return pickle.loads(data.numpy().tobytes())
 
     def gather(self, value: Any) -> list[Any]:
         """``value`` of every rank, in rank order (a collective of the default group)."""
