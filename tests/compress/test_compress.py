@@ -439,3 +439,39 @@ def test_worker_sets_threads_from_the_env_contract_and_reports_them(
     deprecations = [w for w in result["report"]["warnings"] if "deprecat" in w]
     assert len(deprecations) <= 1
     assert all("torchao is its successor" in w for w in deprecations)
+
+
+def test_binarize_with_zero_qat_epochs_skips_the_fine_tune(teacher: dict, digits: Any) -> None:
+    """qatEpochs: 0 is allowed for binarize (the weights binarized as they are) and rejected
+    for qat (without its fine-tune qat is dynamicInt8)."""
+    import copy
+
+    import torch
+    from pydantic import ValidationError
+
+    from torchyard.api.common import OptimizerSpec
+    from torchyard.api.compression import QuantizeStep
+    from torchyard.api.manifest import format_validation_error
+    from torchyard_trainer.compress import layers, quantize
+    from torchyard_trainer.compress.common import Context
+
+    with pytest.raises(ValidationError) as excinfo:
+        QuantizeStep.model_validate({"method": "qat", "qatEpochs": 0})
+    assert any(line.startswith("qatEpochs: ") for line in format_validation_error(excinfo.value))
+    ctx = Context(ds=digits, optimizer=OptimizerSpec(lr=3e-3), batch_size=64, seed=0)
+    source = dict(teacher["model"].named_modules())
+    changed = {}
+    for epochs in (0, 1):
+        step = QuantizeStep.model_validate({"method": "binarize", "qatEpochs": epochs})
+        model = copy.deepcopy(teacher["model"])
+        info = quantize.apply(model, step, "perChannel", ctx)
+        assert info.get("steEpochs") == (epochs or None)
+        binary = {n: m for n, m in model.named_modules() if isinstance(m, layers.BinaryLinear)}
+        assert binary
+        # the binarization of the source's own weights, bit for bit, only without fine-tune
+        changed[epochs] = any(
+            not torch.equal(m.dequantized_weight(),
+                            layers.BinaryLinear.from_float(source[n], m.backend)
+                            .dequantized_weight())
+            for n, m in binary.items())
+    assert changed == {0: False, 1: True}

@@ -119,8 +119,20 @@ class QuantizeStep(KubeModel):
     """Implementation; auto picks the faster available one for the platform."""
     keep_float: list[str] = Field(default_factory=list, max_length=256)
     """Module names left in floating point."""
-    qat_epochs: int = Field(default=1, ge=1, le=1000)
-    """Fine-tuning epochs of qat."""
+    qat_epochs: int = Field(default=1, ge=0, le=1000)
+    """Straight-through fine-tuning epochs before quantizing: qat's fake-quant fine-tune (at
+    least 1: qat without it is dynamicInt8) and binarize's sign fine-tune (0: binarize the
+    weights as they are)."""
+
+    rules = (
+        Rule(
+            cel="self.method != 'qat' || self.qatEpochs >= 1",
+            message="qat needs qatEpochs >= 1 (without its fine-tune it is dynamicInt8: use "
+                    "method: dynamicInt8)",
+            field_path=".qatEpochs",
+            check=lambda q: q.method != "qat" or q.qat_epochs >= 1,
+        ),
+    )
 
 
 class CompressionStep(KubeModel):
