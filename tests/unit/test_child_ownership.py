@@ -8,7 +8,16 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from tests.unit.test_status import T0, blocked, cond, job, kinds, run, step, tj_body
+from tests.unit.test_status import (
+    T0,
+    blocked,
+    cond,
+    held_then_created,
+    job,
+    run,
+    step,
+    tj_body,
+)
 from torchyard.api.constants import (
     COMPRESSION_JOB_KIND,
     TRAINING_JOB_KIND,
@@ -22,7 +31,6 @@ from torchyard.status import (
     classify_existing,
     controlled_by,
     controller_ref,
-    status_patch,
 )
 
 CJ_UID = "cj-uid"
@@ -130,14 +138,8 @@ def test_name_conflict_holds_the_job_says_so_once_then_proceeds() -> None:
     c = cond(d, ConditionType.CREATED)
     assert (c["status"], c["reason"], c["message"]) == ("False", Reason.NAME_CONFLICT, r.message)
     assert [(e.type, e.reason) for e in d.events] == [("Warning", Reason.NAME_CONFLICT)]
-    body = step(tj_body(), d)
-    # retried while the name is taken: nothing new to write, no second Event
-    again = blocked(body, r.reason, r.message, now=T0 + timedelta(seconds=30))
-    assert again.events == []
-    assert status_patch(d.status, again.status) == {}
-    # the other object is gone: the children are created as usual
-    go = run(body, now=T0 + timedelta(seconds=60))
-    assert kinds(go) == [ActionKind.CREATE]
+    # retried while the name is taken; the other object is gone: the children are created
+    go = held_then_created(d, r.reason, r.message)
     assert cond(go, ConditionType.CREATED)["reason"] == Reason.JOB_CREATED
 
 

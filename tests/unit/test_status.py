@@ -678,6 +678,18 @@ def blocked(body: dict[str, Any], reason: str, message: str, now: datetime = T0)
     return decide_blocked(JobView.from_body(body), Observed(now=now), reason, message)
 
 
+def held_then_created(d: Decision, reason: str, message: str) -> Decision:
+    """``d`` held the job: retried while the cause holds, it writes and says nothing new; once
+    the cause is gone, the next reconcile creates the children. Returns that decision."""
+    body = step(tj_body(), d)
+    again = blocked(body, reason, message, now=T0 + timedelta(seconds=30))
+    assert again.events == []
+    assert status_patch(d.status, again.status) == {}
+    go = run(body, now=T0 + timedelta(seconds=60))
+    assert kinds(go) == [ActionKind.CREATE]
+    return go
+
+
 @pytest.mark.parametrize(
     ("kind", "api_version", "code", "message", "reason", "temporary"),
     [
@@ -764,14 +776,8 @@ def test_quota_keeps_the_job_pending_says_why_once_then_proceeds() -> None:
     assert [(e.type, e.reason) for e in d.events] == [("Warning", Reason.QUOTA_EXCEEDED)]
     assert QUOTA in d.events[0].message
     assert "startTime" not in d.status  # activeDeadlineSeconds does not run down meanwhile
-    body = step(tj_body(), d)
-    # retried while the quota holds: nothing new to write or say
-    again = blocked(body, r.reason, r.message, now=T0 + timedelta(seconds=30))
-    assert again.events == []
-    assert status_patch(d.status, again.status) == {}
-    # the quota is raised: the next reconcile creates the children as usual
-    go = run(body, now=T0 + timedelta(seconds=60))
-    assert kinds(go) == [ActionKind.CREATE]
+    # retried while the quota holds; the quota is raised: the children are created as usual
+    go = held_then_created(d, r.reason, r.message)
     c = cond(go, ConditionType.CREATED)
     assert (c["status"], c["reason"]) == ("True", Reason.JOB_CREATED)
     assert go.status["phase"] == Phase.PENDING
