@@ -128,7 +128,7 @@ class QuantizeStep(KubeModel):
         Rule(
             cel="self.method != 'qat' || self.qatEpochs >= 1",
             message="qat needs qatEpochs >= 1 (without its fine-tune it is dynamicInt8: use "
-                    "method: dynamicInt8)",
+            "method: dynamicInt8)",
             field_path=".qatEpochs",
             check=lambda q: q.method != "qat" or q.qat_epochs >= 1,
         ),
