@@ -236,6 +236,15 @@ def events(kube: Kube, namespace: str, name: str) -> list[Any]:
     return [e for e in items if (e.source and e.source.component) == "torchyard-operator"]
 
 
+def the_event(kube: Kube, namespace: str, name: str, reason: str) -> Any:
+    """The one operator Event of ``reason`` for ``name``, once it is there (one, not a flood)."""
+    (event,) = poll(
+        lambda: [e for e in events(kube, namespace, name) if e.reason == reason],
+        what=f"a {reason} event",
+    )
+    return event
+
+
 def event_reasons(kube: Kube, namespace: str, name: str) -> list[str]:
     return [e.reason for e in events(kube, namespace, name)]
 

@@ -12,13 +12,13 @@ from tests.cluster.opkit import (
     condition,
     create,
     event_reasons,
-    events,
     example,
     get,
     held,
     release,
     running_operator,
     settle,
+    the_event,
     wait_phase,
     wait_running_pods,
     with_pod_annotations,
@@ -181,14 +181,7 @@ def test_exhausted_quota_keeps_the_job_pending_until_it_is_raised(
         assert "count/jobs.batch" in created["message"]
         assert tj["status"]["message"] == created["message"]
         assert "startTime" not in tj["status"]
-        (event,) = poll(
-            lambda: [
-                e
-                for e in events(kube, namespace, "digits-ddp")
-                if e.reason == Reason.QUOTA_EXCEEDED
-            ],
-            what="a QuotaExceeded event",
-        )
+        event = the_event(kube, namespace, "digits-ddp", Reason.QUOTA_EXCEEDED)
         assert event.type == "Warning"
         assert "exceeded quota: jobs" in event.message
         # retried with backoff, still held, said once

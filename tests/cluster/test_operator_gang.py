@@ -18,10 +18,10 @@ from tests.cluster.opkit import (
     condition,
     create,
     event_reasons,
-    events,
     example,
     get,
     running_operator,
+    the_event,
     wait_phase,
     worker_jobs,
     worker_pods,
@@ -235,14 +235,7 @@ def test_missing_gang_scheduler_is_visible_and_installing_it_lets_the_job_procee
             "install",
         ):
             assert part in created["message"], created["message"]
-        (event,) = poll(
-            lambda: [
-                e
-                for e in events(kube, namespace, "digits-ddp")
-                if e.reason == Reason.GANG_SCHEDULER_MISSING
-            ],
-            what="a GangSchedulerMissing event",
-        )
+        event = the_event(kube, namespace, "digits-ddp", Reason.GANG_SCHEDULER_MISSING)
         assert event.type == "Warning"
         assert "spec.scheduling.gang" in event.message
         assert worker_jobs(kube, namespace) == []  # no pods before their gang exists

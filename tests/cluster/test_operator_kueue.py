@@ -158,6 +158,18 @@ def _cond(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     return None
 
 
+def _wait_workload(
+    kube: Kube, namespace: str, job_uid: str, ctype: str, status: str, what: str
+) -> dict[str, Any]:
+    """The Job's Workload once its condition ``ctype`` has ``status``."""
+
+    def check() -> dict[str, Any] | None:
+        w = _workload_of(kube, namespace, job_uid)
+        return w if w and (_cond(w, ctype) or {}).get("status") == status else None
+
+    return poll(check, what=what)
+
+
 def _batch_job(kube: Kube, namespace: str, name: str) -> Any:
     def find() -> Any:
         return next((j for j in worker_jobs(kube, namespace) if j.metadata.name == name), None)
@@ -230,13 +242,8 @@ def test_kueue_admits_the_job_owned_by_a_trainingjob(
         # Kueue made a Workload for the Job (not for the TrainingJob) and admitted it.
         wl = poll(lambda: _workload_of(kube, namespace, job.metadata.uid), what="Workload")
         assert wl["spec"]["queueName"] == "team"
-        admitted = poll(
-            lambda: (
-                (w := _workload_of(kube, namespace, job.metadata.uid))
-                and (_cond(w, "Admitted") or {}).get("status") == "True"
-                and w
-            ),
-            what="Workload admitted",
+        admitted = _wait_workload(
+            kube, namespace, job.metadata.uid, "Admitted", "True", "Workload admitted"
         )
         assert admitted["status"]["admission"]["clusterQueue"] == f"{namespace}-cq"
         (podset,) = admitted["spec"]["podSets"]
@@ -247,13 +254,8 @@ def test_kueue_admits_the_job_owned_by_a_trainingjob(
         pods = worker_pods(kube, namespace, "digits-ddp")
         assert len(pods) == manifest["spec"]["workers"]
         assert {p.status.phase for p in pods} == {"Succeeded"}
-        finished = poll(
-            lambda: (
-                (w := _workload_of(kube, namespace, job.metadata.uid))
-                and (_cond(w, "Finished") or {}).get("status") == "True"
-                and w
-            ),
-            what="Workload Finished",
+        finished = _wait_workload(
+            kube, namespace, job.metadata.uid, "Finished", "True", "Workload Finished"
         )
         assert finished["metadata"]["name"] == wl["metadata"]["name"]
 
@@ -345,13 +347,8 @@ def test_suspend_deactivates_the_workload_and_resume_requeues_it(
             what="first Job suspended by Kueue",
         )
         poll(lambda: not live_pods(kube, namespace, "first"), what="first job's pods gone")
-        released = poll(
-            lambda: (
-                (w := _workload_of(kube, namespace, uid))
-                and (_cond(w, "QuotaReserved") or {}).get("status") == "False"
-                and w
-            ),
-            what="first Workload's quota released",
+        released = _wait_workload(
+            kube, namespace, uid, "QuotaReserved", "False", "first Workload's quota released"
         )
         assert (_cond(released, "Evicted") or {}).get("status") == "True"
         tj = wait_phase(kube, namespace, "TrainingJob", "first", Phase.SUSPENDED)
