@@ -116,6 +116,18 @@ def _write_failure(env: WorkerEnv, code: int, exc: BaseException) -> None:
         )
 
 
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code of a worker that raised ``exc`` (the Job's podFailurePolicy reads it):
+    2 invalid spec, 130 interrupted, 200 a peer rank lost (retryable), 1 anything else."""
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    return EXIT_PEER_LOST if is_peer_failure(exc) else EXIT_ERROR
+
+
 def main() -> int:
     logging.basicConfig(
         level=os.environ.get("TORCHYARD_LOG_LEVEL", "INFO"),
@@ -129,19 +141,16 @@ def main() -> int:
     try:
         run(env)
         code = EXIT_OK
-    except ConfigError as exc:
-        log.error("invalid job: %s", exc)
-        _write_failure(env, EXIT_CONFIG, exc)
-        code = EXIT_CONFIG
-    except KeyboardInterrupt:
-        code = 130
+    except KeyboardInterrupt as exc:
+        code = exit_code_for(exc)
     except Exception as exc:
-        if is_peer_failure(exc):
+        code = exit_code_for(exc)
+        if code == EXIT_CONFIG:
+            log.error("invalid job: %s", exc)
+        elif code == EXIT_PEER_LOST:
             log.error("a peer rank failed (%s); exiting for a group restart", exc)
-            code = EXIT_PEER_LOST
         else:
             traceback.print_exc()
-            code = EXIT_ERROR
         _write_failure(env, code, exc)
     finally:
         try:

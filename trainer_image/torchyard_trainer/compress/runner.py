@@ -43,7 +43,7 @@ from torchyard_trainer.compress.report import measure, ratios, table
 from torchyard_trainer.compress.report import versions as lib_versions
 from torchyard_trainer.compress.search import run_search
 from torchyard_trainer.data import Dataset, load_dataset
-from torchyard_trainer.env import EXIT_CONFIG, EXIT_ERROR, ConfigError, WorkerEnv
+from torchyard_trainer.env import EXIT_ERROR, ConfigError, WorkerEnv
 from torchyard_trainer.models import build_model
 from torchyard_trainer.storage import atomic_write_text, fetch, is_remote, local_path
 from torchyard_trainer.train.common import cpu_threads
@@ -344,19 +344,6 @@ def run_job(env: WorkerEnv, job: Any) -> dict[str, Any]:
     return result
 
 
-def _exit_code(exc: BaseException) -> int:
-    """The exit code ``__main__`` gives a worker that raised ``exc``."""
-    from torchyard_trainer.__main__ import EXIT_PEER_LOST, is_peer_failure
-
-    if isinstance(exc, SystemExit):
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
-    if isinstance(exc, KeyboardInterrupt):
-        return 130
-    if isinstance(exc, ConfigError):
-        return EXIT_CONFIG
-    return EXIT_PEER_LOST if is_peer_failure(exc) else EXIT_ERROR
-
-
 def _run_distributed(env: WorkerEnv, job: Any) -> dict[str, Any]:
     """Rank 0 runs the job and then tells the others its exit code; the others follow its
     distillation commands until then. Only rank 0 ever writes a model version or a result."""
@@ -374,7 +361,9 @@ def _run_distributed(env: WorkerEnv, job: Any) -> dict[str, Any]:
         result = run(job, env, group)
         code = 0 if result["status"] == "Succeeded" else EXIT_GATE
     except BaseException as exc:
-        code = _exit_code(exc)
+        from torchyard_trainer.__main__ import exit_code_for  # __main__ imports this module
+
+        code = exit_code_for(exc)
         raise
     finally:
         try:
