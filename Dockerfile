@@ -10,13 +10,18 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/torchyard
 # Only what the wheel needs (see .dockerignore): metadata first, then the two source roots.
+# .dockerignore keeps operator/torchyard_devcluster/ (the dev control plane) out of the build
+# context, so the wheel built here has no dev-cluster code; the rm makes that hold even for a
+# context that does not honour .dockerignore.
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY trainer_image/torchyard_trainer/ trainer_image/torchyard_trainer/
 # `.` = the package's own pinned ranges in pyproject.toml; no [trainer] extra, so no torch.
-RUN /opt/torchyard/bin/pip install --no-cache-dir . \
+RUN rm -rf operator/torchyard_devcluster \
+    && /opt/torchyard/bin/pip install --no-cache-dir . \
     && /opt/torchyard/bin/python -c "import torchyard.cli" \
-    && ! /opt/torchyard/bin/python -c "import torch" 2>/dev/null
+    && ! /opt/torchyard/bin/python -c "import torch" 2>/dev/null \
+    && ! /opt/torchyard/bin/python -c "import torchyard_devcluster" 2>/dev/null
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="torchyard operator" \

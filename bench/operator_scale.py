@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "operator"))
 
 from kubernetes import client, watch  # noqa: E402
 
-from torchyard import devcluster  # noqa: E402
+import torchyard_devcluster as devcluster  # noqa: E402
 
 
 def _free_port() -> int:
@@ -509,7 +509,7 @@ def main() -> None:
     args = p.parse_args()
     cluster = devcluster.up(nodes=args.nodes, gpus_per_node=8, timeout=400)
     api = cluster.api_client()
-    from torchyard.devcluster.crds import apply_crds
+    from torchyard_devcluster.crds import apply_crds
 
     apply_crds(api, ROOT / "crds")
     log_dir = ROOT / "bench" / "results" / "logs"

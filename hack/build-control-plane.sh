@@ -18,7 +18,7 @@
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# Pins live in hack/control-plane-versions.env (also read by torchyard.devcluster);
+# Pins live in hack/control-plane-versions.env (also read by torchyard_devcluster);
 # K8S_VERSION/ETCD_VERSION/KWOK_VERSION in the environment override them.
 _env_k8s="${K8S_VERSION:-}" _env_etcd="${ETCD_VERSION:-}" _env_kwok="${KWOK_VERSION:-}"
 # shellcheck source=control-plane-versions.env

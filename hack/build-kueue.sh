@@ -10,7 +10,7 @@
 #   bin/kueue        the manager binary (what Kueue's image runs as /manager)
 #   crds/*.yaml      config/components/crd/bases of the module, unmodified
 #   webhook/manifests.yaml  config/components/webhook/manifests.yaml of the module, unmodified
-#                    (torchyard.devcluster.kueue points its webhooks at 127.0.0.1)
+#                    (torchyard_devcluster.kueue points its webhooks at 127.0.0.1)
 #   .stamp           the pinned version; when it matches and the files are present, no build
 # A lock file serialises concurrent callers. The pin is KUEUE_VERSION in
 # hack/control-plane-versions.env (the environment overrides it). Kueue's go.mod has no

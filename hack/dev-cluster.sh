@@ -10,4 +10,4 @@ for cand in "$ROOT/.venv/bin/python" "$CACHE/venv/bin/python"; do
 done
 PY="${PY:-python3}"
 export PYTHONPATH="$ROOT/operator${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PY" -m torchyard.devcluster "$@"
+exec "$PY" -m torchyard_devcluster "$@"

@@ -5,18 +5,73 @@ from __future__ import annotations
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from torchyard.api import ManifestError, load_manifests
 from torchyard.cli_cluster import register as register_cluster_commands
 from torchyard.crd import all_crds, render, write_crds
-from torchyard.devcluster.cli import app as dev_cluster_app
+
+# `torchyard dev-cluster …` lives in the separate package `torchyard_devcluster` (the `dev`
+# extra; not in the operator image). The operator package never imports it at import time:
+# the group below loads it only when the subcommand is resolved.
+DEV_CLUSTER = "dev-cluster"
+DEV_CLUSTER_HELP = (
+    "A real control plane (etcd, apiserver, controller-manager, scheduler, KWOK GPU "
+    "nodes) without Docker."
+)
+DEV_CLUSTER_HINT = (
+    "torchyard dev-cluster: the dev cluster is not installed ({error}); install it with "
+    "`pip install 'torchyard[dev]'` (or `make venv` in a clone)."
+)
+
+
+# Click objects are typed Any below: typer >= 0.2x vendors click (typer._click), older typer
+# uses click itself; this code touches only the API both share and imports neither.
+def _dev_cluster_command() -> Any:
+    """The `dev-cluster` group from `torchyard_devcluster`, or a stub that says how to get it."""
+    try:
+        from torchyard_devcluster.cli import app as dev_cluster_app
+    except ModuleNotFoundError as exc:  # the package, or one of its `dev` dependencies
+        error = str(exc)
+        stub = typer.Typer(add_completion=False)
+
+        @stub.command(
+            DEV_CLUSTER,
+            help=f"{DEV_CLUSTER_HELP} Not installed: needs torchyard's dev extra.",
+            add_help_option=False,
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        )
+        def missing() -> None:
+            err.print(DEV_CLUSTER_HINT.format(error=error), markup=False)
+            raise typer.Exit(code=1)
+
+        command = typer.main.get_command(stub)
+    else:
+        command = typer.main.get_command(dev_cluster_app)
+        command.help = DEV_CLUSTER_HELP
+    command.name = DEV_CLUSTER
+    return command
+
+
+class _Group(TyperGroup):
+    """The root group: the commands registered below plus the lazily loaded `dev-cluster`."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), DEV_CLUSTER]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name == DEV_CLUSTER:
+            return _dev_cluster_command()
+        return super().get_command(ctx, cmd_name)
+
 
 app = typer.Typer(
     name="torchyard",
+    cls=_Group,
     help="Train, compress and version PyTorch models — on Kubernetes or on this machine.",
     no_args_is_help=True,
     add_completion=False,
@@ -108,12 +163,7 @@ def run(
 
 
 register_cluster_commands(app)  # operator, get, describe, logs
-app.add_typer(
-    dev_cluster_app,
-    name="dev-cluster",
-    help="A real control plane (etcd, apiserver, controller-manager, scheduler, KWOK GPU "
-    "nodes) without Docker.",
-)
+# dev-cluster: see _Group (loaded on use from torchyard_devcluster)
 
 
 def main() -> None:

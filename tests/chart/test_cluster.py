@@ -25,7 +25,7 @@ from tests.chart.conftest import (
 from torchyard.api import load_manifests
 from torchyard.api.constants import GROUP, TRAINING_JOB_PLURAL, VERSION
 from torchyard.builders import build_children
-from torchyard.devcluster.testing import Kube, poll
+from torchyard_devcluster.testing import Kube, poll
 
 pytestmark = pytest.mark.cluster
 

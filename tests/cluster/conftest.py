@@ -1,14 +1,14 @@
 """Fixtures for tests against the real dev control plane (etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler, KWOK). See docs/dev-cluster.md.
 
-- ``cluster`` (session): a :class:`torchyard.devcluster.DevCluster`; brings the cluster up once
+- ``cluster`` (session): a :class:`torchyard_devcluster.DevCluster`; brings the cluster up once
   (building the binaries on first use) or reuses the one already running, installs ``crds/*.yaml``
   when that folder has any, and stops it at the end only if this session started it
   (``TORCHYARD_KEEP_CLUSTER=1`` keeps it running).
-- ``kube`` (session): :class:`torchyard.devcluster.testing.Kube`, the ``kubernetes`` API objects.
+- ``kube`` (session): :class:`torchyard_devcluster.testing.Kube`, the ``kubernetes`` API objects.
 - ``namespace`` (function): a fresh namespace (its default ServiceAccount exists), deleted after.
 - ``crd_dir`` (session): ``<repo>/crds`` path (may not exist yet).
-- ``kueue`` (module): Kueue running as a local process (:mod:`torchyard.devcluster.kueue`:
+- ``kueue`` (module): Kueue running as a local process (:mod:`torchyard_devcluster.kueue`:
   its CRDs, webhooks on 127.0.0.1, the batch/job integration), stopped and its CRDs removed
   after the module; ``kueue.enable_namespace(ns)`` lets it manage a namespace's Jobs.
 """
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from torchyard import devcluster
-from torchyard.devcluster import kueue as kueue_proc
-from torchyard.devcluster.cluster import other_users, register_user, unregister_user
-from torchyard.devcluster.crds import apply_crds
-from torchyard.devcluster.testing import Kube, crd_files
+import torchyard_devcluster as devcluster
+from torchyard_devcluster import kueue as kueue_proc
+from torchyard_devcluster.cluster import other_users, register_user, unregister_user
+from torchyard_devcluster.crds import apply_crds
+from torchyard_devcluster.testing import Kube, crd_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODES = int(os.environ.get("TORCHYARD_TEST_NODES", "4"))
@@ -49,7 +49,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         i.get_closest_marker("cluster") for i in session.items
     ):
         return
-    from torchyard.devcluster import build
+    from torchyard_devcluster import build
 
     build.ensure_binaries()
     if any("kueue" in getattr(i, "fixturenames", ()) for i in session.items):

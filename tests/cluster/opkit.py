@@ -21,8 +21,8 @@ import yaml
 from kubernetes import client
 
 from torchyard.api.constants import GROUP, VERSION
-from torchyard.devcluster import HOLD_ANNOTATION
-from torchyard.devcluster.testing import Kube, poll
+from torchyard_devcluster import HOLD_ANNOTATION
+from torchyard_devcluster.testing import Kube, poll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"

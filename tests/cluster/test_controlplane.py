@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from torchyard import devcluster
-from torchyard.devcluster import (
+import torchyard_devcluster as devcluster
+from torchyard_devcluster import (
     EXIT_CODE_ANNOTATION,
     GPU_RESOURCE,
     HOLD_ANNOTATION,
@@ -25,7 +25,7 @@ from torchyard.devcluster import (
     set_pod_exit,
     set_pod_hold,
 )
-from torchyard.devcluster.testing import Kube, crd_files, poll
+from torchyard_devcluster.testing import Kube, crd_files, poll
 
 pytestmark = pytest.mark.cluster
 
@@ -347,7 +347,7 @@ def _cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
         p for p in (str(REPO_ROOT / "operator"), env.get("PYTHONPATH", "")) if p
     )
     return subprocess.run(
-        [sys.executable, "-m", "torchyard.devcluster", *args],
+        [sys.executable, "-m", "torchyard_devcluster", *args],
         env=env,
         text=True,
         capture_output=True,

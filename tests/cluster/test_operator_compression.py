@@ -29,8 +29,8 @@ from tests.cluster.opkit import (
 )
 
 from torchyard.api.constants import ConditionType, Phase, Reason
-from torchyard.devcluster import finish_pod_as_kubelet
-from torchyard.devcluster.testing import Kube, poll
+from torchyard_devcluster import finish_pod_as_kubelet
+from torchyard_devcluster.testing import Kube, poll
 
 pytestmark = pytest.mark.cluster
 

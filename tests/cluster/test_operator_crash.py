@@ -19,8 +19,8 @@ from tests.cluster.opkit import (
 )
 
 from torchyard.api.constants import Phase
-from torchyard.devcluster import EXIT_CODE_ANNOTATION
-from torchyard.devcluster.testing import Kube, poll
+from torchyard_devcluster import EXIT_CODE_ANNOTATION
+from torchyard_devcluster.testing import Kube, poll
 
 pytestmark = pytest.mark.cluster
 

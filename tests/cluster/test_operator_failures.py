@@ -26,8 +26,8 @@ from tests.cluster.opkit import (
 )
 
 from torchyard.api.constants import ConditionType, Phase, Reason
-from torchyard.devcluster import EXIT_CODE_ANNOTATION, set_pod_exit
-from torchyard.devcluster.testing import Kube, poll
+from torchyard_devcluster import EXIT_CODE_ANNOTATION, set_pod_exit
+from torchyard_devcluster.testing import Kube, poll
 
 pytestmark = pytest.mark.cluster
 

@@ -3,7 +3,7 @@
 The question: does Kueue manage the Indexed batch/v1 Job the operator creates for a
 TrainingJob, whose controller owner is a TrainingJob (a kind Kueue does not know)? Kueue runs
 here for real (built from the Go module proxy, ``hack/build-kueue.sh``; started as a local
-process by the ``kueue`` fixture, :mod:`torchyard.devcluster.kueue`, with the ``batch/job``
+process by the ``kueue`` fixture, :mod:`torchyard_devcluster.kueue`, with the ``batch/job``
 integration and its webhooks), the operator runs as a real process, KWOK runs the pods.
 These tests fail if Kueue ignores the Job (it would stay suspended, the job Pending).
 """
@@ -34,10 +34,10 @@ from tests.cluster.opkit import (
 )
 
 from torchyard.api.constants import ConditionType, Phase, Reason
-from torchyard.devcluster import GPU_RESOURCE
-from torchyard.devcluster.kueue import GROUP, VERSION, Kueue
-from torchyard.devcluster.testing import Kube, poll
 from torchyard.status import parse_time
+from torchyard_devcluster import GPU_RESOURCE
+from torchyard_devcluster.kueue import GROUP, VERSION, Kueue
+from torchyard_devcluster.testing import Kube, poll
 
 pytestmark = pytest.mark.cluster
 

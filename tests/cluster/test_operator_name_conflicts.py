@@ -39,7 +39,7 @@ from torchyard.api.constants import (
     Reason,
 )
 from torchyard.builders import configmap_name, service_name, worker_job_name
-from torchyard.devcluster.testing import Kube, poll
+from torchyard_devcluster.testing import Kube, poll
 
 pytestmark = pytest.mark.cluster
 

@@ -22,7 +22,7 @@ from tests.cluster.opkit import (
 )
 
 from torchyard.api.constants import Phase
-from torchyard.devcluster.testing import Kube
+from torchyard_devcluster.testing import Kube
 
 pytestmark = pytest.mark.cluster
 

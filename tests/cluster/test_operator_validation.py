@@ -17,7 +17,7 @@ from tests.conftest import INVALID
 
 from torchyard.api import ManifestError, load_manifests
 from torchyard.api.constants import GROUP, VERSION
-from torchyard.devcluster.testing import Kube
+from torchyard_devcluster.testing import Kube
 
 pytestmark = pytest.mark.cluster
 

@@ -37,14 +37,14 @@ import yaml
 from tests.chart.conftest import CHART, REPO, OperatorProcess, free_port
 from torchyard.api import load_manifests
 from torchyard.api.constants import COMPRESSION_JOB_PLURAL, GROUP, TRAINING_JOB_PLURAL, VERSION
-from torchyard.devcluster import (
+from torchyard.local import METRICS_TARGETS_FILE
+from torchyard_devcluster import (
     EXIT_CODE_ANNOTATION,
     HOLD_ANNOTATION,
     finish_pod_as_kubelet,
     set_pod_hold,
 )
-from torchyard.devcluster.testing import Kube, poll
-from torchyard.local import METRICS_TARGETS_FILE
+from torchyard_devcluster.testing import Kube, poll
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""torchyard.devcluster.kueue's pure parts: the Kueue Configuration and the rewriting of
+"""torchyard_devcluster.kueue's pure parts: the Kueue Configuration and the rewriting of
 Kueue's webhook manifests for a process on 127.0.0.1 (the cluster part is
 tests/cluster/test_operator_kueue.py)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from torchyard.devcluster import kueue
+from torchyard_devcluster import kueue
 
 # The shape of config/components/webhook/manifests.yaml in the Kueue module (abridged).
 MANIFESTS = """

@@ -4,7 +4,7 @@ Nodes are plain ``v1.Node`` objects created through the API with ``nvidia.com/gp
 capacity/allocatable and the labels NVIDIA's GPU feature discovery would set; KWOK's
 ``node-initialize`` stage makes them Ready and keeps their lease fresh.
 
-Pod control (see :mod:`torchyard.devcluster.stages` for the stages behind it):
+Pod control (see :mod:`torchyard_devcluster.stages` for the stages behind it):
 
 =====================================  =====================================================
 annotation                             effect
@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from torchyard.devcluster.stages import (
+from torchyard_devcluster.stages import (
     DELAY_ANNOTATION,
     EXIT_CODE_ANNOTATION,
     FAKE_NODE_ANNOTATION,

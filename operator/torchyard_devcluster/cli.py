@@ -1,7 +1,7 @@
 """``torchyard dev-cluster …``: the real control plane (etcd, apiserver, controller-manager,
 scheduler, KWOK) as local processes. Mounted by the main CLI with
 ``app.add_typer(devcluster.cli.app, name="dev-cluster")``; also runnable as
-``python -m torchyard.devcluster``."""
+``python -m torchyard_devcluster``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from torchyard.devcluster import build, cluster, nodes, paths
+from torchyard_devcluster import build, cluster, nodes, paths
 
 app = typer.Typer(
     name="dev-cluster",

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from torchyard.devcluster import paths
+from torchyard_devcluster import paths
 
 
 def expected_stamp_prefix() -> str:

@@ -41,10 +41,10 @@ from typing import IO, Any
 
 import yaml
 
-from torchyard.devcluster import certs, paths, procs
-from torchyard.devcluster.build import run_build_script
-from torchyard.devcluster.cluster import DevCluster, DevClusterError
-from torchyard.devcluster.crds import apply_crds, load_crds
+from torchyard_devcluster import certs, paths, procs
+from torchyard_devcluster.build import run_build_script
+from torchyard_devcluster.cluster import DevCluster, DevClusterError
+from torchyard_devcluster.crds import apply_crds, load_crds
 
 GROUP = "kueue.x-k8s.io"
 VERSION = "v1beta2"

@@ -5,7 +5,7 @@ complete set: ``node-initialize`` and ``node-heartbeat-with-lease`` (KWOK's defa
 on), ``pod-ready``, ``pod-complete``, ``pod-delete`` (KWOK's defaults, with two guards added to
 ``pod-complete``) and ``torchyard-pod-exit`` (ours).
 
-Pod behaviour (the annotation contract, see :mod:`torchyard.devcluster.nodes`):
+Pod behaviour (the annotation contract, see :mod:`torchyard_devcluster.nodes`):
 
 - a pod bound to a fake node goes Pending -> Running (Ready) at once (``pod-ready``);
 - a Job-owned pod then goes Succeeded (exit code 0) after ``delay`` (``pod-complete``), as

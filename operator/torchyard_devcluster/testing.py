@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from torchyard.devcluster.cluster import DevCluster
+from torchyard_devcluster.cluster import DevCluster
 
 T = TypeVar("T")
 

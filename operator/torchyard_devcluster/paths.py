@@ -35,8 +35,8 @@ BINARIES: tuple[str, ...] = (
 
 
 def repo_root() -> Path | None:
-    """The git checkout this package runs from (``operator/torchyard/devcluster`` -> root)."""
-    root = Path(__file__).resolve().parents[3]
+    """The git checkout this package runs from (``operator/torchyard_devcluster`` -> root)."""
+    root = Path(__file__).resolve().parents[2]
     if (root / "hack" / "build-control-plane.sh").is_file():
         return root
     return None

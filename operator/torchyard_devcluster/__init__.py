@@ -4,13 +4,13 @@ etcd, kube-apiserver, kube-controller-manager and kube-scheduler built from the 
 (``hack/build-control-plane.sh``), plus a KWOK controller that simulates GPU nodes and drives
 pods Pending -> Running -> Succeeded/Failed. See docs/dev-cluster.md.
 
-    from torchyard.devcluster import up, down, create_nodes
+    from torchyard_devcluster import up, down, create_nodes
     c = up(nodes=4)                 # or reuse the running one
     api = c.api_client()            # kubernetes.client.ApiClient (admin)
     create_nodes(api, n=120)        # benchmarks
 """
 
-from torchyard.devcluster.cluster import (
+from torchyard_devcluster.cluster import (
     ClusterState,
     DevCluster,
     DevClusterError,
@@ -19,7 +19,7 @@ from torchyard.devcluster.cluster import (
     status,
     up,
 )
-from torchyard.devcluster.nodes import (
+from torchyard_devcluster.nodes import (
     DELAY_ANNOTATION,
     EXIT_CODE_ANNOTATION,
     GPU_RESOURCE,
@@ -34,7 +34,7 @@ from torchyard.devcluster.nodes import (
     set_pod_hold,
     wait_nodes_ready,
 )
-from torchyard.devcluster.paths import bin_dir, binary, state_dir, versions
+from torchyard_devcluster.paths import bin_dir, binary, state_dir, versions
 
 __all__ = [
     "DELAY_ANNOTATION",

@@ -2,7 +2,7 @@
 kube-scheduler and a KWOK controller, as plain processes on 127.0.0.1 (envtest-style).
 
 State (certs, etcd data, kubeconfigs, ``state.json`` with pids and ports, ``logs/``) lives in
-:func:`torchyard.devcluster.paths.state_dir`. ``up`` reuses a healthy running cluster, cleans a
+:func:`torchyard_devcluster.paths.state_dir`. ``up`` reuses a healthy running cluster, cleans a
 crashed one and starts afresh; ``down`` stops exactly the recorded processes and removes the
 state (the logs are kept in ``<state-dir>.last-logs/``). A lock file next to the state folder
 serialises concurrent ``up``/``down`` calls.
@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import yaml
 
-from torchyard.devcluster import build, certs, paths, procs, stages
+from torchyard_devcluster import build, certs, paths, procs, stages
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
@@ -486,7 +486,7 @@ def up(
     """Start the dev cluster, or reuse the healthy one already running (then a no-op but for
     creating missing nodes). A crashed previous run is cleaned up first. ``nodes`` fake GPU
     nodes (``gpus_per_node`` each) exist when this returns; ``nodes=0`` creates none."""
-    from torchyard.devcluster import nodes as nodes_mod
+    from torchyard_devcluster import nodes as nodes_mod
 
     sdir = state_dir or paths.state_dir()
     if build_binaries:
