@@ -19,8 +19,8 @@ from torchyard.api.constants import (
     GROUP,
     TRAINING_JOB_PLURAL,
     VERSION,
-    Label,
 )
+from torchyard.api.contract import Annotation, Label
 
 # Piped output (scripts, tests) gets wide lines instead of columns cut to 80 characters.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
@@ -318,7 +318,7 @@ def logs(
         )
     except client.ApiException as exc:
         # e.g. the container has not started, or the node's kubelet cannot be reached
-        attempt = (pod.metadata.annotations or {}).get("torchyard.io/restart-count", "?")
+        attempt = (pod.metadata.annotations or {}).get(Annotation.RESTART_COUNT, "?")
         err.print(
             f"✗ no log of pod {pod.metadata.name} (rank {rank}, attempt {attempt}, "
             f"{pod.status.phase}): {_api_message(exc)}",

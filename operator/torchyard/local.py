@@ -48,14 +48,22 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from torchyard.api import AnyJob, ManifestError, TrainingJob, dump, load_manifest, parse_job
+from torchyard.api import (
+    AnyJob,
+    ManifestError,
+    TrainingJob,
+    contract,
+    dump,
+    load_manifest,
+    parse_job,
+)
+from torchyard.api.contract import Env, ExitCode, exit_code_of_returncode, is_retryable
 from torchyard.builders import SPEC_FILE, build_children
 
 RUNS_DIR = "torchyard-runs"
 LOCAL_NAMESPACE = "default"
 KILL_GRACE_SECONDS = 10.0
 POLL_SECONDS = 0.2
-EXIT_INTERRUPTED = 130
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -122,28 +130,17 @@ def with_local_storage(job: AnyJob, store_root: Path) -> AnyJob:
     return parse_job(doc, "resolved")
 
 
-def local_path(uri: str, pvc_root: Path) -> Path:
-    scheme, _, rest = uri.partition("://")
-    if scheme == "pvc":
-        return pvc_root / rest.lstrip("/")
-    return Path(rest if scheme == "file" else uri)
-
-
 def checkpoint_dir(job: AnyJob, pvc_root: Path) -> Path | None:
-    """Where the workers keep this job's checkpoints (mirrors torchyard_trainer's rule)."""
+    """Where the workers keep this job's checkpoints (the contract's rule, as they apply it)."""
     if not isinstance(job, TrainingJob):
         return None
-    spec = job.spec
-    if spec.checkpoint.storage:
-        return local_path(spec.checkpoint.storage, pvc_root)
-    if spec.output.storage and not spec.output.storage.startswith(("s3://", "gs://")):
-        return (
-            local_path(spec.output.storage, pvc_root)
-            / ".checkpoints"
-            / LOCAL_NAMESPACE
-            / (job.metadata.name)
-        )
-    return None
+    return contract.checkpoint_dir(
+        checkpoint_storage=job.spec.checkpoint.storage,
+        output_storage=job.spec.output.storage,
+        namespace=LOCAL_NAMESPACE,
+        job_name=job.metadata.name,
+        pvc_root=pvc_root,
+    )
 
 
 def _resolve_env(entry: dict[str, Any], index: int) -> str | None:
@@ -202,16 +199,16 @@ def plan_pods(job: AnyJob, run_dir: Path, pvc_root: Path, attempt: int) -> list[
         base_metrics = metrics_bases[index]
         env.update(
             {
-                "PET_MASTER_ADDR": LOCAL_HOST,
-                "MASTER_ADDR": LOCAL_HOST,
-                "PET_MASTER_PORT": str(port),
-                "MASTER_PORT": str(port),
-                "TORCHYARD_SPEC": str(spec_path),
-                "TORCHYARD_OUTPUT_DIR": str(out_dir),
-                "TORCHYARD_RESULT_FILE": str(out_dir / "result.json"),
-                "TORCHYARD_PVC_ROOT": str(pvc_root),
-                "TORCHYARD_METRICS_PORT": str(base_metrics),
-                "TORCHYARD_RESTART_COUNT": str(attempt),
+                Env.MASTER_ADDR: LOCAL_HOST,
+                Env.TORCHRUN_MASTER_ADDR: LOCAL_HOST,
+                Env.MASTER_PORT: str(port),
+                Env.TORCHRUN_MASTER_PORT: str(port),
+                Env.SPEC: str(spec_path),
+                Env.OUTPUT_DIR: str(out_dir),
+                Env.RESULT_FILE: str(out_dir / "result.json"),
+                Env.PVC_ROOT: str(pvc_root),
+                Env.METRICS_PORT: str(base_metrics),
+                Env.RESTART_COUNT: str(attempt),
             }
         )
         ports = [base_metrics + r for r in range(procs)]
@@ -249,20 +246,6 @@ def metrics_summary(pods: list[PodPlan]) -> str:
 # running them
 
 
-def exit_code(returncode: int) -> int:
-    """Popen's returncode as a pod's exit code (killed by signal N → 128 + N)."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def is_retryable(code: int, job: AnyJob) -> bool:
-    policy = job.spec.run_policy
-    if policy.retry_policy == "OnFailure":
-        return True
-    if policy.retry_policy == "Never":
-        return False
-    return code >= 128 or code in set(policy.retryable_exit_codes)
-
-
 @dataclass
 class Group:
     """The running processes of one attempt."""
@@ -290,7 +273,7 @@ class Group:
         for i, p in enumerate(self.procs):
             rc = p.poll()
             if rc is not None and rc != 0:
-                return i, exit_code(rc)
+                return i, exit_code_of_returncode(rc)
         return None
 
     def all_succeeded(self) -> bool:
@@ -506,7 +489,7 @@ def run_job(job: AnyJob, base_dir: Path) -> int:
                     break
                 assert failed is not None
                 log = pods[failed].out_dir / "log.txt"
-                retry = is_retryable(code, job)
+                retry = is_retryable(code, job.spec.run_policy)
                 console.print(
                     f"[yellow]pod {failed} exited {code} "
                     f"({'retryable' if retry else 'permanent'}); log: {log}[/]"
@@ -525,7 +508,7 @@ def run_job(job: AnyJob, base_dir: Path) -> int:
             + (f" in {ckpt}" if ckpt else "")
             + " and the next run resumes from it[/]"
         )
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     report(job, run_dir, code, attempt, started)
     return code
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from torchyard.api import CompressionJob, TrainingJob
+from torchyard.api import CompressionJob, TrainingJob, contract
 from torchyard.api.common import ModelVersionStatus
 from torchyard.api.compression import CompressionReport, Trial
 from torchyard.api.constants import (
@@ -42,24 +42,12 @@ from torchyard.api.constants import (
     COMPRESSION_JOB_KIND,
     TRAINING_JOB_KIND,
     ConditionType,
-    Label,
     Phase,
     Reason,
 )
+from torchyard.api.contract import Annotation, Label
 from torchyard.api.manifest import format_validation_error
 from torchyard.api.training import CheckpointStatus, Progress
-
-RESTART_ANNOTATION = "torchyard.io/restart-count"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUEUE_GROUP = "kueue.x-k8s.io"
-#: Kueue labels the Workload it makes for a Job with the Job's uid (a server-side filter; the
-#: ownerReference decides, :func:`workload_step`).
-KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-
-# Exit codes below this are the workload's own verdict (Kubeflow's convention); from 128 on
-# they are signals (OOM kill = 137, SIGTERM = 143) and worth a restart.
-SIGNAL_EXIT_CODES_FROM = 128
 
 Status = dict[str, Any]
 
@@ -98,7 +86,7 @@ class PodInfo:
         status = pod.get("status") or {}
         index: int | None
         try:
-            index = int(ann[COMPLETION_INDEX_ANNOTATION])
+            index = int(ann[Annotation.COMPLETION_INDEX])
         except (KeyError, TypeError, ValueError):
             index = None
         exit_code = reason = message = None
@@ -151,7 +139,7 @@ class JobInfo:
         spec = job.get("spec") or {}
         status = job.get("status") or {}
         try:
-            restart = int((meta.get("annotations") or {}).get(RESTART_ANNOTATION, "0"))
+            restart = int((meta.get("annotations") or {}).get(Annotation.RESTART_COUNT, "0"))
         except ValueError:
             restart = 0
         complete = False
@@ -177,7 +165,7 @@ class JobInfo:
             complete=complete,
             failed_reason=failed_reason,
             failed_message=failed_message,
-            queue=(meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL) or None,
+            queue=(meta.get("labels") or {}).get(Label.KUEUE_QUEUE_NAME) or None,
         )
 
 
@@ -460,14 +448,7 @@ def is_retryable(view: JobView, job: JobInfo, pod: PodInfo | None) -> bool:
     policy = view.parsed.spec.run_policy
     if job.failed_reason == "PodFailurePolicy":
         return False  # a FailJob rule matched: the exit code means "user error"
-    if policy.retry_policy == "Never":
-        return False
-    if policy.retry_policy == "OnFailure":
-        return True
-    code = pod.exit_code if pod is not None else None
-    if code is None or code == 0:
-        return True  # evicted, deleted, node lost: not the workload's verdict
-    return code >= SIGNAL_EXIT_CODES_FROM or code in set(policy.retryable_exit_codes)
+    return contract.is_retryable(pod.exit_code if pod is not None else None, policy)
 
 
 def deadline_at(status: Status, active_deadline_seconds: int | None) -> datetime | None:

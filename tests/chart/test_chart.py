@@ -14,7 +14,7 @@ import yaml
 
 from tests.chart.conftest import ALL_OPTIONS, CHART, REPO, by_kind, helm_template, one
 from torchyard.api import TrainingJob, load_manifests
-from torchyard.api.constants import Env, Label
+from torchyard.api.contract import Env, Label
 from torchyard.builders import METRICS_PORT_NAME_PREFIX, build_children
 
 VALUES_CASES = {"default": [], "all-options": [ALL_OPTIONS]}

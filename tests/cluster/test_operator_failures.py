@@ -26,12 +26,12 @@ from tests.cluster.opkit import (
 )
 
 from torchyard.api.constants import ConditionType, Phase, Reason
+from torchyard.api.contract import Annotation
 from torchyard_devcluster import EXIT_CODE_ANNOTATION, set_pod_exit
 from torchyard_devcluster.testing import Kube, poll
 
 pytestmark = pytest.mark.cluster
 
-RESTART_ANNOTATION = "torchyard.io/restart-count"
 
 
 def _ddp(backoff_limit: int) -> dict:  # type: ignore[type-arg]
@@ -41,7 +41,7 @@ def _ddp(backoff_limit: int) -> dict:  # type: ignore[type-arg]
 
 
 def _attempt(pod: object) -> str:
-    return str(pod.metadata.annotations[RESTART_ANNOTATION])  # type: ignore[attr-defined]
+    return str(pod.metadata.annotations[Annotation.RESTART_COUNT])  # type: ignore[attr-defined]
 
 
 def test_retryable_failure_restarts_the_group_then_succeeds(
@@ -104,7 +104,7 @@ def test_failing_past_backoff_limit_fails_with_reason(
         assert st["completionTime"]
         # The last attempt's Job stays for inspection; it is attempt 1.
         (job,) = worker_jobs(kube, namespace)
-        assert job.metadata.annotations[RESTART_ANNOTATION] == "1"
+        assert job.metadata.annotations[Annotation.RESTART_COUNT] == "1"
         reasons = poll(
             lambda: (
                 (r := event_reasons(kube, namespace, "digits-ddp"))
@@ -128,7 +128,7 @@ def test_non_retryable_exit_code_fails_at_once(kube: Kube, namespace: str, tmp_p
         assert "exited with code 2" in cond["message"]
         assert failed["status"]["restarts"] == 0
         (job,) = worker_jobs(kube, namespace)
-        assert job.metadata.annotations[RESTART_ANNOTATION] == "0"
+        assert job.metadata.annotations[Annotation.RESTART_COUNT] == "0"
         assert any(
             c.type == "Failed" and c.reason == "PodFailurePolicy"
             for c in job.status.conditions or []
@@ -136,7 +136,7 @@ def test_non_retryable_exit_code_fails_at_once(kube: Kube, namespace: str, tmp_p
         # and it stays that way: no restart is attempted later
         settle(3)
         (job,) = worker_jobs(kube, namespace)
-        assert job.metadata.annotations[RESTART_ANNOTATION] == "0"
+        assert job.metadata.annotations[Annotation.RESTART_COUNT] == "0"
 
 
 # ---------------------------------------------------------------------- refused children

@@ -171,7 +171,7 @@ def test_a_hung_rank_fails_rank0_after_the_collective_timeout(
     import time
 
     from torchyard.api.compression import DistillStep
-    from torchyard_trainer.__main__ import EXIT_PEER_LOST
+    from torchyard.api.contract import ExitCode
     from torchyard_trainer.compress.distributed import COLLECTIVE_TIMEOUT, TIMEOUT_ENV
 
     timeout = 10.0
@@ -222,9 +222,9 @@ def test_a_hung_rank_fails_rank0_after_the_collective_timeout(
                 proc.wait()
     text = log_path.read_text()
     assert elapsed < bound, (elapsed, text[-4000:])
-    assert code == EXIT_PEER_LOST, text[-4000:]  # rank 0's code: retryable, a group restart
+    assert code == ExitCode.PEER_LOST, text[-4000:]  # rank 0's code: retryable, a group restart
     result = json.loads((out / "result.json").read_text())
-    assert (result["status"], result["exitCode"]) == ("Failed", EXIT_PEER_LOST), result
+    assert (result["status"], result["exitCode"]) == ("Failed", ExitCode.PEER_LOST), result
     assert re.search(r"timed out|timeout", result["message"], re.I), result["message"]
     assert "rank0 ERROR a peer rank failed" in text, text[-4000:]
     assert _versions(store) == []

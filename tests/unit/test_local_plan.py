@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import EXAMPLES
 from torchyard.api import TrainingJob, load_manifest
-from torchyard.api.constants import DEFAULT_METRICS_PORT, Env
+from torchyard.api.contract import DEFAULT_METRICS_PORT, Env
 from torchyard.local import METRICS_TARGETS_FILE, free_port_blocks, plan_pods
 
 

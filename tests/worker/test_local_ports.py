@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.worker.helpers import TIMEOUT, base_env, job
-from torchyard.api.constants import DEFAULT_METRICS_PORT
+from torchyard.api.contract import DEFAULT_METRICS_PORT
 from torchyard.local import METRICS_TARGETS_FILE
 
 pytestmark = pytest.mark.worker

@@ -1,11 +1,8 @@
 """Entry point: ``torchrun [...] -m torchyard_trainer`` (or ``python -m torchyard_trainer`` for
 one process). Reads the manifest at ``$TORCHYARD_SPEC`` and runs its strategy.
 
-Exit codes (DESIGN §3: 1–127 permanent, ≥ 128 retryable):
-  0   succeeded (rank 0 wrote the result file)
-  1   unexpected error (permanent)
-  2   invalid spec / environment (permanent)
-  200 a peer rank vanished mid-collective (retryable: the group restarts from its checkpoint)
+Exit codes: :class:`torchyard.api.contract.ExitCode` (0 ok, 1 error, 2 invalid spec, 3 accuracy
+gate missed, 130 interrupted, 200 a peer rank lost; 1–127 permanent, ≥ 128 retryable).
 """
 
 from __future__ import annotations
@@ -19,9 +16,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from torchyard_trainer.env import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, ConfigError, WorkerEnv
+from torchyard.api.contract import Env, ExitCode
+from torchyard_trainer.env import ConfigError, WorkerEnv
 
-EXIT_PEER_LOST = 200
 log = logging.getLogger("torchyard_trainer")
 
 
@@ -120,34 +117,34 @@ def exit_code_for(exc: BaseException) -> int:
     """The exit code of a worker that raised ``exc`` (the Job's podFailurePolicy reads it):
     2 invalid spec, 130 interrupted, 200 a peer rank lost (retryable), 1 anything else."""
     if isinstance(exc, SystemExit):
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+        return exc.code if isinstance(exc.code, int) else ExitCode.ERROR
     if isinstance(exc, KeyboardInterrupt):
-        return 130
+        return ExitCode.INTERRUPTED
     if isinstance(exc, ConfigError):
-        return EXIT_CONFIG
-    return EXIT_PEER_LOST if is_peer_failure(exc) else EXIT_ERROR
+        return ExitCode.CONFIG
+    return ExitCode.PEER_LOST if is_peer_failure(exc) else ExitCode.ERROR
 
 
 def main() -> int:
     logging.basicConfig(
-        level=os.environ.get("TORCHYARD_LOG_LEVEL", "INFO"),
+        level=os.environ.get(Env.LOG_LEVEL, "INFO"),
         format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(levelname)s %(message)s",
     )
     try:
         env = WorkerEnv.from_environ()
     except ConfigError as exc:
         print(f"torchyard_trainer: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     try:
         run(env)
-        code = EXIT_OK
+        code = ExitCode.OK
     except KeyboardInterrupt as exc:
         code = exit_code_for(exc)
     except Exception as exc:
         code = exit_code_for(exc)
-        if code == EXIT_CONFIG:
+        if code == ExitCode.CONFIG:
             log.error("invalid job: %s", exc)
-        elif code == EXIT_PEER_LOST:
+        elif code == ExitCode.PEER_LOST:
             log.error("a peer rank failed (%s); exiting for a group restart", exc)
         else:
             traceback.print_exc()
@@ -156,7 +153,7 @@ def main() -> int:
         try:
             import torch.distributed as dist
 
-            if dist.is_initialized() and code == EXIT_OK:
+            if dist.is_initialized() and code == ExitCode.OK:
                 dist.destroy_process_group()
         except Exception:
             pass

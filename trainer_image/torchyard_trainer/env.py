@@ -6,16 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchyard.api.contract import DEFAULT_PVC_ROOT, Env
+
 
 class ConfigError(ValueError):
-    """A problem with the job spec or the environment: retrying cannot fix it (exit code 2)."""
-
-
-# Exit codes of the worker process. 1–127 are permanent failures (DESIGN §3), so a bad spec
-# fails the job at once; a signal / OOM kill (≥ 128) is what restarts the group.
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
+    """A problem with the job spec or the environment: retrying cannot fix it
+    (``ExitCode.CONFIG``)."""
 
 
 def _int_env(environ: dict[str, str] | os._Environ[str], name: str, default: int) -> int:
@@ -62,30 +58,30 @@ class WorkerEnv:
 
     @property
     def is_distributed(self) -> bool:
-        return "RANK" in os.environ and "MASTER_ADDR" in os.environ
+        return Env.RANK in os.environ and Env.TORCHRUN_MASTER_ADDR in os.environ
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> WorkerEnv:
         env = os.environ if environ is None else environ
-        output_dir = Path(env.get("TORCHYARD_OUTPUT_DIR") or "torchyard-output").absolute()
-        result_file = Path(env.get("TORCHYARD_RESULT_FILE") or output_dir / "result.json")
-        port = env.get("TORCHYARD_METRICS_PORT")
-        world = _int_env(env, "WORLD_SIZE", 1)
-        rank = _int_env(env, "RANK", 0)
+        output_dir = Path(env.get(Env.OUTPUT_DIR) or "torchyard-output").absolute()
+        result_file = Path(env.get(Env.RESULT_FILE) or output_dir / "result.json")
+        port = env.get(Env.METRICS_PORT)
+        world = _int_env(env, Env.WORLD_SIZE, 1)
+        rank = _int_env(env, Env.RANK, 0)
         if not 0 <= rank < world:
             raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}")
-        spec = env.get("TORCHYARD_SPEC")
+        spec = env.get(Env.SPEC)
         return cls(
             rank=rank,
             world_size=world,
-            local_rank=_int_env(env, "LOCAL_RANK", 0),
-            local_world_size=_int_env(env, "LOCAL_WORLD_SIZE", 1),
+            local_rank=_int_env(env, Env.LOCAL_RANK, 0),
+            local_world_size=_int_env(env, Env.LOCAL_WORLD_SIZE, 1),
             spec_path=Path(spec) if spec else None,
             metrics_port=int(port) if port else None,
-            job_name=env.get("TORCHYARD_JOB_NAME", ""),
-            namespace=env.get("TORCHYARD_NAMESPACE", "default"),
+            job_name=env.get(Env.JOB_NAME, ""),
+            namespace=env.get(Env.NAMESPACE, "default"),
             output_dir=output_dir,
             result_file=result_file,
-            restart_count=_int_env(env, "TORCHYARD_RESTART_COUNT", 0),
-            pvc_root=Path(env.get("TORCHYARD_PVC_ROOT") or "/mnt/torchyard"),
+            restart_count=_int_env(env, Env.RESTART_COUNT, 0),
+            pvc_root=Path(env.get(Env.PVC_ROOT) or DEFAULT_PVC_ROOT),
         )

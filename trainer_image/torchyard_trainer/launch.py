@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sys
 
+from torchyard.api.contract import ExitCode, exit_code_of_returncode
+
 
 def single_node_command(nproc: int, master_port: int) -> list[str]:
     """This launcher for ``nproc`` ranks on this machine (tests, benchmarks, local runs)."""
@@ -31,10 +33,9 @@ def single_node_command(nproc: int, master_port: int) -> list[str]:
 
 
 def exit_code_of(failure_exitcode: int) -> int:
-    """Exit code of the pod for a worker's exit code (negative = killed by that signal)."""
-    if failure_exitcode < 0:
-        return 128 + (-failure_exitcode)
-    return failure_exitcode or 1
+    """Exit code of the pod for a worker's exit code (negative = killed by that signal); a
+    failure torchrun reports as 0 still fails."""
+    return exit_code_of_returncode(failure_exitcode) or ExitCode.ERROR
 
 
 def main(argv: list[str] | None = None) -> int:

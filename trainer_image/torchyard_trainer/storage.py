@@ -8,34 +8,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from torchyard.api import contract
+from torchyard.api.contract import is_remote
 from torchyard_trainer.env import ConfigError
 
-REMOTE_SCHEMES = ("s3", "gs")
-
-
-def split_uri(uri: str) -> tuple[str, str]:
-    if "://" not in uri:
-        return "file", uri
-    scheme, rest = uri.split("://", 1)
-    return scheme, rest
-
-
-def is_remote(uri: str) -> bool:
-    return split_uri(uri)[0] in REMOTE_SCHEMES
+__all__ = ["atomic_write_text", "fetch", "fsync_tree", "is_remote", "local_path", "upload_dir"]
 
 
 def local_path(uri: str, pvc_root: Path) -> Path:
-    """Map a file:// or pvc://<claim>/<path> URI to a path of this container.
-
-    ``pvc://claim/sub/dir`` is ``<pvc_root>/claim/sub/dir``: the operator mounts every claim a
-    job names at ``$TORCHYARD_PVC_ROOT/<claim>``.
-    """
-    scheme, rest = split_uri(uri)
-    if scheme == "file":
-        return Path(rest)
-    if scheme == "pvc":
-        return pvc_root / rest.lstrip("/")
-    raise ConfigError(f"{uri}: not a local storage URI (file:// or pvc://)")
+    """:func:`torchyard.api.contract.local_path`, a bad URI being a spec error (exit 2)."""
+    try:
+        return contract.local_path(uri, pvc_root)
+    except contract.StorageURIError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _fs(uri: str):  # type: ignore[no-untyped-def]

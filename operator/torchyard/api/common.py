@@ -7,12 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, StringConstraints
 
 from torchyard.api.base import KubeModel, Rule, sub
-from torchyard.api.constants import (
-    DNS_1035_LABEL,
-    MAX_JOB_NAME_LENGTH,
-    RESERVED_ENV_NAMES,
-    RESERVED_ENV_PREFIXES,
-)
+from torchyard.api.constants import DNS_1035_LABEL, MAX_JOB_NAME_LENGTH
+from torchyard.api.contract import RESERVED_ENV_NAMES, RESERVED_ENV_PREFIXES
 
 # Kubernetes' resource.Quantity grammar (as the apiserver's OpenAPI publishes it).
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"

@@ -87,45 +87,5 @@ class Reason:
     ACCURACY_GATE_FAILED: Final = "AccuracyGateFailed"
 
 
-class Env:
-    """Environment variables of the operator↔worker contract (DESIGN §3)."""
-
-    NNODES: Final = "PET_NNODES"
-    NPROC_PER_NODE: Final = "PET_NPROC_PER_NODE"
-    NODE_RANK: Final = "PET_NODE_RANK"
-    MASTER_ADDR: Final = "PET_MASTER_ADDR"
-    MASTER_PORT: Final = "PET_MASTER_PORT"
-    SPEC: Final = "TORCHYARD_SPEC"
-    METRICS_PORT: Final = "TORCHYARD_METRICS_PORT"
-    JOB_NAME: Final = "TORCHYARD_JOB_NAME"
-    NAMESPACE: Final = "TORCHYARD_NAMESPACE"
-    OUTPUT_DIR: Final = "TORCHYARD_OUTPUT_DIR"
-    RESULT_FILE: Final = "TORCHYARD_RESULT_FILE"
-    RESTART_COUNT: Final = "TORCHYARD_RESTART_COUNT"
-
-
-# Names the operator sets on every worker; a user `env` entry that sets one is rejected.
-RESERVED_ENV_NAMES: Final = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "NODE_RANK",
-)
-RESERVED_ENV_PREFIXES: Final = ("PET_", "TORCHYARD_")
-
-DEFAULT_MASTER_PORT: Final = 29500
-DEFAULT_METRICS_PORT: Final = 9400
 DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/torchyard/trainer:0.1.0"
 
-
-class Label:
-    """Labels the operator puts on what it creates."""
-
-    JOB_NAME: Final = "torchyard.io/job-name"
-    JOB_KIND: Final = "torchyard.io/job-kind"
-    ROLE: Final = "torchyard.io/role"
-    MANAGED_BY: Final = "app.kubernetes.io/managed-by"

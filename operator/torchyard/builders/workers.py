@@ -18,11 +18,18 @@ from torchyard.api.common import PodMetadata, ResourceSpec, RunPolicy, Schedulin
 from torchyard.api.constants import (
     COMPRESSION_CHILD_SUFFIX,
     COMPRESSION_JOB_KIND,
+    DEFAULT_TRAINER_IMAGE,
+)
+from torchyard.api.contract import (
     DEFAULT_MASTER_PORT,
     DEFAULT_METRICS_PORT,
-    DEFAULT_TRAINER_IMAGE,
+    DEFAULT_PVC_ROOT,
+    TERMINATION_MESSAGE_PATH,
+    Annotation,
     Env,
     Label,
+    permanent_exit_codes,
+    pvc_claim,
 )
 
 Manifest = dict[str, Any]
@@ -30,18 +37,9 @@ GangMode = Literal["volcano", "coscheduling", "kueue", "none"]
 
 SPEC_MOUNT_DIR = "/etc/torchyard"
 SPEC_FILE = "spec.yaml"
-STORAGE_MOUNT_ROOT = "/mnt/torchyard"
-# The worker writes its result JSON here; Kubernetes copies it into the pod status
-# (state.terminated.message, 4 KiB max), which is how the operator reads it without storage access.
-RESULT_FILE = "/dev/termination-log"
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # torchrun itself, through a wrapper that keeps the failed rank's exit code (plain torchrun
 # exits 1 for any failure, which would make an OOM kill look like a permanent user error).
 DEFAULT_COMMAND = ("python", "-m", "torchyard_trainer.launch", "-m", "torchyard_trainer")
-RESTART_ANNOTATION = "torchyard.io/restart-count"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
-COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 # Local rank r of a pod serves its metrics on TORCHYARD_METRICS_PORT + r, declared as the container
 # port ``metrics-<r>`` (15 characters at most: procsPerWorker <= 64 leaves plenty of room); the
 # chart's PodMonitor keeps every port whose name matches METRICS_PORT_NAME_REGEX.
@@ -142,9 +140,9 @@ def pvc_mounts(uris: list[str]) -> list[tuple[str, str]]:
     """(claim, mount path) for every pvc://<claim>/... URI, each claim once."""
     claims: dict[str, str] = {}
     for uri in uris:
-        if uri.startswith("pvc://"):
-            claim = uri.removeprefix("pvc://").split("/", 1)[0]
-            claims.setdefault(claim, f"{STORAGE_MOUNT_ROOT}/{claim}")
+        claim = pvc_claim(uri)
+        if claim:
+            claims.setdefault(claim, f"{DEFAULT_PVC_ROOT}/{claim}")
     return sorted(claims.items())
 
 
@@ -184,7 +182,7 @@ def worker_env(w: Workload, restart_count: int = 0) -> list[dict[str, Any]]:
         {"name": Env.METRICS_PORT, "value": str(DEFAULT_METRICS_PORT)},
         {"name": Env.JOB_NAME, "value": w.name},
         {"name": Env.NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": Env.RESULT_FILE, "value": RESULT_FILE},
+        {"name": Env.RESULT_FILE, "value": TERMINATION_MESSAGE_PATH},
         {"name": Env.RESTART_COUNT, "value": str(restart_count)},
     ]
     env += [{"name": n, "value": v} for n, v in w.env]
@@ -192,7 +190,7 @@ def worker_env(w: Workload, restart_count: int = 0) -> list[dict[str, Any]]:
 
 
 def _index_field() -> str:
-    return f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
+    return f"metadata.annotations['{Annotation.COMPLETION_INDEX}']"
 
 
 def _resources(r: ResourceSpec) -> dict[str, Any]:
@@ -224,7 +222,7 @@ def exit_code_rules(policy: RunPolicy) -> list[dict[str, Any]]:
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
     ]
     if policy.retry_policy == "ExitCode":
-        permanent = [c for c in range(1, 128) if c not in set(policy.retryable_exit_codes)]
+        permanent = permanent_exit_codes(policy)
         rules.append(
             {
                 "action": "FailJob",
@@ -296,19 +294,19 @@ def build_worker_job(
     """The Indexed batch/v1 Job running the worker pods."""
     image = w.image or default_image
     labels = {**w.pod_metadata.labels, **_common_labels(w)}
-    annotations = {**w.pod_metadata.annotations, RESTART_ANNOTATION: str(restart_count)}
+    annotations = {**w.pod_metadata.annotations, Annotation.RESTART_COUNT: str(restart_count)}
     sched = w.scheduling
     scheduler_name = sched.scheduler_name
     job_labels = _common_labels(w)
     suspend = w.run_policy.suspend
     if gang == "volcano":
         scheduler_name = scheduler_name or "volcano"
-        annotations[VOLCANO_GROUP_ANNOTATION] = podgroup_name(w.kind, w.name)
+        annotations[Annotation.VOLCANO_GROUP_NAME] = podgroup_name(w.kind, w.name)
     elif gang == "coscheduling":
-        labels[COSCHEDULING_GROUP_LABEL] = podgroup_name(w.kind, w.name)
+        labels[Label.COSCHEDULING_POD_GROUP] = podgroup_name(w.kind, w.name)
     elif gang == "kueue" and sched.queue:
         # Kueue admits the whole Job at once (its quota is the gang) by un-suspending it.
-        job_labels[KUEUE_QUEUE_LABEL] = sched.queue
+        job_labels[Label.KUEUE_QUEUE_NAME] = sched.queue
         suspend = True
 
     volumes: list[dict[str, Any]] = [
@@ -377,7 +375,7 @@ def build_worker_job(
             "name": worker_job_name(w.kind, w.name),
             "namespace": w.namespace,
             "labels": job_labels,
-            "annotations": {RESTART_ANNOTATION: str(restart_count)},
+            "annotations": {Annotation.RESTART_COUNT: str(restart_count)},
         },
         "spec": {
             "completionMode": "Indexed",

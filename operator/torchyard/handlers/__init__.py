@@ -31,8 +31,8 @@ from torchyard.api.constants import (
     GROUP,
     TRAINING_JOB_PLURAL,
     VERSION,
-    Label,
 )
+from torchyard.api.contract import Label
 from torchyard.handlers.jobwatch import start_job_watches
 from torchyard.handlers.reconciler import Reconciler, Settings
 from torchyard.metrics import OperatorMetrics

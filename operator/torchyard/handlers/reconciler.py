@@ -35,15 +35,13 @@ from torchyard.api.constants import (
     GROUP,
     TRAINING_JOB_PLURAL,
     VERSION,
-    Label,
     Phase,
 )
+from torchyard.api.contract import KUEUE_GROUP, Label
 from torchyard.builders import build_children, worker_job_name
 from torchyard.handlers.gang import GangResolver
 from torchyard.metrics import OperatorMetrics
 from torchyard.status import (
-    KUEUE_GROUP,
-    KUEUE_JOB_UID_LABEL,
     Action,
     ActionKind,
     Decision,
@@ -624,7 +622,7 @@ class Reconciler:
                 version,
                 key[1],
                 "workloads",
-                label_selector=f"{KUEUE_JOB_UID_LABEL}={uid}",
+                label_selector=f"{Label.KUEUE_JOB_UID}={uid}",
             )
         except client.ApiException as exc:
             if exc.status != 404:  # 404: Kueue's API is not served (no Workload to find)

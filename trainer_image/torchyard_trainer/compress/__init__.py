@@ -4,6 +4,6 @@
 manifest; ``run(job, env)`` does the work and returns the result dict (see runner.py).
 """
 
-from torchyard_trainer.compress.runner import EXIT_GATE, run, run_job
+from torchyard_trainer.compress.runner import run, run_job
 
-__all__ = ["EXIT_GATE", "run", "run_job"]
+__all__ = ["run", "run_job"]

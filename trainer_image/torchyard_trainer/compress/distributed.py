@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from torchyard.api.contract import Env
 from torchyard_trainer.env import ConfigError
 
 log = logging.getLogger("torchyard_trainer.compress")
@@ -38,7 +39,7 @@ log = logging.getLogger("torchyard_trainer.compress")
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 CONTROL_TIMEOUT = timedelta(hours=24)
 # Tests shorten the collective timeout to see a hung peer fail the job in seconds.
-TIMEOUT_ENV = "TORCHYARD_COLLECTIVE_TIMEOUT_SECONDS"
+TIMEOUT_ENV = Env.COLLECTIVE_TIMEOUT_SECONDS
 
 
 @dataclass

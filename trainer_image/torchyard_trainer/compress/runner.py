@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchyard.api.contract import ExitCode
 from torchyard_trainer.artifacts import (
     load_weights,
     read_card,
@@ -43,14 +44,13 @@ from torchyard_trainer.compress.report import measure, ratios, table
 from torchyard_trainer.compress.report import versions as lib_versions
 from torchyard_trainer.compress.search import run_search
 from torchyard_trainer.data import Dataset, load_dataset
-from torchyard_trainer.env import EXIT_ERROR, ConfigError, WorkerEnv
+from torchyard_trainer.env import ConfigError, WorkerEnv
 from torchyard_trainer.models import build_model
 from torchyard_trainer.storage import atomic_write_text, fetch, is_remote, local_path
 from torchyard_trainer.train.common import cpu_threads
 
 log = logging.getLogger("torchyard_trainer.compress")
 
-EXIT_GATE = 3
 RESULT_LIMIT = 3800  # bytes: the termination message Kubernetes keeps is 4 KiB
 
 TORCH_AO_WARNING = (
@@ -291,7 +291,7 @@ def run(job: Any, env: WorkerEnv, group: Group | None = None) -> dict[str, Any]:
     model_status = {k: written[k] for k in ("name", "version", "uri", "sha256")}
     result: dict[str, Any] = {
         "status": status, "kind": "CompressionJob", "job": job.metadata.name,
-        "exitCode": 0 if winner.passed else EXIT_GATE,
+        "exitCode": 0 if winner.passed else ExitCode.GATE,
         "model": {**model_status, "metrics": metrics},
         "metrics": metrics, "report": report, "trials": trial_dicts,
         "compressSeconds": round(compress_seconds, 3),
@@ -340,7 +340,7 @@ def run_job(env: WorkerEnv, job: Any) -> dict[str, Any]:
     result = run(job, env)
     if result["status"] != "Succeeded":
         log.error("%s", result.get("message"))
-        raise SystemExit(EXIT_GATE)
+        raise SystemExit(ExitCode.GATE)
     return result
 
 
@@ -356,10 +356,10 @@ def _run_distributed(env: WorkerEnv, job: Any) -> dict[str, Any]:
             raise SystemExit(code)
         log.info("rank %d: rank 0 saved the model version; done", env.rank)
         return {}
-    code = EXIT_ERROR
+    code = ExitCode.ERROR
     try:
         result = run(job, env, group)
-        code = 0 if result["status"] == "Succeeded" else EXIT_GATE
+        code = 0 if result["status"] == "Succeeded" else ExitCode.GATE
     except BaseException as exc:
         from torchyard_trainer.__main__ import exit_code_for  # __main__ imports this module
 

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from torchyard.api import contract
+from torchyard.api.contract import Env
 from torchyard_trainer.artifacts import spec_hash, write_model_version, write_result
 from torchyard_trainer.checkpoint import CheckpointManager, latest_checkpoint
 from torchyard_trainer.data import Dataset, ShardedBatches, load_dataset
@@ -28,7 +30,6 @@ from torchyard_trainer.metrics import WorkerMetrics
 from torchyard_trainer.models import flops_per_token
 from torchyard_trainer.optim import build_scheduler
 from torchyard_trainer.parallel import ParallelDims
-from torchyard_trainer.storage import is_remote, local_path
 
 log = logging.getLogger("torchyard_trainer")
 
@@ -175,14 +176,17 @@ def build_runtime(env: WorkerEnv, job: Any) -> Runtime:
     store = spec.output.storage or f"file://{env.output_dir / 'models'}"
     model_name = spec.output.model_name or name
     ns = env.namespace or job.metadata.namespace or "default"
-    if spec.checkpoint.storage:
-        if is_remote(spec.checkpoint.storage):
-            raise ConfigError("checkpoint.storage must be file:// or pvc:// (a shared mount)")
-        ckpt_root = local_path(spec.checkpoint.storage, env.pvc_root)
-    elif is_remote(store):
-        ckpt_root = env.output_dir / "checkpoints" / ns / name
-    else:
-        ckpt_root = local_path(store, env.pvc_root) / ".checkpoints" / ns / name
+    try:
+        shared_ckpt_root = contract.checkpoint_dir(
+            checkpoint_storage=spec.checkpoint.storage,
+            output_storage=store,
+            namespace=ns,
+            job_name=name,
+            pvc_root=env.pvc_root,
+        )
+    except contract.StorageURIError as exc:
+        raise ConfigError(str(exc)) from exc
+    ckpt_root = shared_ckpt_root or env.output_dir / "checkpoints" / ns / name
     env.output_dir.mkdir(parents=True, exist_ok=True)
     metrics = WorkerMetrics(
         job=env.job_name or name,
@@ -196,7 +200,7 @@ def build_runtime(env: WorkerEnv, job: Any) -> Runtime:
 
 
 def _peak_flops(device: torch.device, precision: str) -> float | None:
-    override = os.environ.get("TORCHYARD_PEAK_FLOPS")
+    override = os.environ.get(Env.PEAK_FLOPS)
     if override:
         return float(override)
     if device.type != "cuda" or precision == "fp32":
@@ -208,10 +212,10 @@ def _peak_flops(device: torch.device, precision: str) -> float | None:
 def _maybe_inject_fault(rt: Runtime, step: int) -> None:
     """Test hook: TORCHYARD_FAULT_KILL_AT_STEP / _RANK make one rank SIGKILL itself after that
     optimizer step on the first attempt, exactly like an OOM kill or a lost node."""
-    at = os.environ.get("TORCHYARD_FAULT_KILL_AT_STEP")
+    at = os.environ.get(Env.FAULT_KILL_AT_STEP)
     if not at or rt.env.restart_count != 0 or step != int(at):
         return
-    if rt.rank == int(os.environ.get("TORCHYARD_FAULT_KILL_RANK", "0")):
+    if rt.rank == int(os.environ.get(Env.FAULT_KILL_RANK, "0")):
         log.warning("fault injection: rank %d kills itself at step %d", rt.rank, step)
         os.kill(os.getpid(), signal.SIGKILL)
 
