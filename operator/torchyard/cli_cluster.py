@@ -110,7 +110,7 @@ def operator(
     if namespace and all_namespaces:
         err.print("[red]✗[/] --namespace and --all-namespaces exclude each other")
         raise typer.Exit(code=2)
-    from torchyard.handlers import OperatorOptions, run_operator
+    from torchyard.controller import OperatorOptions, run_operator
 
     run_operator(
         OperatorOptions(

@@ -34,7 +34,7 @@ from tests.cluster.opkit import (
 )
 
 from torchyard.api.constants import ConditionType, Phase, Reason
-from torchyard.status import parse_time
+from torchyard.state import parse_time
 from torchyard_devcluster import GPU_RESOURCE
 from torchyard_devcluster.kueue import GROUP, VERSION, Kueue
 from torchyard_devcluster.testing import Kube, poll

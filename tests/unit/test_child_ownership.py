@@ -1,4 +1,4 @@
-"""Child ownership (torchyard.status): a child's name taken by an object this job does not own
+"""Child ownership (torchyard.state): a child's name taken by an object this job does not own
 is never adopted, patched or deleted; the job is held (``NameConflict``) until the name is free.
 Pure data in, decision out."""
 
@@ -26,7 +26,7 @@ from torchyard.api.constants import (
     Reason,
 )
 from torchyard.builders import child_name, configmap_name
-from torchyard.status import (
+from torchyard.state import (
     ActionKind,
     classify_existing,
     controlled_by,

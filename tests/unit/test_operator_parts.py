@@ -6,8 +6,8 @@ import kopf
 import pytest
 from prometheus_client import generate_latest
 
-from torchyard.handlers import FINALIZER, configure
-from torchyard.handlers.gang import choose_gang
+from torchyard.controller import FINALIZER, configure
+from torchyard.controller.gang import choose_gang
 from torchyard.metrics import OperatorMetrics
 
 ALL = {"kueue.x-k8s.io", "scheduling.volcano.sh", "scheduling.x-k8s.io"}

@@ -1,4 +1,4 @@
-"""The phase/condition state machine (torchyard.status): pure data in, decision out."""
+"""The phase/condition state machine (torchyard.state): pure data in, decision out."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import EXAMPLES
 from torchyard.api.constants import ConditionType, Phase, Reason
-from torchyard.status import (
+from torchyard.state import (
     ActionKind,
     Decision,
     JobInfo,

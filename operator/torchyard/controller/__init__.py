@@ -3,8 +3,8 @@
 Importing this package registers the handlers with Kopf's default registry:
 
 - ``on.event`` of TrainingJobs and CompressionJobs, and a lean watch of the batch Jobs we
-  own (:mod:`torchyard.handlers.jobwatch`), feed the reconciler's caches and work queue
-  (:mod:`torchyard.handlers.reconciler`); no handler here changes anything itself, so Kopf
+  own (:mod:`torchyard.controller.jobwatch`), feed the reconciler's caches and work queue
+  (:mod:`torchyard.controller.reconciler`); no handler here changes anything itself, so Kopf
   writes no progress/diff-base annotations and adds no finalizer to ordinary jobs — no extra
   PATCH per event;
 - ``timer`` (only on jobs with ``activeDeadlineSeconds`` or ``ttlSecondsAfterFinished``)
@@ -33,10 +33,10 @@ from torchyard.api.constants import (
     VERSION,
 )
 from torchyard.api.contract import Label
-from torchyard.handlers.jobwatch import start_job_watches
-from torchyard.handlers.reconciler import Reconciler, Settings
+from torchyard.controller.jobwatch import start_job_watches
+from torchyard.controller.reconciler import Reconciler, Settings
 from torchyard.metrics import OperatorMetrics
-from torchyard.status import lifetime_due
+from torchyard.state import lifetime_due
 
 log = logging.getLogger("torchyard.operator")
 
@@ -104,7 +104,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     configure(settings, peering=getattr(memo, "peering", None))
     r = _reconciler(memo)
     r.bind(asyncio.get_running_loop())
-    # Our batch Jobs: a lean watch of our own, not Kopf's (see handlers/jobwatch.py).
+    # Our batch Jobs: a lean watch of our own, not Kopf's (see controller/jobwatch.py).
     memo.job_watches = await asyncio.to_thread(
         start_job_watches,
         r.api,

@@ -1,4 +1,4 @@
-"""The reconciler: the I/O around :func:`torchyard.status.decide`.
+"""The reconciler: the I/O around :func:`torchyard.state.decide`.
 
 Kopf's watch streams (TrainingJobs, CompressionJobs, and the batch Jobs we create) feed two
 in-memory caches and a small work queue keyed by job. One reconcile of one job at a time
@@ -39,9 +39,9 @@ from torchyard.api.constants import (
 )
 from torchyard.api.contract import KUEUE_GROUP, Label
 from torchyard.builders import build_children, worker_job_name
-from torchyard.handlers.gang import GangResolver
+from torchyard.controller.gang import GangResolver
 from torchyard.metrics import OperatorMetrics
-from torchyard.status import (
+from torchyard.state import (
     Action,
     ActionKind,
     Decision,
