@@ -36,9 +36,10 @@ tools:
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check operator/torchyard/api operator/torchyard/crd.py
+	$(VENV)/bin/lint-imports
 
 typecheck: venv
-	$(PY) -m mypy operator/torchyard
+	$(PY) -m mypy operator/torchyard operator/torchyard_devcluster trainer_image/torchyard_trainer
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -10,11 +10,9 @@ imports it, so does the trainer image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Final
-
-if TYPE_CHECKING:
-    from torchyard.api.common import RunPolicy
+from typing import Final, Protocol
 
 
 # --------------------------------------------------------------------------- labels
@@ -154,13 +152,24 @@ def exit_code_of_returncode(returncode: int) -> int:
     return ExitCode.SIGNALS_FROM - returncode if returncode < 0 else returncode
 
 
-def permanent_exit_codes(policy: RunPolicy) -> list[int]:
+class RetryPolicy(Protocol):
+    """What the retry classification reads of a job's ``runPolicy``
+    (:class:`torchyard.api.common.RunPolicy`)."""
+
+    @property
+    def retry_policy(self) -> str: ...
+
+    @property
+    def retryable_exit_codes(self) -> Sequence[int]: ...
+
+
+def permanent_exit_codes(policy: RetryPolicy) -> list[int]:
     """The exit codes that fail the job at once under ``retryPolicy: ExitCode``."""
     retryable = set(policy.retryable_exit_codes)
     return [c for c in range(1, ExitCode.SIGNALS_FROM) if c not in retryable]
 
 
-def is_retryable(code: int | None, policy: RunPolicy) -> bool:
+def is_retryable(code: int | None, policy: RetryPolicy) -> bool:
     """Whether a failed attempt that ended with exit ``code`` may restart the group (before
     counting ``backoffLimit``). ``None`` or 0 on a failed attempt means the pod did not end
     by itself (evicted, deleted, node lost): not the workload's verdict, so retryable."""

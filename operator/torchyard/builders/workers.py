@@ -284,31 +284,43 @@ def build_spec_configmap(job: TrainingJob | CompressionJob, w: Workload) -> Mani
     }
 
 
-def build_worker_job(
-    w: Workload,
-    *,
-    gang: GangMode = "none",
-    restart_count: int = 0,
-    default_image: str = DEFAULT_TRAINER_IMAGE,
-) -> Manifest:
-    """The Indexed batch/v1 Job running the worker pods."""
-    image = w.image or default_image
-    labels = {**w.pod_metadata.labels, **_common_labels(w)}
-    annotations = {**w.pod_metadata.annotations, Annotation.RESTART_COUNT: str(restart_count)}
+@dataclass
+class _GangPlacement:
+    """What a gang mode changes on the Job and its pod template."""
+
+    scheduler_name: str | None
+    pod_labels: dict[str, str]
+    pod_annotations: dict[str, str]
+    job_labels: dict[str, str]
+    suspend: bool
+
+
+def _gang_placement(w: Workload, gang: GangMode, restart_count: int) -> _GangPlacement:
     sched = w.scheduling
-    scheduler_name = sched.scheduler_name
-    job_labels = _common_labels(w)
-    suspend = w.run_policy.suspend
+    placement = _GangPlacement(
+        scheduler_name=sched.scheduler_name,
+        pod_labels={**w.pod_metadata.labels, **_common_labels(w)},
+        pod_annotations={
+            **w.pod_metadata.annotations,
+            Annotation.RESTART_COUNT: str(restart_count),
+        },
+        job_labels=_common_labels(w),
+        suspend=w.run_policy.suspend,
+    )
     if gang == "volcano":
-        scheduler_name = scheduler_name or "volcano"
-        annotations[Annotation.VOLCANO_GROUP_NAME] = podgroup_name(w.kind, w.name)
+        placement.scheduler_name = placement.scheduler_name or "volcano"
+        placement.pod_annotations[Annotation.VOLCANO_GROUP_NAME] = podgroup_name(w.kind, w.name)
     elif gang == "coscheduling":
-        labels[Label.COSCHEDULING_POD_GROUP] = podgroup_name(w.kind, w.name)
+        placement.pod_labels[Label.COSCHEDULING_POD_GROUP] = podgroup_name(w.kind, w.name)
     elif gang == "kueue" and sched.queue:
         # Kueue admits the whole Job at once (its quota is the gang) by un-suspending it.
-        job_labels[Label.KUEUE_QUEUE_NAME] = sched.queue
-        suspend = True
+        placement.job_labels[Label.KUEUE_QUEUE_NAME] = sched.queue
+        placement.suspend = True
+    return placement
 
+
+def _volumes(w: Workload) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, worker volumeMounts): the spec ConfigMap, /dev/shm, every pvc:// claim."""
     volumes: list[dict[str, Any]] = [
         {"name": "spec", "configMap": {"name": configmap_name(w.kind, w.name)}},
     ]
@@ -324,7 +336,12 @@ def build_worker_job(
     for i, (claim, path) in enumerate(pvc_mounts(w.storage_uris)):
         volumes.append({"name": f"storage-{i}", "persistentVolumeClaim": {"claimName": claim}})
         mounts.append({"name": f"storage-{i}", "mountPath": path})
+    return volumes, mounts
 
+
+def _worker_container(
+    w: Workload, image: str, restart_count: int, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
     security: dict[str, Any] = {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -332,7 +349,6 @@ def build_worker_job(
     }
     if w.image is None:
         security["runAsNonRoot"] = True  # the released trainer image runs as uid 1000
-
     container: dict[str, Any] = {
         "name": "worker",
         "image": image,
@@ -350,7 +366,13 @@ def build_worker_job(
     }
     if w.image_pull_policy:
         container["imagePullPolicy"] = w.image_pull_policy
+    return container
 
+
+def _pod_spec(
+    w: Workload, container: dict[str, Any], volumes: list[dict[str, Any]], scheduler: str | None
+) -> dict[str, Any]:
+    sched = w.scheduling
     pod_spec: dict[str, Any] = {
         "subdomain": service_name(w.kind, w.name),
         "restartPolicy": "Never",
@@ -365,16 +387,29 @@ def build_worker_job(
         pod_spec["affinity"] = dict(sched.affinity)
     if sched.priority_class_name:
         pod_spec["priorityClassName"] = sched.priority_class_name
-    if scheduler_name:
-        pod_spec["schedulerName"] = scheduler_name
+    if scheduler:
+        pod_spec["schedulerName"] = scheduler
+    return pod_spec
 
+
+def build_worker_job(
+    w: Workload,
+    *,
+    gang: GangMode = "none",
+    restart_count: int = 0,
+    default_image: str = DEFAULT_TRAINER_IMAGE,
+) -> Manifest:
+    """The Indexed batch/v1 Job running the worker pods."""
+    placement = _gang_placement(w, gang, restart_count)
+    volumes, mounts = _volumes(w)
+    container = _worker_container(w, w.image or default_image, restart_count, mounts)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": worker_job_name(w.kind, w.name),
             "namespace": w.namespace,
-            "labels": job_labels,
+            "labels": placement.job_labels,
             "annotations": {Annotation.RESTART_COUNT: str(restart_count)},
         },
         "spec": {
@@ -384,10 +419,13 @@ def build_worker_job(
             # One failed pod fails the Job; the operator restarts the whole group (see above).
             "backoffLimit": 0,
             "podFailurePolicy": {"rules": exit_code_rules(w.run_policy)},
-            "suspend": suspend,
+            "suspend": placement.suspend,
             "template": {
-                "metadata": {"labels": labels, "annotations": annotations},
-                "spec": pod_spec,
+                "metadata": {
+                    "labels": placement.pod_labels,
+                    "annotations": placement.pod_annotations,
+                },
+                "spec": _pod_spec(w, container, volumes, placement.scheduler_name),
             },
         },
     }
