@@ -247,7 +247,7 @@ def metrics_summary(pods: list[PodPlan]) -> str:
 
 
 @dataclass
-class Group:
+class AttemptProcesses:
     """The running processes of one attempt."""
 
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -340,8 +340,8 @@ def run_group(
 ) -> tuple[int, int | None]:
     """Run one attempt to its end; returns (exit code, index of the failed pod or None)."""
     tail = ProgressTail(pods[0].out_dir / "progress.jsonl")
-    group = Group()
-    group.start(pods, attempt)
+    procs = AttemptProcesses()
+    procs.start(pods, attempt)
     try:
         while True:
             for ev in tail.read():
@@ -359,15 +359,15 @@ def run_group(
                     )
                 elif kind == "eval":
                     progress.update(task, acc=f"acc {_fmt(ev.get('accuracy'), '.2%')}")
-            failure = group.first_failure()
+            failure = procs.first_failure()
             if failure is not None:
                 index, code = failure
                 return code, index
-            if group.all_succeeded():
+            if procs.all_succeeded():
                 return 0, None
             time.sleep(POLL_SECONDS)
     finally:
-        group.stop()
+        procs.stop()
 
 
 def plot(events: list[dict[str, Any]], path: Path) -> Path | None:

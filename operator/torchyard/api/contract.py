@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Final, Protocol
 
-
 # --------------------------------------------------------------------------- labels
 
 
