@@ -10,8 +10,13 @@ Importing this package registers the handlers with Kopf's default registry:
 - ``timer`` (only on jobs with ``activeDeadlineSeconds`` or ``ttlSecondsAfterFinished``)
   fires the deadline (a reconcile fails the job) and the TTL (the job is deleted, its
   children follow by garbage collection);
-- ``on.startup`` applies the operator settings (:func:`configure`), ``on.probe`` reports the
-  queue on the liveness endpoint.
+- ``on.startup`` applies the operator settings (:func:`configure`) and starts the batch Job
+  watches, ``on.probe`` reports them and the queue on the liveness endpoint.
+
+The reconciler's parts: :mod:`~torchyard.controller.queue` (work queue, backoff),
+:mod:`~torchyard.controller.cache` (what the watches saw), :mod:`~torchyard.controller.children`
+(the actions), :mod:`~torchyard.controller.status_writer` (status, Events, job metrics) and
+:mod:`~torchyard.controller.reconciler` (the loop around :func:`torchyard.state.decide`).
 
 Run with :func:`run_operator` (``torchyard operator``).
 """
@@ -90,17 +95,17 @@ class OperatorOptions:
     verbose: bool = False
 
 
-def _plain(body: Any) -> dict[str, Any]:
+def _plain(body: kopf.Body) -> dict[str, Any]:
     return {k: body[k] for k in body}
 
 
-def _reconciler(memo: Any) -> Reconciler:
+def _reconciler(memo: kopf.Memo) -> Reconciler:
     r: Reconciler = memo.reconciler
     return r
 
 
 @kopf.on.startup()
-async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings, peering=getattr(memo, "peering", None))
     r = _reconciler(memo)
     r.bind(asyncio.get_running_loop())
@@ -116,32 +121,36 @@ async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
 
 
 @kopf.on.cleanup()
-async def _cleanup(memo: Any, **_: Any) -> None:
+async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     for w in getattr(memo, "job_watches", None) or []:
         w.stop()
 
 
 @kopf.on.probe(id="jobWatch")
-def _probe_job_watch(memo: Any, **_: Any) -> bool:
+def _probe_job_watch(memo: kopf.Memo, **_: Any) -> bool:
     return all(w.healthy.is_set() for w in getattr(memo, "job_watches", None) or [])
 
 
 @kopf.on.probe(id="queue")
-def _probe_queue(memo: Any, **_: Any) -> int:
-    return len(_reconciler(memo)._pending)
+def _probe_queue(memo: kopf.Memo, **_: Any) -> int:
+    return _reconciler(memo).queue_depth
 
 
 @kopf.on.event(GROUP, VERSION, TRAINING_JOB_PLURAL)
-async def _training_job_event(event: Any, body: Any, memo: Any, **_: Any) -> None:
+async def _training_job_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     _reconciler(memo).observe_object("TrainingJob", _plain(body), event.get("type"))
 
 
 @kopf.on.event(GROUP, VERSION, COMPRESSION_JOB_PLURAL)
-async def _compression_job_event(event: Any, body: Any, memo: Any, **_: Any) -> None:
+async def _compression_job_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     _reconciler(memo).observe_object("CompressionJob", _plain(body), event.get("type"))
 
 
-def _has_lifetime_policy(spec: Any, **_: Any) -> bool:
+def _has_lifetime_policy(spec: kopf.Spec, **_: Any) -> bool:
     policy = spec.get("runPolicy") or {}
     return (
         policy.get("activeDeadlineSeconds") is not None
@@ -149,38 +158,27 @@ def _has_lifetime_policy(spec: Any, **_: Any) -> bool:
     )
 
 
-async def _lifetime(kind: str, body: Any, memo: Any) -> None:
+async def _lifetime(kind: str, body: kopf.Body, memo: kopf.Memo) -> None:
     due = lifetime_due(_plain(body), datetime.now(UTC))
-    meta = body.get("metadata") or {}
-    key = (kind, str(meta.get("namespace")), str(meta.get("name")))
+    key = (kind, str(body.metadata.namespace), str(body.metadata.name))
     r = _reconciler(memo)
     if due == "deadline":
         r.enqueue(key, 0.0)
     elif due == "ttl":
         from kubernetes import client
 
-        plural = TRAINING_JOB_PLURAL if kind == "TrainingJob" else COMPRESSION_JOB_PLURAL
         try:
-            await asyncio.to_thread(
-                r.custom.delete_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                key[1],
-                plural,
-                key[2],
-                body=client.V1DeleteOptions(propagation_policy="Background"),
-            )
+            deleted = await asyncio.to_thread(r.delete_object, key)
         except client.ApiException as exc:
-            if exc.status == 404:
-                return
             raise kopf.TemporaryError(f"could not delete after TTL: {exc.reason}", delay=5) from exc
-        log.info("%s %s/%s deleted: ttlSecondsAfterFinished passed", *key)
+        if deleted:
+            log.info("%s %s/%s deleted: ttlSecondsAfterFinished passed", *key)
 
 
 @kopf.timer(
     GROUP, VERSION, TRAINING_JOB_PLURAL, interval=LIFETIME_TIMER_INTERVAL, when=_has_lifetime_policy
 )
-async def _training_job_lifetime(body: Any, memo: Any, **_: Any) -> None:
+async def _training_job_lifetime(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _lifetime("TrainingJob", body, memo)
 
 
@@ -191,7 +189,7 @@ async def _training_job_lifetime(body: Any, memo: Any, **_: Any) -> None:
     interval=LIFETIME_TIMER_INTERVAL,
     when=_has_lifetime_policy,
 )
-async def _compression_job_lifetime(body: Any, memo: Any, **_: Any) -> None:
+async def _compression_job_lifetime(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _lifetime("CompressionJob", body, memo)
 
 

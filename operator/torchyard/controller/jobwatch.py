@@ -17,11 +17,15 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from torchyard.controller.queue import Backoff
+
 log = logging.getLogger("torchyard.operator.jobwatch")
 
 OnEvent = Callable[[dict[str, Any], str | None], None]
 OnRelist = Callable[[list[dict[str, Any]], str | None], None]
 WATCH_SECONDS = 270
+RECONNECT_BACKOFF = Backoff(base=0.5, factor=2.0, cap=30.0)
+"""After a failed list or watch: 0.5, 1, 2 … 30 s; a successful list starts over."""
 
 
 class Gone(Exception):
@@ -62,11 +66,11 @@ class JobWatch(threading.Thread):
         return headers
 
     def run(self) -> None:
-        backoff = 0.5
+        failures = 0
         while not self.stopped.is_set():
             try:
                 rv = self._list()
-                backoff = 0.5
+                failures = 0
                 while not self.stopped.is_set():
                     rv = self._watch(rv)
             except Gone:
@@ -74,8 +78,8 @@ class JobWatch(threading.Thread):
             except Exception as exc:
                 self.healthy.clear()
                 log.warning("batch Job watch (%s) failed, relisting: %s", self.namespace, exc)
-                self.stopped.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                failures += 1
+                self.stopped.wait(RECONNECT_BACKOFF.delay(failures))
 
     def _list(self) -> str:
         url = f"{self._path}?labelSelector={quote(self.selector)}"

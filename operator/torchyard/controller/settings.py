@@ -1,0 +1,26 @@
+"""The reconciler's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torchyard.api.constants import DEFAULT_TRAINER_IMAGE
+
+
+@dataclass
+class Settings:
+    default_image: str = DEFAULT_TRAINER_IMAGE
+    default_storage: str | None = None
+    workers: int = 16
+    """Reconciles running at once."""
+    coalesce_seconds: float = 0.02
+    """How long a queued key waits for more events before it is reconciled."""
+    count_update_seconds: float = 3.0
+    """Least time between two status writes that only refresh worker counts/message (phase
+    and condition changes are written at once)."""
+    child_coalesce_seconds: float = 0.25
+    """The same for events of a job's batch Job: pods becoming ready one by one change its
+    counts in bursts; one status write per burst, not one per pod."""
+
+
+__all__ = ["Settings"]

@@ -1,0 +1,218 @@
+"""Writing a decision's status, its Events and the job metrics that go with it.
+
+The status goes through the status subresource with ``metadata.resourceVersion`` as an
+optimistic-concurrency precondition (a stale cache gets a 409: :class:`Conflict`, reconcile
+again — a restart is never counted twice). A write that would only refresh the worker
+counts/message is throttled. Events are posted fire-and-forget, one per transition.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+
+from torchyard.api.constants import (
+    COMPRESSION_JOB_PLURAL,
+    GROUP,
+    TRAINING_JOB_PLURAL,
+    VERSION,
+    Phase,
+)
+from torchyard.controller.cache import Cache
+from torchyard.controller.kube import RAW, Conflict, Key, Kube, reason
+from torchyard.metrics import OperatorMetrics
+from torchyard.state import Decision, Event, JobView, Observed, rfc3339, status_patch
+
+log = logging.getLogger("torchyard.operator")
+
+PLURALS = {"TrainingJob": TRAINING_JOB_PLURAL, "CompressionJob": COMPRESSION_JOB_PLURAL}
+COUNT_KEYS = frozenset({"workers", "message"})
+COMPONENT = "torchyard-operator"
+
+
+class StatusWriter:
+    def __init__(
+        self, kube: Kube, cache: Cache, metrics: OperatorMetrics, count_update_seconds: float
+    ) -> None:
+        self.kube = kube
+        self.cache = cache
+        self.metrics = metrics
+        self.count_update_seconds = count_update_seconds
+        self._event_pool = ThreadPoolExecutor(2, thread_name_prefix="events")
+        self.instance = socket.gethostname()
+        self._last_write: dict[Key, float] = {}
+        self._seen_pods_created: set[Key] = set()
+        self._seen_running: set[Key] = set()
+
+    def forget(self, key: Key) -> None:
+        self._last_write.pop(key, None)
+        self._seen_pods_created.discard(key)
+        self._seen_running.discard(key)
+
+    def throttle(self, key: Key, body: dict[str, Any], decision: Decision) -> float:
+        """Seconds to defer this write by (0: write now): a write that only refreshes counts
+        waits until ``count_update_seconds`` after the previous write."""
+        patch = status_patch(dict(body.get("status") or {}), decision.status)
+        if not patch or not set(patch) <= COUNT_KEYS or decision.actions or decision.events:
+            return 0.0
+        wait = self.count_update_seconds - (time.monotonic() - self._last_write.get(key, 0.0))
+        return max(wait, 0.0)
+
+    def write(self, key: Key, body: dict[str, Any], decision: Decision) -> None:
+        """Write the status the decision wants (if it differs) and post its Events."""
+        old = dict(body.get("status") or {})
+        patch = status_patch(old, decision.status)
+        if patch:
+            rv = (body.get("metadata") or {}).get("resourceVersion")
+            try:
+                updated = self.kube.call(
+                    "patch",
+                    PLURALS[key[0]] + "/status",
+                    self.kube.custom.patch_namespaced_custom_object_status,
+                    GROUP,
+                    VERSION,
+                    key[1],
+                    PLURALS[key[0]],
+                    key[2],
+                    {"metadata": {"resourceVersion": rv}, "status": patch},
+                )
+            except client.ApiException as exc:
+                if exc.status == 409:
+                    self._refresh(key)
+                    raise Conflict() from exc
+                if exc.status == 404:
+                    return
+                raise
+            self._last_write[key] = time.monotonic()
+            if isinstance(updated, dict):
+                self.cache.offer_object(key, updated)
+            body = updated if isinstance(updated, dict) else body
+        for event in decision.events:
+            # Fire and forget: an Event never holds up the next job's reconcile.
+            self._event_pool.submit(self._post_event, body, event)
+
+    def _refresh(self, key: Key) -> None:
+        try:
+            fresh = self.kube.call(
+                "get",
+                PLURALS[key[0]],
+                self.kube.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                key[1],
+                PLURALS[key[0]],
+                key[2],
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                self.cache.drop_object(key)
+                return
+            raise
+        self.cache.offer_object(key, fresh)
+
+    def _post_event(self, body: dict[str, Any], event: Event) -> None:
+        meta = body.get("metadata") or {}
+        now = rfc3339(datetime.now(UTC))
+        ev = {
+            "metadata": {
+                "generateName": f"{meta.get('name')}.",
+                "namespace": meta.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "type": event.type,
+            "source": {"component": COMPONENT},
+            "reportingComponent": f"{GROUP}/operator",
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.kube.call(
+                "create",
+                "events",
+                self.kube.core.create_namespaced_event,
+                meta.get("namespace"),
+                ev,
+                **RAW,
+            )
+        except client.ApiException as exc:  # an event is never worth failing a reconcile
+            log.warning("could not post event %s: %s", event.reason, reason(exc))
+
+    def observe_metrics(
+        self,
+        key: Key,
+        body: dict[str, Any],
+        view: JobView,
+        decision: Decision,
+        obs: Observed,
+    ) -> None:
+        """The job's metrics for this decision (also when its write was throttled)."""
+        kind = key[0]
+        status = decision.status
+        spec = view.parsed.spec if view.parsed is not None else None
+        self.metrics.observe_job(
+            kind,
+            key[1],
+            key[2],
+            status.get("phase"),
+            strategy=str(getattr(spec, "strategy", "compression")) if spec else "",
+            workers=int(spec.workers) if spec else 0,
+            gang=str(spec.scheduling.gang) if spec else "",
+        )
+        old = body.get("status") or {}
+        if kind == "CompressionJob" and status.get("report") and not old.get("report"):
+            self.metrics.observe_report(key[1], key[2], status["report"])
+        if int(status.get("restarts") or 0) > int(old.get("restarts") or 0):
+            self.metrics.restarts.labels(kind, key[1], key[2]).inc()
+        created = _creation(body)
+        if created is None or spec is None or int(status.get("restarts") or 0) > 0:
+            return
+        job = obs.job
+        if (
+            key not in self._seen_pods_created
+            and job is not None
+            and job.active + job.succeeded + job.failed >= spec.workers
+            and old.get("phase") in (None, Phase.PENDING, Phase.WAITING)
+        ):
+            self._seen_pods_created.add(key)
+            self.metrics.pods_created_seconds.labels(kind).observe(
+                max(0.0, obs.now.timestamp() - created)
+            )
+        if (
+            key not in self._seen_running
+            and status.get("phase") == Phase.RUNNING
+            and old.get("phase") != Phase.RUNNING
+        ):
+            self._seen_running.add(key)
+            self.metrics.running_seconds.labels(kind).observe(
+                max(0.0, obs.now.timestamp() - created)
+            )
+
+
+def _creation(body: dict[str, Any]) -> float | None:
+    ts = (body.get("metadata") or {}).get("creationTimestamp")
+    if not ts:
+        return None
+    try:
+        return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+__all__ = ["COMPONENT", "PLURALS", "StatusWriter"]
