@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from torchyard_trainer.env import ConfigError
 from torchyard_trainer.storage import fetch
+
+if TYPE_CHECKING:
+    from torchyard.api.common import DataSpec
 
 Task = Literal["classification", "lm"]
 
@@ -88,13 +91,19 @@ def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, DataInfo]:
     )
 
 
+def _synthetic_size(args: dict[str, Any]) -> tuple[int, np.random.Generator]:
+    """Sample count (``numSamples``, alias ``samples``) and the random generator (seeded by
+    ``dataSeed``, independent of the job's seed) of a synthetic source."""
+    n = int(args.get("num_samples", args.get("samples", 2048)))
+    return n, np.random.default_rng(int(args.get("data_seed", 1234)))
+
+
 def _synthetic_tokens(args: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, DataInfo]:
     """Sequences from a fixed sparse Markov chain: learnable (loss falls), any size."""
-    n = int(args.get("num_samples", args.get("samples", 2048)))
+    n, rng = _synthetic_size(args)
     seq = int(args.get("seq_len", 64))
     vocab = int(args.get("vocab_size", 256))
     branching = int(args.get("branching", 4))
-    rng = np.random.default_rng(int(args.get("data_seed", 1234)))
     successors = rng.integers(0, vocab, size=(vocab, branching))
     tokens = np.empty((n, seq + 1), dtype=np.int64)
     tokens[:, 0] = rng.integers(0, vocab, size=n)
@@ -107,11 +116,10 @@ def _synthetic_tokens(args: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, Dat
 
 def _synthetic_images(args: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, DataInfo]:
     """Noisy class templates: an image classification task of any size."""
-    n = int(args.get("num_samples", args.get("samples", 2048)))
+    n, rng = _synthetic_size(args)
     size = int(args.get("image_size", 32))
     channels = int(args.get("channels", 3))
     classes = int(args.get("num_classes", 10))
-    rng = np.random.default_rng(int(args.get("data_seed", 1234)))
     templates = rng.normal(size=(classes, channels, size, size)).astype(np.float32)
     y = rng.integers(0, classes, size=n)
     noise = float(args.get("noise", 1.5))
@@ -199,50 +207,91 @@ def _labels_to_int(y: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
     return inv.astype(np.int64), [str(n) for n in names]
 
 
-def load_dataset(spec: Any, seed: int, pvc_root: Path, cache_dir: Path) -> Dataset:
-    """Load and split the data of a ``DataSpec`` (torchyard.api) deterministically."""
+def _load_uri(
+    spec: DataSpec, uri: str, args: dict[str, Any], pvc_root: Path, cache_dir: Path,
+    extra: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray, DataInfo]:
+    """User data by URI in ``spec.format``; labels made integer (class names kept in
+    ``extra``)."""
+    path = fetch(uri, pvc_root, cache_dir / "data")
+    extra["uri"] = uri
+    if spec.format == "npz":
+        x, y = _npz(path, spec.label_column)
+    elif spec.format == "csv":
+        x, y = _csv(path, spec.label_column)
+    elif spec.format == "parquet":
+        x, y = _parquet(path, spec.label_column)
+    elif spec.format == "imagefolder":
+        x, y, class_names = _imagefolder(path, args)
+        extra["classes"] = class_names
+    else:
+        raise ConfigError(f"data.format {spec.format!r} is not supported")
+    y, names = _labels_to_int(np.asarray(y))
+    if names:
+        extra["classes"] = names
+    x = np.asarray(x, dtype=np.float32)
+    shape = tuple(int(s) for s in x.shape[1:])
+    image = shape if len(shape) == 3 else None
+    return x, y, DataInfo("classification", shape, int(y.max()) + 1, image, name=uri)
+
+
+def _load_source(
+    spec: DataSpec, args: dict[str, Any], pvc_root: Path, cache_dir: Path, extra: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, DataInfo]:
+    """The whole data set of ``spec`` (builtin or by URI) as arrays, before any split."""
+    if spec.builtin in ("digits", "breast_cancer"):
+        return _sklearn(spec.builtin)
+    if spec.builtin == "synthetic_tokens":
+        return _synthetic_tokens(args)
+    if spec.builtin == "synthetic_images":
+        return _synthetic_images(args)
+    if spec.uri:
+        return _load_uri(spec, spec.uri, args, pvc_root, cache_dir, extra)
+    raise ConfigError("data needs builtin or uri")
+
+
+def _split_validation(
+    n: int, fraction: float, seed: int, stratify: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices): ``fraction`` of the ``n`` samples held out."""
     from sklearn.model_selection import train_test_split
 
+    if fraction > 0:
+        idx_train, idx_val = train_test_split(
+            np.arange(n), test_size=fraction, random_state=seed, stratify=stratify
+        )
+        return idx_train, idx_val
+    return np.arange(n), np.arange(0)
+
+
+def _withhold_labels(
+    idx_train: np.ndarray, labeled: int, seed: int, strat: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labeled indices, unlabeled indices): ``labeledSamples`` of the training split keep
+    their labels (stratified when the labels allow it), the rest is the transfer set."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        idx_lab, idx_unl = train_test_split(
+            idx_train, train_size=labeled, random_state=seed, stratify=strat
+        )
+    except ValueError:  # too few labels to stratify
+        idx_lab, idx_unl = train_test_split(idx_train, train_size=labeled, random_state=seed)
+    return idx_lab, idx_unl
+
+
+def _to_tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def load_dataset(spec: DataSpec, seed: int, pvc_root: Path, cache_dir: Path) -> Dataset:
+    """Load and split the data of a ``DataSpec`` (torchyard.api) deterministically."""
     args = snake_args(dict(spec.args))
     extra: dict[str, Any] = {}
-    if spec.builtin in ("digits", "breast_cancer"):
-        x, y, info = _sklearn(spec.builtin)
-    elif spec.builtin == "synthetic_tokens":
-        x, y, info = _synthetic_tokens(args)
-    elif spec.builtin == "synthetic_images":
-        x, y, info = _synthetic_images(args)
-    elif spec.uri:
-        path = fetch(spec.uri, pvc_root, cache_dir / "data")
-        extra["uri"] = spec.uri
-        if spec.format == "npz":
-            x, y = _npz(path, spec.label_column)
-        elif spec.format == "csv":
-            x, y = _csv(path, spec.label_column)
-        elif spec.format == "parquet":
-            x, y = _parquet(path, spec.label_column)
-        elif spec.format == "imagefolder":
-            x, y, class_names = _imagefolder(path, args)
-            extra["classes"] = class_names
-        else:
-            raise ConfigError(f"data.format {spec.format!r} is not supported")
-        y, names = _labels_to_int(np.asarray(y))
-        if names:
-            extra["classes"] = names
-        x = np.asarray(x, dtype=np.float32)
-        shape = tuple(int(s) for s in x.shape[1:])
-        image = shape if len(shape) == 3 else None
-        info = DataInfo("classification", shape, int(y.max()) + 1, image, name=spec.uri)
-    else:
-        raise ConfigError("data needs builtin or uri")
+    x, y, info = _load_source(spec, args, pvc_root, cache_dir, extra)
 
     stratify = y if info.task == "classification" else None
-    n = len(x)
-    if spec.validation_fraction > 0:
-        idx_train, idx_val = train_test_split(
-            np.arange(n), test_size=spec.validation_fraction, random_state=seed, stratify=stratify
-        )
-    else:
-        idx_train, idx_val = np.arange(n), np.arange(0)
+    idx_train, idx_val = _split_validation(len(x), spec.validation_fraction, seed, stratify)
     if args.get("standardize", spec.builtin == "breast_cancer"):
         # statistics of the training split only: nothing leaks from the held-out data
         mean = x[idx_train].mean(axis=0, keepdims=True)
@@ -251,19 +300,8 @@ def load_dataset(spec: Any, seed: int, pvc_root: Path, cache_dir: Path) -> Datas
     unlabeled = None
     if spec.labeled_samples is not None and spec.labeled_samples < len(idx_train):
         strat = y[idx_train] if stratify is not None else None
-        try:
-            idx_lab, idx_unl = train_test_split(
-                idx_train, train_size=spec.labeled_samples, random_state=seed, stratify=strat
-            )
-        except ValueError:  # too few labels to stratify
-            idx_lab, idx_unl = train_test_split(
-                idx_train, train_size=spec.labeled_samples, random_state=seed
-            )
-        idx_train = idx_lab
-        unlabeled = torch.from_numpy(np.ascontiguousarray(x[idx_unl]))
-
-    def to_t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a))
+        idx_train, idx_unl = _withhold_labels(idx_train, spec.labeled_samples, seed, strat)
+        unlabeled = _to_tensor(x[idx_unl])
 
     extra.update(
         {
@@ -274,10 +312,10 @@ def load_dataset(spec: Any, seed: int, pvc_root: Path, cache_dir: Path) -> Datas
         }
     )
     return Dataset(
-        train_x=to_t(x[idx_train]),
-        train_y=to_t(y[idx_train]),
-        val_x=to_t(x[idx_val]),
-        val_y=to_t(y[idx_val]),
+        train_x=_to_tensor(x[idx_train]),
+        train_y=_to_tensor(y[idx_train]),
+        val_x=_to_tensor(x[idx_val]),
+        val_y=_to_tensor(y[idx_val]),
         info=info,
         unlabeled_x=unlabeled,
         extra=extra,

@@ -11,7 +11,7 @@ import importlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,12 @@ from torch import nn
 
 from torchyard_trainer.data import DataInfo, snake_args
 from torchyard_trainer.env import ConfigError
+
+if TYPE_CHECKING:
+    from torchyard.api.common import ModelSpec
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""loss(logits, target) -> mean loss."""
 
 
 def _mlp(info: DataInfo, hidden: list[int] | None = None, dropout: float = 0.0) -> nn.Module:
@@ -185,7 +191,7 @@ BUILTINS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(spec: Any, info: DataInfo) -> nn.Module:
+def build_model(spec: ModelSpec, info: DataInfo) -> nn.Module:
     """Build the network of a ``ModelSpec``: builtin(info, **args) or factory(**args)."""
     args = snake_args(dict(spec.args))
     if spec.builtin:
@@ -207,7 +213,7 @@ def build_model(spec: Any, info: DataInfo) -> nn.Module:
     return model
 
 
-def loss_fn(task: str) -> Any:
+def loss_fn(task: str) -> LossFn:
     """Mean cross-entropy: over samples (classification) or over tokens (lm)."""
     if task == "lm":
 

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+if TYPE_CHECKING:
+    from torchyard.api.common import OptimizerSpec
+    from torchyard.api.training import LRScheduleSpec
+
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], spec: Any, device: torch.device
+    params: Iterable[torch.nn.Parameter], spec: OptimizerSpec, device: torch.device
 ) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov, L2 weight decay) or AdamW (fused on CUDA)."""
     params = [p for p in params if p.requires_grad]
@@ -32,7 +36,7 @@ def build_optimizer(
     )
 
 
-def lr_factor(spec: Any, peak_lr: float, total_steps: int) -> Callable[[int], float]:
+def lr_factor(spec: LRScheduleSpec, peak_lr: float, total_steps: int) -> Callable[[int], float]:
     """Multiplier of the peak lr at optimizer step ``step`` (0-based)."""
     warm = int(spec.warmup_steps)
     floor = float(spec.min_lr) / peak_lr if peak_lr > 0 else 0.0
@@ -47,12 +51,14 @@ def lr_factor(spec: Any, peak_lr: float, total_steps: int) -> Callable[[int], fl
             return (step + 1) / warm
         s = step - warm
         if kind == "step":
+            assert spec.step_size is not None  # the spec's rules require it for kind step
             return float(spec.gamma) ** (s // int(spec.step_size))
         if kind == "exponential":
             return float(spec.gamma) ** s
         if kind == "cosine":
             return cosine(s, decay_steps)
         if kind == "warmRestarts":
+            assert spec.restart_period is not None  # required for kind warmRestarts
             period = float(spec.restart_period)
             mult = int(spec.period_multiplier)
             pos = float(s)
@@ -66,6 +72,6 @@ def lr_factor(spec: Any, peak_lr: float, total_steps: int) -> Callable[[int], fl
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, spec: Any, peak_lr: float, total_steps: int
+    optimizer: torch.optim.Optimizer, spec: LRScheduleSpec, peak_lr: float, total_steps: int
 ) -> LambdaLR:
     return LambdaLR(optimizer, lr_factor(spec, peak_lr, total_steps))

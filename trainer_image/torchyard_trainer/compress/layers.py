@@ -1,107 +1,62 @@
-"""Compressed layers and the on-disk codecs of compressed model versions.
+"""Compressed layers and the on-disk layout of compressed model versions.
 
 A compressed model version is still ``model.safetensors`` + ``model-card.json``; the card's
 ``compression`` section says how to rebuild the network:
 
 * ``moduleShapes``: ``{fqn: weight shape}`` of every Linear/Conv/BatchNorm/Embedding — layers
-  that structured pruning shrank are rebuilt at their new size before the weights load;
+  that structured pruning shrank are rebuilt at their new size before the weights load
+  (:mod:`.surgery`);
 * ``quantized``: ``{fqn: {kind, granularity, backend, ...}}`` — layers replaced by one of the
   quantized modules below (their int8/int4/bit-packed weights and scales are plain tensors);
 * ``sparse``: names of tensors stored as a bit mask + the non-zero values (unstructured
-  pruning then really shrinks the file; they are dense again in memory).
+  pruning then really shrinks the file; they are dense again in memory; :mod:`.codec`).
 
 The quantized modules keep the *portable* representation (integers + scales) as their state and
 build the fast backend module (torch.ao fbgemm/x86 or torchao) lazily on first use, so the
 same file runs wherever one of the backends exists.
+
+The codecs (:mod:`.codec`), the module surgery (:mod:`.surgery`) and the torch.ao warning capture
+(:mod:`.quiet`) live in their own modules; their names are re-exported here, where the
+compression runtime has always found them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Deprecation warnings torch.ao raises while we use it on purpose: collected here, reported once
-# in the report (with the reason), never printed to the user's log one by one.
-CAPTURED_WARNINGS: dict[str, int] = {}
+from torchyard_trainer.compress.codec import (
+    MASK_SUFFIX,
+    VALUES_SUFFIX,
+    decode_state,
+    encode_state,
+    pack_bits,
+    pack_int4,
+    unpack_bits,
+    unpack_int4,
+)
+from torchyard_trainer.compress.quiet import (
+    CAPTURED_WARNINGS,
+    drain_warnings,
+    quiet_torch_ao,
+    quiet_torchao_import,
+)
+from torchyard_trainer.compress.surgery import (
+    RESIZABLE,
+    get_module,
+    resize_module,
+    set_module,
+)
 
-
-@contextlib.contextmanager
-def quiet_torch_ao() -> Iterator[None]:
-    """Run torch.ao calls, capturing their (known, explained) deprecation warnings."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        first = str(w.message).strip().splitlines()[0][:160]
-        CAPTURED_WARNINGS[first] = CAPTURED_WARNINGS.get(first, 0) + 1
-        # explained once in the report: later calls (e.g. every forward) stay silent
-        warnings.filterwarnings("ignore", message=re.escape(first[:60]))
-
-
-@contextlib.contextmanager
-def quiet_torchao_import() -> Iterator[None]:
-    """Import torchao without its import-time log line about torch's pytree registry (a
-    deprecation inside torchao itself, nothing the user can act on)."""
-    import logging
-
-    logger = logging.getLogger("torch.utils._pytree")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def drain_warnings() -> dict[str, int]:
-    out = dict(CAPTURED_WARNINGS)
-    CAPTURED_WARNINGS.clear()
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# bit packing
-
-
-def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """Bool tensor [..., n] → uint8 [..., ceil(n/8)] (little-endian bit order)."""
-    n = bits.shape[-1]
-    pad = (-n) % 8
-    b = F.pad(bits.to(torch.uint8), (0, pad)).reshape(*bits.shape[:-1], -1, 8)
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-    return (b * weights).sum(-1, dtype=torch.int32).to(torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: uint8 [..., ceil(n/8)] → bool [..., n]."""
-    shifts = torch.arange(8, dtype=torch.uint8)
-    bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(*packed.shape[:-1], -1)[..., :n].bool()
-
-
-def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """int8 values in [-8, 7], shape [..., n] → uint8 [..., ceil(n/2)] (two per byte)."""
-    u = (q.to(torch.int16) + 8).to(torch.uint8)
-    if u.shape[-1] % 2:
-        u = F.pad(u, (0, 1), value=8)
-    return u[..., 0::2] | (u[..., 1::2] << 4)
-
-
-def unpack_int4(packed: torch.Tensor, n: int) -> torch.Tensor:
-    lo = (packed & 0x0F).to(torch.int8) - 8
-    hi = (packed >> 4).to(torch.int8) - 8
-    return torch.stack([lo, hi], dim=-1).reshape(*packed.shape[:-1], -1)[..., :n]
+Forward = Callable[[torch.Tensor], torch.Tensor]
+"""What a quantized layer's backend computes with (a function, a bound forward or a module)."""
 
 
 def _small_float(t: torch.Tensor) -> torch.Tensor:
@@ -159,10 +114,28 @@ class QuantLinear(nn.Module):
     def float_bias(self) -> torch.Tensor | None:
         return None if self.bias is None else self.bias.float()
 
-    def _build(self) -> Any:
+    def _build(self) -> Forward:
         w = self.dequantized_weight()
         bias = self.float_bias()
         return lambda x: F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    def _torchao_linear(self, config: object, dtype: torch.dtype | None = None) -> nn.Linear:
+        """An ``nn.Linear`` holding the dequantized weights (in ``dtype`` when given), quantized
+        in place by torchao's ``quantize_`` with ``config``."""
+        with quiet_torchao_import():
+            from torchao.quantization import quantize_
+
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(self.dequantized_weight())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias.float())
+        if dtype is not None:
+            lin = lin.to(dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_(lin, config)
+        return lin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         impl = self.__dict__["_impl"]
@@ -175,15 +148,10 @@ class QuantLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, backend={self.backend}"
 
 
-class Int8Linear(QuantLinear):
-    """int8 weights (symmetric, per-tensor or per-channel), activations quantized per call.
+class _Int8Weights(QuantLinear):
+    """int8 weights (symmetric) with one scale per output row (perChannel) or per tensor: the
+    state the dynamic and the static int8 layers share."""
 
-    backends: ``torch.ao`` (fbgemm/x86 dynamic quantized linear — fastest on CPU), ``torchao``
-    (``Int8DynamicActivationInt8WeightConfig``, the maintained path, best on GPU / compiled),
-    ``reference`` (dequantize once, float matmul: runs everywhere, saves only size).
-    """
-
-    kind = "int8"
     weight_int8: torch.Tensor
     weight_scale: torch.Tensor
 
@@ -197,6 +165,35 @@ class Int8Linear(QuantLinear):
             "weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8)
         )
         self.register_buffer("weight_scale", torch.ones(n_scales, dtype=torch.float16))
+
+    def dequantized_weight(self) -> torch.Tensor:
+        s = self.weight_scale.float()
+        s = s.reshape(-1, 1) if self.granularity == "perChannel" else s
+        return self.weight_int8.float() * s
+
+    def _torch_ao_weight(self) -> torch.Tensor:
+        """The weights as a torch quantized tensor (qint8, per channel or per tensor)."""
+        if self.granularity == "perChannel":
+            return torch._make_per_channel_quantized_tensor(
+                self.weight_int8,
+                self.weight_scale.double(),
+                torch.zeros(self.out_features, dtype=torch.long),
+                0,
+            )
+        return torch._make_per_tensor_quantized_tensor(
+            self.weight_int8, float(self.weight_scale.float()[0]), 0
+        )
+
+
+class Int8Linear(_Int8Weights):
+    """int8 weights (symmetric, per-tensor or per-channel), activations quantized per call.
+
+    backends: ``torch.ao`` (fbgemm/x86 dynamic quantized linear — fastest on CPU), ``torchao``
+    (``Int8DynamicActivationInt8WeightConfig``, the maintained path, best on GPU / compiled),
+    ``reference`` (dequantize once, float matmul: runs everywhere, saves only size).
+    """
+
+    kind = "int8"
 
     @classmethod
     def from_float(
@@ -212,73 +209,39 @@ class Int8Linear(QuantLinear):
             m.bias = _small_float(lin.bias)
         return m
 
-    def dequantized_weight(self) -> torch.Tensor:
-        s = self.weight_scale.float()
-        s = s.reshape(-1, 1) if self.granularity == "perChannel" else s
-        return self.weight_int8.float() * s
-
-    def _build(self) -> Any:
+    def _build(self) -> Forward:
         if self.backend == "torch.ao":
             with quiet_torch_ao():
                 from torch.ao.nn.quantized.dynamic import Linear as DynLinear
 
                 q = DynLinear(self.in_features, self.out_features, dtype=torch.qint8)  # type: ignore[no-untyped-call]
-                if self.granularity == "perChannel":
-                    qw = torch._make_per_channel_quantized_tensor(
-                        self.weight_int8,
-                        self.weight_scale.double(),
-                        torch.zeros(self.out_features, dtype=torch.long),
-                        0,
-                    )
-                else:
-                    qw = torch._make_per_tensor_quantized_tensor(
-                        self.weight_int8, float(self.weight_scale.float()[0]), 0
-                    )
-                q.set_weight_bias(qw, self.float_bias())
+                q.set_weight_bias(self._torch_ao_weight(), self.float_bias())
 
             return q.forward  # no second nn.Module __call__ per layer: this is the hot path
         if self.backend == "torchao":
             with quiet_torchao_import():
-                from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+                from torchao.quantization import Int8DynamicActivationInt8WeightConfig
                 from torchao.quantization.granularity import PerRow, PerTensor
 
-            lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-            with torch.no_grad():
-                lin.weight.copy_(self.dequantized_weight())
-                if self.bias is not None:
-                    lin.bias.copy_(self.bias.float())
             gran = PerRow() if self.granularity == "perChannel" else PerTensor()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                quantize_(lin, Int8DynamicActivationInt8WeightConfig(granularity=gran))
-            return lin
+            return self._torchao_linear(Int8DynamicActivationInt8WeightConfig(granularity=gran))
         return super()._build()
 
 
-class StaticInt8Linear(QuantLinear):
+class StaticInt8Linear(_Int8Weights):
     """int8 weights and int8 activations with ranges calibrated ahead of time (torch.ao
     quantized Linear, fbgemm/x86): input quantized with the calibrated scale, int8 GEMM,
     output requantized with the calibrated output scale, dequantized for the next layer."""
 
     kind = "staticInt8"
-    weight_int8: torch.Tensor
-    weight_scale: torch.Tensor
     act_qparams: torch.Tensor
 
     def __init__(
         self, in_features: int, out_features: int, has_bias: bool, backend: str, granularity: str
     ) -> None:
-        super().__init__(in_features, out_features, has_bias, backend)
-        self.granularity = granularity
-        n_scales = out_features if granularity == "perChannel" else 1
-        self.register_buffer(
-            "weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8)
-        )
-        self.register_buffer("weight_scale", torch.ones(n_scales, dtype=torch.float16))
+        super().__init__(in_features, out_features, has_bias, backend, granularity)
         # activation qparams (quint8 affine): [scale, zero_point] of the input and of the output
         self.register_buffer("act_qparams", torch.tensor([1.0, 0.0, 1.0, 0.0]))
-
-    dequantized_weight = Int8Linear.dequantized_weight
 
     @classmethod
     def from_float(
@@ -297,23 +260,12 @@ class StaticInt8Linear(QuantLinear):
         m.act_qparams = torch.tensor([*_affine_qparams(*in_range), *_affine_qparams(*out_range)])
         return m
 
-    def _build(self) -> Any:
+    def _build(self) -> Forward:
         with quiet_torch_ao():
             from torch.ao.nn.quantized import Linear as QLinear
 
             q = QLinear(self.in_features, self.out_features, dtype=torch.qint8)  # type: ignore[no-untyped-call]
-            if self.granularity == "perChannel":
-                qw = torch._make_per_channel_quantized_tensor(
-                    self.weight_int8,
-                    self.weight_scale.double(),
-                    torch.zeros(self.out_features, dtype=torch.long),
-                    0,
-                )
-            else:
-                qw = torch._make_per_tensor_quantized_tensor(
-                    self.weight_int8, float(self.weight_scale.float()[0]), 0
-                )
-            q.set_weight_bias(qw, self.float_bias())
+            q.set_weight_bias(self._torch_ao_weight(), self.float_bias())
             in_s, in_z, out_s, out_z = self.act_qparams.tolist()
             q.scale, q.zero_point = float(out_s), int(out_z)
 
@@ -389,20 +341,14 @@ class Int4Linear(QuantLinear):
         ]
         return q * s
 
-    def _build(self) -> Any:
+    def _build(self) -> Forward:
         if self.backend == "torchao":
             with quiet_torchao_import():
-                from torchao.quantization import Int4WeightOnlyConfig, quantize_
+                from torchao.quantization import Int4WeightOnlyConfig
 
-            lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-            with torch.no_grad():
-                lin.weight.copy_(self.dequantized_weight())
-                if self.bias is not None:
-                    lin.bias.copy_(self.bias.float())
-            lin = lin.to(torch.bfloat16)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                quantize_(lin, Int4WeightOnlyConfig(group_size=self.group_size))
+            lin = self._torchao_linear(
+                Int4WeightOnlyConfig(group_size=self.group_size), torch.bfloat16
+            )
 
             def run(x: torch.Tensor) -> torch.Tensor:
                 return lin(x.to(torch.bfloat16)).to(x.dtype)  # type: ignore[no-any-return]
@@ -485,41 +431,7 @@ def serving_copy(model: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
-# module surgery helpers
-
-
-def get_module(model: nn.Module, fqn: str) -> Any:  # the caller knows the layer type
-    return model.get_submodule(fqn) if fqn else model
-
-
-def set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
-    parent_name, _, child = fqn.rpartition(".")
-    setattr(get_module(model, parent_name), child, new)
-
-
-def resize_module(mod: Any, shape: list[int]) -> Any:
-    """A fresh module of the same type as ``mod`` whose weight has ``shape``."""
-    if isinstance(mod, nn.Linear):
-        return nn.Linear(shape[1], shape[0], bias=mod.bias is not None)
-    if isinstance(mod, nn.Conv2d):
-        return nn.Conv2d(
-            shape[1] * mod.groups,
-            shape[0],
-            mod.kernel_size,  # type: ignore[arg-type]
-            mod.stride,  # type: ignore[arg-type]
-            mod.padding,  # type: ignore[arg-type]
-            mod.dilation,  # type: ignore[arg-type]
-            mod.groups,
-            bias=mod.bias is not None,
-        )
-    if isinstance(mod, nn.BatchNorm2d | nn.BatchNorm1d):
-        return type(mod)(shape[0], mod.eps, mod.momentum, mod.affine, mod.track_running_stats)
-    if isinstance(mod, nn.LayerNorm):
-        return nn.LayerNorm(shape, mod.eps, mod.elementwise_affine)
-    raise ValueError(f"cannot resize a {type(mod).__name__}")
-
-
-RESIZABLE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
+# the card's layout of a model, and its logical (dequantized) weights
 
 
 def module_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -546,55 +458,6 @@ def quant_layout(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# sparse storage: bit mask + non-zero values
-
-
-MASK_SUFFIX = ".__mask"
-VALUES_SUFFIX = ".__values"
-
-
-def encode_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Store a tensor as (bit mask, non-zero values) when that is smaller than dense."""
-    out: dict[str, torch.Tensor] = {}
-    sparse: list[str] = []
-    for name, t in state.items():
-        t = t.detach().cpu().contiguous()
-        n = t.numel()
-        if t.dim() >= 2 and n >= 64 and t.dtype != torch.uint8:
-            nnz = int(torch.count_nonzero(t))
-            dense_bytes = n * t.element_size()
-            sparse_bytes = math.ceil(n / 8) + nnz * t.element_size()
-            if sparse_bytes < dense_bytes:
-                flat = t.reshape(-1)
-                mask = flat != 0
-                out[name + MASK_SUFFIX] = pack_bits(mask)
-                out[name + VALUES_SUFFIX] = flat[mask].contiguous()
-                sparse.append(name)
-                continue
-        out[name] = t
-    return out, sparse
-
-
-def decode_state(
-    stored: dict[str, torch.Tensor], sparse: list[str], shapes: dict[str, list[int]]
-) -> dict[str, torch.Tensor]:
-    out = {
-        k: v
-        for k, v in stored.items()
-        if not (k.endswith(MASK_SUFFIX) or k.endswith(VALUES_SUFFIX))
-    }
-    for name in sparse:
-        shape = shapes[name]
-        n = math.prod(shape)
-        mask = unpack_bits(stored[name + MASK_SUFFIX], n)
-        values = stored[name + VALUES_SUFFIX]
-        flat = torch.zeros(n, dtype=values.dtype)
-        flat[mask] = values
-        out[name] = flat.reshape(shape)
-    return out
-
-
 def logical_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Every parameter of the model as float, quantized layers dequantized."""
     for mname, mod in model.named_modules():
@@ -609,6 +472,11 @@ def logical_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 __all__ = [
+    "CAPTURED_WARNINGS",
+    "MASK_SUFFIX",
+    "QUANT_KINDS",
+    "RESIZABLE",
+    "VALUES_SUFFIX",
     "BinaryLinear",
     "Int4Linear",
     "Int8Linear",
@@ -618,8 +486,17 @@ __all__ = [
     "drain_warnings",
     "empty_quant_module",
     "encode_state",
+    "get_module",
     "logical_weights",
     "module_shapes",
+    "pack_bits",
+    "pack_int4",
     "quant_layout",
     "quiet_torch_ao",
+    "quiet_torchao_import",
+    "resize_module",
+    "serving_copy",
+    "set_module",
+    "unpack_bits",
+    "unpack_int4",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +22,13 @@ from torchyard_trainer.compress import layers
 from torchyard_trainer.compress.common import Context, train_epochs
 from torchyard_trainer.env import ConfigError
 
+if TYPE_CHECKING:
+    from torchyard.api.compression import PruneStep
+
 log = logging.getLogger("torchyard_trainer.compress")
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
+Prunable = nn.Linear | nn.Conv2d
 
 
 def schedule(target: float, rounds: int) -> list[float]:
@@ -33,18 +37,23 @@ def schedule(target: float, rounds: int) -> list[float]:
     return [1.0 - (1.0 - target) ** ((k + 1) / rounds) for k in range(rounds)]
 
 
-def prunable_weights(model: nn.Module) -> list[tuple[str, Any]]:
+def prunable_weights(model: nn.Module) -> list[tuple[str, Prunable]]:
     mods = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
     if not mods:
         raise ConfigError("pruning found no Linear/Conv2d layer in the model")
     return mods
 
 
-def effective_weight(m: Any) -> torch.Tensor:
+def _reparametrised(m: Prunable) -> torch.Tensor:
+    """``weight_orig * weight_mask`` of a layer under a ``torch.nn.utils.prune`` mask."""
+    return cast(torch.Tensor, m.weight_orig) * cast(torch.Tensor, m.weight_mask)
+
+
+def effective_weight(m: Prunable) -> torch.Tensor:
     """The weight a forward would use now (the prune hook refreshes ``weight`` only in forward)."""
     if tprune.is_pruned(m):
-        return (m.weight_orig * m.weight_mask).detach()  # type: ignore[no-any-return]
-    return m.weight.detach()  # type: ignore[no-any-return]
+        return _reparametrised(m).detach()
+    return m.weight.detach()
 
 
 def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -56,7 +65,7 @@ def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask.reshape(scores.shape)
 
 
-def magnitude_masks(mods: list[tuple[str, Any]], sparsity: float,
+def magnitude_masks(mods: list[tuple[str, Prunable]], sparsity: float,
                     scope: str) -> dict[str, torch.Tensor]:
     """Masks zeroing the smallest |w|: per layer, or with one threshold over all layers."""
     weights = {n: effective_weight(m).abs() for n, m in mods}
@@ -72,29 +81,30 @@ def magnitude_masks(mods: list[tuple[str, Any]], sparsity: float,
     return out
 
 
-def threshold_masks(mods: list[tuple[str, Any]], threshold: float) -> dict[str, torch.Tensor]:
+def threshold_masks(mods: list[tuple[str, Prunable]], threshold: float
+                    ) -> dict[str, torch.Tensor]:
     return {n: (effective_weight(m).abs() >= threshold).float() for n, m in mods}
 
 
-def _apply_masks(mods: list[tuple[str, Any]], masks: dict[str, torch.Tensor]) -> None:
+def _apply_masks(mods: list[tuple[str, Prunable]], masks: dict[str, torch.Tensor]) -> None:
     for n, m in mods:
         # custom_from_mask combines with an existing mask (AND): pruned weights stay pruned
         tprune.custom_from_mask(m, "weight", masks[n])  # type: ignore[no-untyped-call]
 
 
-def _make_permanent(mods: list[tuple[str, Any]]) -> None:
+def _make_permanent(mods: list[tuple[str, Prunable]]) -> None:
     for _, m in mods:
         if tprune.is_pruned(m):
             tprune.remove(m, "weight")  # type: ignore[no-untyped-call]
 
 
-def sparsity_of(mods: list[tuple[str, Any]]) -> float:
+def sparsity_of(mods: list[tuple[str, Prunable]]) -> float:
     total = sum(m.weight.numel() for _, m in mods)
     zeros = sum(int((m.weight == 0).sum()) for _, m in mods)
-    return zeros / max(1, total)  # type: ignore[no-any-return]
+    return zeros / max(1, total)
 
 
-def magnitude(model: nn.Module, step: Any, sparsity: float, ctx: Context) -> dict[str, Any]:
+def magnitude(model: nn.Module, step: PruneStep, sparsity: float, ctx: Context) -> dict[str, Any]:
     mods = prunable_weights(model)
     for s in schedule(sparsity, step.iterations):
         _apply_masks(mods, magnitude_masks(mods, s, step.scope))
@@ -103,7 +113,8 @@ def magnitude(model: nn.Module, step: Any, sparsity: float, ctx: Context) -> dic
     return {"sparsity": round(sparsity_of(mods), 6)}
 
 
-def l1_threshold(model: nn.Module, step: Any, sparsity: float, ctx: Context) -> dict[str, Any]:
+def l1_threshold(model: nn.Module, step: PruneStep, sparsity: float, ctx: Context
+                 ) -> dict[str, Any]:
     """L1-regularised fine-tune (pushes unimportant weights to zero), then zero every weight
     under the threshold (given, or the one that reaches ``sparsity``), then fine-tune the rest."""
     mods = prunable_weights(model)
@@ -112,7 +123,7 @@ def l1_threshold(model: nn.Module, step: Any, sparsity: float, ctx: Context) -> 
     def l1(m: nn.Module) -> torch.Tensor:
         total = torch.zeros(())
         for _, mod in mods:
-            w = mod.weight_orig * mod.weight_mask if tprune.is_pruned(mod) else mod.weight
+            w = _reparametrised(mod) if tprune.is_pruned(mod) else mod.weight
             total = total + w.abs().sum()
         return lam * total
 
@@ -272,7 +283,7 @@ def _zero_units(model: nn.Module, g: Group, keep: torch.Tensor) -> dict[str, tor
     return out
 
 
-def structured(model: nn.Module, step: Any, sparsity: float, ctx: Context) -> dict[str, Any]:
+def structured(model: nn.Module, step: PruneStep, sparsity: float, ctx: Context) -> dict[str, Any]:
     groups = find_groups(model)
     if not groups:
         raise ConfigError(
@@ -326,7 +337,7 @@ def structured(model: nn.Module, step: Any, sparsity: float, ctx: Context) -> di
             "physicalShrink": bool(step.physical_shrink)}
 
 
-def apply(model: nn.Module, step: Any, sparsity: float, ctx: Context) -> dict[str, Any]:
+def apply(model: nn.Module, step: PruneStep, sparsity: float, ctx: Context) -> dict[str, Any]:
     if not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"prune.sparsity must be in [0, 1), got {sparsity}")
     if any(isinstance(m, layers.QuantLinear) for m in model.modules()):

@@ -18,7 +18,8 @@ and the report says so.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ from torch import nn
 from torchyard_trainer.compress import layers
 from torchyard_trainer.compress.common import Context, train_epochs
 from torchyard_trainer.env import ConfigError
+
+if TYPE_CHECKING:
+    from torchyard.api.compression import QuantizeStep
 
 INT4_GROUP = 32
 
@@ -176,7 +180,7 @@ def _calibrate(model: nn.Module, targets: list[tuple[str, nn.Linear]], ctx: Cont
                samples: int) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
     ranges: dict[str, list[float]] = {n: [0.0, 0.0, 0.0, 0.0] for n, _ in targets}
 
-    def hook(name: str) -> Any:
+    def hook(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def fn(_m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             r = ranges[name]
             r[0], r[1] = min(r[0], float(inp[0].min())), max(r[1], float(inp[0].max()))
@@ -195,7 +199,8 @@ def _calibrate(model: nn.Module, targets: list[tuple[str, nn.Linear]], ctx: Cont
     return {n: ((r[0], r[1]), (r[2], r[3])) for n, r in ranges.items()}
 
 
-def apply(model: nn.Module, step: Any, granularity: str, ctx: Context) -> dict[str, Any]:
+def apply(model: nn.Module, step: QuantizeStep, granularity: str, ctx: Context
+          ) -> dict[str, Any]:
     """Quantize ``model`` in place per ``step`` with the given weight granularity."""
     if any(isinstance(m, layers.QuantLinear) for m in model.modules()):
         raise ConfigError("the model is already quantized: one quantize step per job")

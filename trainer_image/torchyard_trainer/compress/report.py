@@ -12,7 +12,7 @@ import platform
 import statistics
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save as st_save
@@ -20,6 +20,9 @@ from torch import nn
 
 from torchyard_trainer.compress import layers
 from torchyard_trainer.compress.common import Context, evaluate, export_state
+
+if TYPE_CHECKING:
+    from torchyard.api.compression import AccuracyCriterion
 
 
 @contextlib.contextmanager
@@ -122,11 +125,11 @@ def versions() -> str:
     return ", ".join(parts)
 
 
-def passes(baseline: float, value: float, criterion: Any) -> bool:
+def passes(baseline: float, value: float, criterion: AccuracyCriterion) -> bool:
     """The accuracy gate: drop ≤ tolerableLoss (absolute points, or fraction of baseline)."""
     drop = baseline - value
     allowed = criterion.tolerable_loss * (baseline if criterion.mode == "relative" else 1.0)
-    return drop <= allowed + 1e-12  # type: ignore[no-any-return]
+    return drop <= allowed + 1e-12
 
 
 def table(report: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -23,14 +23,20 @@ from torchyard_trainer.compress import distill, prune, quantize
 from torchyard_trainer.compress.common import Context, clone
 from torchyard_trainer.compress.report import measure, passes
 
+if TYPE_CHECKING:
+    from torchyard.api.compression import AccuracyCriterion, CompressionStep
+
 log = logging.getLogger("torchyard_trainer.compress")
+
+Setting = float | str | None
+"""A step's setting in one candidate: a sparsity, a granularity, or None (fixed step)."""
 
 
 @dataclass
 class Candidate:
     """One point of the search: a setting per step."""
 
-    choices: tuple[tuple[str, Any], ...]
+    choices: tuple[tuple[str, Setting], ...]
     """Per step: (label, value) — e.g. ("prune.sparsity", 0.9); ("", None) for fixed steps."""
 
     @property
@@ -39,7 +45,7 @@ class Candidate:
         return ",".join(parts) or "as specified"
 
     @property
-    def params(self) -> dict[str, Any]:
+    def params(self) -> dict[str, Setting]:
         return {k: v for k, v in self.choices if k}
 
 
@@ -61,7 +67,7 @@ class TrialResult:
                 "stats": self.stats, "passed": self.passed}
 
 
-def step_choices(step: Any) -> list[tuple[str, Any]]:
+def step_choices(step: CompressionStep) -> list[tuple[str, Setting]]:
     if step.prune is not None:
         values = [step.prune.sparsity, *step.prune.candidates]
         uniq = list(dict.fromkeys(float(v) for v in values))
@@ -75,25 +81,29 @@ def step_choices(step: Any) -> list[tuple[str, Any]]:
     return [("", None)]
 
 
-def candidates(steps: list[Any], max_trials: int) -> tuple[list[Candidate], int]:
+def candidates(steps: list[CompressionStep], max_trials: int) -> tuple[list[Candidate], int]:
     """All combinations (the spec's own setting first), capped at ``max_trials``."""
     combos = [Candidate(tuple(c)) for c in itertools.product(*(step_choices(s) for s in steps))]
     return combos[:max_trials], len(combos)
 
 
-def apply_step(model: nn.Module, step: Any, value: Any, ctx: Context
+def apply_step(model: nn.Module, step: CompressionStep, value: Setting, ctx: Context
                ) -> tuple[nn.Module, dict[str, Any]]:
     if step.prune is not None:
+        assert value is not None, "a prune step's setting is its sparsity"
         info = prune.apply(model, step.prune, float(value), ctx)
         return model, {"prune": {"method": step.prune.method, **info}}
     if step.distill is not None:
         student, info = distill.apply(model, step.distill, ctx)
         return student, {"distill": info}
-    info = quantize.apply(model, step.quantize, value or step.quantize.granularity, ctx)
+    quant = step.quantize
+    assert quant is not None, "a step sets one of prune, distill or quantize"
+    info = quantize.apply(model, quant, str(value or quant.granularity), ctx)
     return model, {"quantize": info}
 
 
-def run_search(source: nn.Module, steps: list[Any], ctx: Context, criterion: Any,
+def run_search(source: nn.Module, steps: list[CompressionStep], ctx: Context,
+               criterion: AccuracyCriterion,
                objective: str, baseline_metric: float, n_threads: int,
                on_trial: Callable[[int, int, TrialResult], None] | None = None,
                ) -> tuple[TrialResult, list[TrialResult], list[str]]:
@@ -105,8 +115,9 @@ def run_search(source: nn.Module, steps: list[Any], ctx: Context, criterion: Any
                         f"evaluated the first {len(cands)}")
     base_spec = dict(ctx.model_spec)
     # prefix cache: choices of the first k steps -> (model, model spec, step infos, backends)
-    cache: dict[tuple[Any, ...], tuple[nn.Module, dict[str, Any], list[dict[str, Any]],
-                                       dict[str, str]]] = {(): (source, base_spec, [], {})}
+    cache: dict[tuple[tuple[str, Setting], ...],
+                tuple[nn.Module, dict[str, Any], list[dict[str, Any]], dict[str, str]]] = {
+        (): (source, base_spec, [], {})}
     results: list[TrialResult] = []
     for cand in cands:
         t0 = time.perf_counter()
