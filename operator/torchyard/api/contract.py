@@ -24,6 +24,8 @@ class Label:
     JOB_KIND: Final = "torchyard.io/job-kind"
     ROLE: Final = "torchyard.io/role"
     MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+    MANAGED_BY_VALUE: Final = "torchyard"
+    """The value of MANAGED_BY on everything the operator creates."""
     # Gang scheduling: the pod-group label coscheduling (scheduler-plugins) reads.
     COSCHEDULING_POD_GROUP: Final = "scheduling.x-k8s.io/pod-group"
     # Kueue: the queue a Job is submitted to, and the label Kueue puts on the Workload it makes

@@ -133,7 +133,7 @@ def selector_labels(kind: str, name: str) -> dict[str, str]:
 
 
 def _common_labels(w: Workload) -> dict[str, str]:
-    return {**selector_labels(w.kind, w.name), Label.MANAGED_BY: "torchyard"}
+    return {**selector_labels(w.kind, w.name), Label.MANAGED_BY: Label.MANAGED_BY_VALUE}
 
 
 def pvc_mounts(uris: list[str]) -> list[tuple[str, str]]:

@@ -114,7 +114,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         start_job_watches,
         r.api,
         list(getattr(memo, "namespaces", None) or []),
-        f"{Label.MANAGED_BY}=torchyard",
+        f"{Label.MANAGED_BY}={Label.MANAGED_BY_VALUE}",
         r.observe_job,
         r.relist_jobs,
     )

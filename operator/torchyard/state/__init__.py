@@ -50,7 +50,7 @@ from torchyard.state.ownership import (
     controlled_by,
     controller_ref,
 )
-from torchyard.state.results import is_retryable, parse_result, result_status
+from torchyard.state.results import attempt_is_retryable, parse_result, result_status
 
 __all__ = [
     "CHILD_WHAT",
@@ -68,6 +68,7 @@ __all__ = [
     "Status",
     "StatusDraft",
     "WorkloadStep",
+    "attempt_is_retryable",
     "classify_existing",
     "classify_refusal",
     "clear_condition",
@@ -79,7 +80,6 @@ __all__ = [
     "decide_blocked",
     "decide_failure",
     "get_condition",
-    "is_retryable",
     "lifetime_due",
     "parse_result",
     "parse_time",

@@ -37,7 +37,12 @@ from torchyard.state.draft import StatusDraft, worker_counts
 from torchyard.state.kueue import kueue_queue, suspend_action, workload_action
 from torchyard.state.lifetime import deadline_at
 from torchyard.state.observed import JobInfo, JobView, Observed, PodInfo, rfc3339
-from torchyard.state.results import describe_pod_failure, failed_pod, is_retryable, result_of
+from torchyard.state.results import (
+    attempt_is_retryable,
+    describe_pod_failure,
+    failed_pod,
+    result_of,
+)
 
 
 def decide(view: JobView, obs: Observed) -> Decision:
@@ -318,7 +323,7 @@ def _handle_failed_attempt(
     what = describe_pod_failure(pod)
     if job.failed_reason not in ("PodFailurePolicy", "BackoffLimitExceeded") and pod is None:
         what = f"{what} ({job.failed_reason}: {job.failed_message or ''})".strip()
-    if not is_retryable(draft.view, job, pod):
+    if not attempt_is_retryable(draft.view, job, pod):
         return draft.fail(Reason.PERMANENT_FAILURE, f"{what}; not retryable", job)
     restarts = draft.restarts
     if restarts >= policy.backoff_limit:

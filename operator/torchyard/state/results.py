@@ -3,7 +3,7 @@
 A worker writes its result JSON to its termination message (DESIGN §3, the contract):
 :func:`parse_result` reads it and :func:`result_status` turns it into the status fields of a
 succeeded job; a failed attempt is described by its lowest-rank failed pod and classified
-as retryable or not (:func:`is_retryable`, on the contract's exit-code rules).
+as retryable or not (:func:`attempt_is_retryable`, on the contract's exit-code rules).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def describe_pod_failure(pod: PodInfo | None) -> str:
     return text
 
 
-def is_retryable(view: JobView, job: JobInfo, pod: PodInfo | None) -> bool:
+def attempt_is_retryable(view: JobView, job: JobInfo, pod: PodInfo | None) -> bool:
     """Whether a failed attempt may restart the group (before counting backoffLimit)."""
     assert view.parsed is not None
     policy = view.parsed.spec.run_policy
