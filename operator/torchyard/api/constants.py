@@ -88,4 +88,3 @@ class Reason:
 
 
 DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/torchyard/trainer:0.1.0"
-
