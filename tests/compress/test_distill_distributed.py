@@ -172,7 +172,7 @@ def test_a_hung_rank_fails_rank0_after_the_collective_timeout(
 
     from torchyard.api.compression import DistillStep
     from torchyard.api.contract import ExitCode
-    from torchyard_trainer.compress.distributed import COLLECTIVE_TIMEOUT, TIMEOUT_ENV
+    from torchyard_trainer.runtime import COLLECTIVE_TIMEOUT, TIMEOUT_ENV
 
     timeout = 10.0
     # the runtime's worst case: the fine-tune's collective, then telling the others "done"

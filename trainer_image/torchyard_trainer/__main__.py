@@ -1,8 +1,12 @@
 """Entry point: ``torchrun [...] -m torchyard_trainer`` (or ``python -m torchyard_trainer`` for
-one process). Reads the manifest at ``$TORCHYARD_SPEC`` and runs its strategy.
+one process). Reads the manifest at ``$TORCHYARD_SPEC`` and runs it: a TrainingJob's strategy
+(``train/``) or a CompressionJob (``compress/``).
 
-Exit codes: :class:`torchyard.api.contract.ExitCode` (0 ok, 1 error, 2 invalid spec, 3 accuracy
-gate missed, 130 interrupted, 200 a peer rank lost; 1–127 permanent, ≥ 128 retryable).
+Exit codes: :class:`torchyard.api.contract.ExitCode` — 0 ok, 1 unexpected error, 2 invalid spec
+or environment, 3 no candidate passed a CompressionJob's accuracy gate, 130 interrupted, 200 a
+peer rank was lost; a rank killed by signal N ends with 128 + N (OOM/SIGKILL 137). 1–127 are
+permanent, ≥ 128 retryable (``runPolicy.retryableExitCodes`` moves codes below 128). On an
+error rank 0 writes a failure record to the result file (see ``runtime.exit_code_for``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from torchyard.api.contract import Env, ExitCode
 from torchyard_trainer.env import ConfigError, WorkerEnv
+from torchyard_trainer.runtime import exit_code_for
 
 log = logging.getLogger("torchyard_trainer")
 
@@ -48,35 +53,16 @@ def load_job(path: Path) -> Any:
         raise ConfigError(f"{path}: invalid {kind}:\n{exc}") from exc
 
 
-def is_peer_failure(exc: BaseException) -> bool:
-    """A collective failed because another rank died: retryable, not this rank's fault."""
-    import torch.distributed as dist
-
-    if isinstance(exc, dist.DistError) and not isinstance(exc, dist.DistStoreError):
-        return True
-    text = str(exc)
-    markers = (
-        "Connection closed by peer",
-        "Connection reset by peer",
-        "Broken pipe",
-        "NCCL communicator was aborted",
-        "gloo/transport",
-        "ProcessGroupGloo",
-    )
-    return isinstance(exc, RuntimeError) and any(m in text for m in markers)
-
-
 def run(env: WorkerEnv) -> dict[str, Any]:
+    """Run the job of ``$TORCHYARD_SPEC`` (rank 0 returns its result)."""
     if env.spec_path is None:
         raise ConfigError("TORCHYARD_SPEC is not set (path of the job manifest)")
     job = load_job(env.spec_path)
     if job.kind == "CompressionJob":
-        # the compression runtime owns its loop; same env contract, same result file
-        from torchyard_trainer import compress
+        # same env contract, same result file (see compress/runner.py)
+        from torchyard_trainer.compress import run_job
 
-        if not hasattr(compress, "run_job"):
-            raise ConfigError("this worker image has no compression runtime")
-        return dict(compress.run_job(env, job))
+        return dict(run_job(env, job))
     from torchyard_trainer.train.common import build_runtime
 
     rt = build_runtime(env, job)
@@ -105,24 +91,12 @@ def _write_failure(env: WorkerEnv, code: int, exc: BaseException) -> None:
             {
                 "status": "Failed",
                 "exitCode": code,
-                "retryable": code >= 128,
+                "retryable": code >= ExitCode.SIGNALS_FROM,
                 "reason": type(exc).__name__,
                 "message": str(exc)[:2500],  # the termination message holds 4 KiB
                 "restarts": env.restart_count,
             },
         )
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The exit code of a worker that raised ``exc`` (the Job's podFailurePolicy reads it):
-    2 invalid spec, 130 interrupted, 200 a peer rank lost (retryable), 1 anything else."""
-    if isinstance(exc, SystemExit):
-        return exc.code if isinstance(exc.code, int) else ExitCode.ERROR
-    if isinstance(exc, KeyboardInterrupt):
-        return ExitCode.INTERRUPTED
-    if isinstance(exc, ConfigError):
-        return ExitCode.CONFIG
-    return ExitCode.PEER_LOST if is_peer_failure(exc) else ExitCode.ERROR
 
 
 def main() -> int:

@@ -120,22 +120,29 @@ def resolve_version_dir(store: Path, name: str, version: int | None) -> Path:
     return store / name / f"v{v}"
 
 
-def find_by_job(store: Path, job: str) -> Path:
-    """The newest model version whose lineage names the TrainingJob ``job``."""
+def find_by_job(store: Path, job: str) -> Path | None:
+    """The newest model version (by creation time, then version number) whose lineage says
+    TrainingJob ``job`` produced it, under any model name of ``store``; None when there is none
+    (or no store yet). Hidden entries, unreadable cards and versions made by other kinds of job
+    of the same name (a CompressionJob's output) are skipped."""
     best: tuple[str, int, Path] | None = None
-    for model_dir in store.iterdir() if store.is_dir() else []:
+    if not store.is_dir():
+        return None
+    for model_dir in store.iterdir():
+        if not model_dir.is_dir() or model_dir.name.startswith("."):
+            continue
         for v in versions(model_dir):
             vdir = model_dir / f"v{v}"
             try:
                 card = read_card(vdir)
             except (OSError, ValueError):
                 continue
-            if card.get("lineage", {}).get("job") == job:
+            lineage = card.get("lineage") or {}
+            if lineage.get("job") == job and lineage.get("kind", "TrainingJob") == "TrainingJob":
                 key = (str(card.get("created", "")), v, vdir)
-                best = key if best is None or key[:2] > best[:2] else best
-    if best is None:
-        raise ConfigError(f"no model version produced by TrainingJob {job!r} under {store}")
-    return best[2]
+                if best is None or key[:2] > best[:2]:
+                    best = key
+    return None if best is None else best[2]
 
 
 def read_card(version_dir: Path) -> dict[str, Any]:

@@ -136,6 +136,13 @@ class CheckpointManager:
             self._pending = _Pending(None, tmp, step, started)
             self.wait()
 
+    @property
+    def write_done(self) -> bool:
+        """No save's background write is still running (an in-flight save may still await its
+        commit by :meth:`wait`)."""
+        p = self._pending
+        return bool(p is None or p.future is None or p.future.done())
+
     def wait(self) -> None:
         """Finish the in-flight save (if any) on every rank and commit it."""
         pending, self._pending = self._pending, None

@@ -2,7 +2,8 @@
 
 Every process serves ``TORCHYARD_METRICS_PORT + LOCAL_RANK`` with labels job/namespace/rank.
 Rank 0 additionally appends progress events to ``$TORCHYARD_OUTPUT_DIR/progress.jsonl`` — one
-JSON object per line, flushed at once, which ``torchyard run`` tails for its progress bar:
+JSON object per line, flushed at once, which ``torchyard run`` tails for its progress bar
+(:class:`ProgressLog`; a CompressionJob writes the same events, one trial = one step):
 
     {"event": "start", "time": …, "totalSteps": N, "epochs": E, "stepsPerEpoch": S, …}
     {"event": "step",  "time": …, "epoch": e, "step": s, "loss": …, "lr": …, "samplesPerSecond": …,
@@ -18,6 +19,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
@@ -25,6 +27,43 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 log = logging.getLogger("torchyard_trainer")
 
 LABELS = ("job", "namespace", "rank")
+
+
+class ProgressLog:
+    """Rank 0's ``progress.jsonl``: appends one event per line (fields that are None left out),
+    line-buffered so a reader sees every event at once. ``path`` None (other ranks): a no-op."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._fh = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = path.open("a", buffering=1)
+
+    def event(self, event: str, **fields: Any) -> None:
+        if self._fh is None:
+            return
+        rec = {
+            "event": event,
+            "time": time.time(),
+            **{k: v for k, v in fields.items() if v is not None},
+        }
+        self._fh.write(json.dumps(rec) + "\n")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> ProgressLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class WorkerMetrics:
@@ -83,7 +122,7 @@ class WorkerMetrics:
                 self.server = start_http_server(port, registry=r)
             except OSError as exc:  # a busy port must not kill training
                 log.warning("metrics port %s unavailable: %s", port, exc)
-        self._jsonl = jsonl.open("a", buffering=1) if jsonl is not None else None
+        self.progress = ProgressLog(jsonl)
 
     def set(self, gauge: Gauge, value: float | None) -> None:
         if value is not None:
@@ -93,19 +132,11 @@ class WorkerMetrics:
         hist.labels(**self.labels).observe(value)
 
     def event(self, event: str, **fields: Any) -> None:
-        if self._jsonl is None:
-            return
-        rec = {
-            "event": event,
-            "time": time.time(),
-            **{k: v for k, v in fields.items() if v is not None},
-        }
-        self._jsonl.write(json.dumps(rec) + "\n")
+        """A progress event (rank 0's JSONL log; elsewhere nothing)."""
+        self.progress.event(event, **fields)
 
     def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
+        self.progress.close()
         if self.server is not None:
             try:
                 server, thread = self.server

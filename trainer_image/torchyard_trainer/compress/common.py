@@ -1,28 +1,29 @@
-"""What every compression step shares: the context (data, optimizer settings, seed), a small
-single-process fine-tuning loop, evaluation by the gate's metric, and the (de)serialisation of
-compressed models."""
+"""What every compression step shares: the context (data, optimizer settings, seed), the
+fine-tuning on the shared loop (``torchyard_trainer.loop``), evaluation by the gate's metric,
+and the (de)serialisation of compressed models."""
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
 from torchyard_trainer.compress import layers
 from torchyard_trainer.data import Dataset
 from torchyard_trainer.env import ConfigError
+from torchyard_trainer.loop import Batch, run_loop
 from torchyard_trainer.models import build_model, loss_fn
 from torchyard_trainer.optim import build_optimizer
 
 Regularizer = Callable[[nn.Module], torch.Tensor]
+LossOverride = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -49,6 +50,74 @@ class Context:
     """``distributed.Group`` of a multi-worker job (the distill steps run data-parallel)."""
 
 
+class Shuffled:
+    """Fine-tuning batches: a fresh permutation of ``tensors`` every epoch, from one generator
+    seeded once per fine-tune; the ragged tail of each epoch is dropped."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
+        self.tensors = tensors
+        self.n = len(tensors[0])
+        self.batch_size = min(batch_size, self.n)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.n // self.batch_size)
+
+    def epoch(self, epoch: int, skip_steps: int) -> Iterator[list[Batch]]:
+        perm = torch.randperm(self.n, generator=self.generator)
+        bs = self.batch_size
+        for i in range(skip_steps, self.steps_per_epoch):
+            idx = perm[i * bs : (i + 1) * bs]
+            yield [tuple(t[idx] for t in self.tensors)]
+
+
+class FineTuneStep:
+    """One plain optimizer step on one batch: the task's loss (or ``loss_override``) plus the
+    ``regularizer``; ``masks`` (parameter name → 0/1) are re-applied so pruned weights stay
+    zero."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        forward: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        loss_override: LossOverride | None = None,
+        regularizer: Regularizer | None = None,
+        masks: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.model, self.forward, self.optimizer, self.loss = model, forward, optimizer, loss
+        self.loss_override, self.regularizer, self.masks = loss_override, regularizer, masks
+        self.params = dict(model.named_parameters())
+
+    def __call__(self, micro: list[Batch]) -> tuple[torch.Tensor, float]:
+        bx, by = micro[0]
+        if self.loss_override is not None:
+            value = self.loss_override(self.forward, bx, by)
+        else:
+            value = self.loss(self.forward(bx), by)
+        if self.regularizer is not None:
+            value = value + self.regularizer(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        value.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        if self.masks:
+            with torch.no_grad():
+                for name, m in self.masks.items():
+                    self.params[name].mul_(m)
+        return value.detach(), 1.0
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(1.0, s / max(1, total))))
+    )
+
+
 def train_epochs(
     model: nn.Module,
     ctx: Context,
@@ -56,52 +125,28 @@ def train_epochs(
     *,
     regularizer: Regularizer | None = None,
     masks: dict[str, torch.Tensor] | None = None,
-    loss_override: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    loss_override: LossOverride | None = None,
     tensors: tuple[torch.Tensor, ...] | None = None,
     lr_scale: float = 1.0,
     device: torch.device | None = None,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     batch_size: int | None = None,
 ) -> None:
-    """Plain fine-tuning (cosine-decayed lr), single-process unless ``wrap`` makes the forward
-    model data-parallel (DDP: ``tensors`` are then this rank's shard, ``batch_size`` its share
-    of the batch). ``masks`` (parameter name → 0/1) are re-applied after every step so pruned
-    weights stay zero."""
+    """Fine-tune on the shared loop (cosine-decayed lr; no checkpoints, metrics or evaluation),
+    single-process unless ``wrap`` makes the forward model data-parallel (DDP: ``tensors`` are
+    then this rank's shard, ``batch_size`` its share of the batch)."""
     if epochs <= 0:
         return
     x, y = tensors if tensors is not None else (ctx.ds.train_x, ctx.ds.train_y)
-    params = dict(model.named_parameters())
     spec = ctx.optimizer.model_copy(update={"lr": ctx.optimizer.lr * lr_scale})
     opt = build_optimizer(model.parameters(), spec, device or torch.device("cpu"))
     forward = wrap(model) if wrap is not None else model
-    loss = loss_fn(ctx.ds.info.task)
-    g = torch.Generator().manual_seed(ctx.seed)
-    bs = min(batch_size or ctx.batch_size, len(x))
-    steps_per_epoch = max(1, len(x) // bs)
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(1.0, s / max(1, total))))
-    )
+    step = FineTuneStep(model, forward, opt, loss_fn(ctx.ds.info.task),
+                        loss_override=loss_override, regularizer=regularizer, masks=masks)
+    batches = Shuffled((x, y), batch_size or ctx.batch_size, ctx.seed)
+    total = epochs * batches.steps_per_epoch
     model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(steps_per_epoch):
-            idx = perm[i * bs : (i + 1) * bs]
-            bx, by = x[idx], y[idx]
-            if loss_override is not None:
-                value = loss_override(forward, bx, by)
-            else:
-                value = loss(forward(bx), by)
-            if regularizer is not None:
-                value = value + regularizer(model)
-            opt.zero_grad(set_to_none=True)
-            value.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            sched.step()
-            if masks:
-                with torch.no_grad():
-                    for name, m in masks.items():
-                        params[name].mul_(m)
+    run_loop(batches, step, cosine_schedule(opt, total), total)
     model.eval()
 
 
@@ -131,28 +176,6 @@ def metric_value(logits: torch.Tensor, y: torch.Tensor, metric: str) -> float:
 
 def evaluate(model: nn.Module, ctx: Context) -> float:
     return metric_value(predict(model, ctx.ds.val_x), ctx.ds.val_y, ctx.metric)
-
-
-def kd_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    target: torch.Tensor | None,
-    temperature: float,
-    alpha: float,
-) -> torch.Tensor:
-    """alpha·T²·KL(teacher_T ‖ student_T) + (1 − alpha)·CE (labeled samples, target ≥ 0)."""
-    t = temperature
-    soft = F.kl_div(
-        F.log_softmax(student / t, dim=-1),
-        F.log_softmax(teacher / t, dim=-1),
-        reduction="batchmean",
-        log_target=True,
-    )
-    if target is None or alpha >= 1.0:
-        return alpha * t * t * soft
-    lab = target >= 0
-    hard = F.cross_entropy(student[lab], target[lab]) if bool(lab.any()) else student.sum() * 0
-    return alpha * t * t * soft + (1.0 - alpha) * hard
 
 
 # ---------------------------------------------------------------------------------------------

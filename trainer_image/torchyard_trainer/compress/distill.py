@@ -1,9 +1,9 @@
 """Distillation step: the current model is the teacher, the student comes from the step.
 
-loss = alpha·T²·KL(teacher_T ‖ student_T) + (1 − alpha)·CE(labels). With ``transferSet:
-unlabeled`` the samples whose labels were withheld (``data.labeledSamples``) join the training
-set and contribute the soft term only. With several workers the fine-tune is data-parallel
-(distributed.py).
+loss = alpha·T²·KL(teacher_T ‖ student_T) + (1 − alpha)·CE(labels) (``kd.kd_loss``). With
+``transferSet: unlabeled`` the samples whose labels were withheld (``data.labeledSamples``) join
+the training set and contribute the soft term only. With several workers the fine-tune is
+data-parallel (distributed.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from torchyard_trainer.compress.common import Context, export_state, kd_loss, predict, train_epochs
+from torchyard_trainer.compress.common import Context, export_state, predict, train_epochs
 from torchyard_trainer.env import ConfigError
+from torchyard_trainer.kd import UNLABELED, kd_loss
 from torchyard_trainer.models import build_model
 
-UNLABELED = -1
 log = logging.getLogger("torchyard_trainer.compress")
 
 

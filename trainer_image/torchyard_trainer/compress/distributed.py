@@ -10,18 +10,18 @@ process-group set-up). The other ranks never evaluate or write anything; when ra
 (saved, gate failed or crashed) it sends ``done`` with its exit code and they exit with it.
 
 Timeouts: the default group's collectives (the DDP all-reduces, the gathers) and rank 0's
-commands (the teacher, ``done``) are bounded by ``COLLECTIVE_TIMEOUT``; only the other ranks'
-wait for the next command on the control group, while rank 0 prunes, quantizes or measures on
-its own, by the job's ``runPolicy.activeDeadlineSeconds`` (else ``CONTROL_TIMEOUT``). A rank
-that dies closes its connections, so its peers fail at once; one that hangs fails its peers
-after the collective timeout, and rank 0 waits at most one more to tell the others its outcome
-(never the control timeout): it exits with the peer-lost code and writes no model version.
+commands (the teacher, ``done``) are bounded by ``runtime.collective_timeout()`` (10 minutes,
+or ``$TORCHYARD_COLLECTIVE_TIMEOUT_SECONDS``); only the other ranks' wait for the next command
+on the control group, while rank 0 prunes, quantizes or measures on its own, by the job's
+``runPolicy.activeDeadlineSeconds`` (else ``CONTROL_TIMEOUT``). A rank that dies closes its
+connections, so its peers fail at once; one that hangs fails its peers after the collective
+timeout, and rank 0 waits at most one more to tell the others its outcome (never the control
+timeout): it exits with the peer-lost code and writes no model version.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,15 +31,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from torchyard.api.contract import Env
 from torchyard_trainer.env import ConfigError
+from torchyard_trainer.runtime import collective_timeout, init_distributed
 
 log = logging.getLogger("torchyard_trainer.compress")
 
-COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 CONTROL_TIMEOUT = timedelta(hours=24)
-# Tests shorten the collective timeout to see a hung peer fail the job in seconds.
-TIMEOUT_ENV = Env.COLLECTIVE_TIMEOUT_SECONDS
 
 
 @dataclass
@@ -108,20 +105,8 @@ def check_world(spec: Any, world_size: int) -> None:
         )
 
 
-def collective_timeout() -> timedelta:
-    raw = os.environ.get(TIMEOUT_ENV)
-    if not raw:
-        return COLLECTIVE_TIMEOUT
-    try:
-        return timedelta(seconds=float(raw))
-    except ValueError as exc:
-        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from exc
-
-
 def start(env: Any, spec: Any) -> Group:
     """Join the process group (and the control group) of the job's ranks."""
-    from torchyard_trainer.train.common import init_distributed
-
     device = init_distributed(env, timeout=collective_timeout())
     deadline = spec.run_policy.active_deadline_seconds
     control_timeout = timedelta(seconds=deadline) if deadline else CONTROL_TIMEOUT

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,10 @@ from torch import nn
 
 from torchyard.api.contract import ExitCode
 from torchyard_trainer.artifacts import (
+    find_by_job,
     load_weights,
-    read_card,
     resolve_version_dir,
     spec_hash,
-    versions,
     write_model_version,
     write_result,
 )
@@ -42,12 +42,13 @@ from torchyard_trainer.compress.common import Context, export_state, load_versio
 from torchyard_trainer.compress.distributed import Group, check_world, start
 from torchyard_trainer.compress.report import measure, ratios, table
 from torchyard_trainer.compress.report import versions as lib_versions
-from torchyard_trainer.compress.search import run_search
+from torchyard_trainer.compress.search import TrialResult, candidates, run_search
 from torchyard_trainer.data import Dataset, load_dataset
 from torchyard_trainer.env import ConfigError, WorkerEnv
+from torchyard_trainer.metrics import ProgressLog
 from torchyard_trainer.models import build_model
+from torchyard_trainer.runtime import exit_code_for, use_cpu_threads
 from torchyard_trainer.storage import atomic_write_text, fetch, is_remote, local_path
-from torchyard_trainer.train.common import cpu_threads
 
 log = logging.getLogger("torchyard_trainer.compress")
 
@@ -98,28 +99,6 @@ def _local_store(uri: str, env: WorkerEnv) -> Path:
     return local_path(uri, env.pvc_root)
 
 
-def find_training_job_model(store: Path, job_name: str) -> Path | None:
-    """Newest model version (by creation) whose lineage says TrainingJob ``job_name`` made it."""
-    best: tuple[str, int, Path] | None = None
-    if not store.is_dir():
-        return None
-    for model_dir in store.iterdir():
-        if not model_dir.is_dir() or model_dir.name.startswith("."):
-            continue
-        for v in versions(model_dir):
-            vdir = model_dir / f"v{v}"
-            try:
-                card = read_card(vdir)
-            except (OSError, ValueError):
-                continue
-            lin = card.get("lineage") or {}
-            if lin.get("job") == job_name and lin.get("kind", "TrainingJob") == "TrainingJob":
-                key = (str(card.get("created", "")), v, vdir)
-                if best is None or key[:2] > best[:2]:
-                    best = key
-    return None if best is None else best[2]
-
-
 def resolve_source(spec: Any, env: WorkerEnv, ds: Dataset
                    ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """(model, its model spec as JSON, lineage of the source)."""
@@ -142,7 +121,7 @@ def resolve_source(spec: Any, env: WorkerEnv, ds: Dataset
         vdir = resolve_version_dir(store, src.model_ref.name, src.model_ref.version)
     else:
         store = _local_store(store_uri(spec, env), env)
-        found = find_training_job_model(store, str(src.training_job_ref))
+        found = find_by_job(store, str(src.training_job_ref))
         if found is None:
             raise ConfigError(
                 f"source.trainingJobRef {src.training_job_ref!r}: that TrainingJob has produced "
@@ -184,19 +163,132 @@ def _compact(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class Progress:
-    """Rank 0's progress.jsonl, the format ``torchyard run`` follows (one trial = one step)."""
+@dataclass
+class Outcome:
+    """What the search decided."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+    winner: TrialResult
+    """The best passing candidate (or, when none passed, the most accurate one)."""
+    trials: list[TrialResult]
+    """Every candidate, in the order tried."""
+    warnings: list[str]
+    """The search's own warnings (e.g. maxTrials cut it short)."""
+    seconds: float
+    """Wall time of the search."""
 
-    def event(self, name: str, **fields: Any) -> None:
-        if self.path is None:
-            return
-        with self.path.open("a") as fh:
-            fh.write(json.dumps({"event": name, "time": time.time(), **fields}) + "\n")
+
+def _search(source: nn.Module, spec: Any, ctx: Context, baseline: dict[str, Any],
+            n_threads: int, progress: ProgressLog) -> Outcome:
+    """The accuracy-aware search; progress events: one trial = one step."""
+    n_cands = len(candidates(list(spec.steps), spec.accuracy_criterion.max_trials)[0])
+    progress.event("start", totalSteps=n_cands, epochs=1, stepsPerEpoch=n_cands, startStep=0,
+                   kind="CompressionJob", baseline=baseline)
+    progress.event("eval", epoch=0, step=0, accuracy=baseline["accuracy"])
+
+    def on_trial(i: int, n: int, res: TrialResult) -> None:
+        progress.event("step", epoch=0, step=i, totalSteps=n, trial=res.candidate.name,
+                       passed=res.passed)
+        progress.event("eval", epoch=0, step=i, accuracy=res.stats["accuracy"])
+
+    t_search = time.perf_counter()
+    winner, trials, warnings = run_search(
+        source, list(spec.steps), ctx, spec.accuracy_criterion, spec.objective,
+        baseline["accuracy"], n_threads, on_trial,
+    )
+    return Outcome(winner, trials, warnings, time.perf_counter() - t_search)
+
+
+def _report(outcome: Outcome, ctx: Context, baseline: dict[str, Any], n_threads: int
+            ) -> dict[str, Any]:
+    """status.report: baseline vs the winner, ratios, backends and warnings."""
+    winner, compressed = outcome.winner, outcome.winner.stats
+    warnings_ = list(outcome.warnings) + list(dict.fromkeys(ctx.notes))
+    captured = layers.drain_warnings()
+    if captured:
+        first = next(iter(captured))
+        warnings_.append(TORCH_AO_WARNING.format(n=sum(captured.values()), first=first))
+    if not winner.passed:
+        warnings_.append("no candidate passed the accuracy gate: the most accurate one was saved")
+    backend = "; ".join(f"{k}: {v}" for k, v in winner.backends.items())
+    return {
+        "baseline": baseline, "compressed": compressed, "ratios": ratios(baseline, compressed),
+        "accuracyDelta": round(compressed["accuracy"] - baseline["accuracy"], 6),
+        "passed": winner.passed, "backend": f"{backend} ({lib_versions()})", "threads": n_threads,
+        "warnings": warnings_,
+    }
+
+
+def _save_version(job: Any, env: WorkerEnv, ds: Dataset, ctx: Context, winner: TrialResult,
+                  report: dict[str, Any], source_lineage: dict[str, Any]) -> dict[str, Any]:
+    """The winner (or, on a failed gate, the best candidate) as a new model version."""
+    spec = job.spec
+    tensors, section = export_state(winner.model)
+    spec_dict = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    card = {
+        "specHash": spec_hash(spec_dict),
+        "model": winner.model_spec,
+        "data": {**spec_dict["data"], **ds.extra},
+        "metrics": {ctx.metric: winner.stats["accuracy"]},
+        "compression": section,
+        "report": report,
+        "lineage": {
+            "job": job.metadata.name, "namespace": env.namespace or job.metadata.namespace,
+            "kind": "CompressionJob", "source": source_lineage, "steps": winner.steps,
+            "trial": winner.candidate.name, "accuracyCriterion":
+            spec_dict.get("accuracyCriterion"), "objective": spec.objective,
+        },
+    }
+    name = spec.output.model_name or job.metadata.name
+    return write_model_version(store_uri(spec, env), env.pvc_root, name, tensors, card,
+                               env.output_dir)
+
+
+def _write_reports(env: WorkerEnv, report: dict[str, Any], outcome: Outcome, metric: str,
+                   written: dict[str, Any]) -> None:
+    """report.json / report.md in the output directory and beside a local model version."""
+    full = {**report, "metric": metric, "trials": [t.to_trial() for t in outcome.trials],
+            "compressSeconds": round(outcome.seconds, 3),
+            "model": {k: written[k] for k in ("name", "version", "uri", "sha256")},
+            "steps": outcome.winner.steps}
+    text = json.dumps(full, indent=2, sort_keys=True) + "\n"
+    human = table(full)
+    env.output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(env.output_dir / "report.json", text)
+    atomic_write_text(env.output_dir / "report.md", human)
+    if not is_remote(written["uri"]):
+        vdir = local_path(written["uri"], env.pvc_root)
+        atomic_write_text(vdir / "report.json", text)
+        atomic_write_text(vdir / "report.md", human)
+    log.info("compression report:\n%s", human)
+
+
+def _result(job: Any, env: WorkerEnv, outcome: Outcome, report: dict[str, Any], metric: str,
+            written: dict[str, Any], started: float) -> dict[str, Any]:
+    """The result file's content (before :func:`_compact`)."""
+    winner, compressed = outcome.winner, outcome.winner.stats
+    metrics = {metric: compressed["accuracy"]}
+    model_status = {k: written[k] for k in ("name", "version", "uri", "sha256")}
+    result: dict[str, Any] = {
+        "status": "Succeeded" if winner.passed else "Failed", "kind": "CompressionJob",
+        "job": job.metadata.name,
+        "exitCode": 0 if winner.passed else ExitCode.GATE,
+        "model": {**model_status, "metrics": metrics},
+        "metrics": metrics, "report": report, "trials": [t.to_trial() for t in outcome.trials],
+        "compressSeconds": round(outcome.seconds, 3),
+        "durationSeconds": round(time.perf_counter() - started, 3),
+        "reportFile": str(env.output_dir / "report.json"),
+    }
+    if not winner.passed:
+        result["reason"] = "AccuracyGateNotMet"
+        result["retryable"] = False
+        crit = job.spec.accuracy_criterion
+        result["message"] = (
+            f"no candidate passed the accuracy gate ({crit.mode} tolerableLoss "
+            f"{crit.tolerable_loss}): baseline {metric} {report['baseline']['accuracy']:.4f}, "
+            f"best candidate {winner.candidate.name} {compressed['accuracy']:.4f}; saved as "
+            f"{written['uri']} with the report"
+        )
+    return result
 
 
 def run(job: Any, env: WorkerEnv, group: Group | None = None) -> dict[str, Any]:
@@ -216,99 +308,13 @@ def run(job: Any, env: WorkerEnv, group: Group | None = None) -> dict[str, Any]:
                   metric=spec.accuracy_criterion.metric, model_spec=model_spec, group=group)
     n_threads = _threads()
     baseline = measure(source, ctx, n_threads)
-    progress = Progress(env.output_dir / "progress.jsonl" if env.rank == 0 else None)
-    from torchyard_trainer.compress.search import candidates
-
-    n_cands = len(candidates(list(spec.steps), spec.accuracy_criterion.max_trials)[0])
-    progress.event("start", totalSteps=n_cands, epochs=1, stepsPerEpoch=n_cands, startStep=0,
-                   kind="CompressionJob", baseline=baseline)
-    progress.event("eval", epoch=0, step=0, accuracy=baseline["accuracy"])
-
-    def on_trial(i: int, n: int, res: Any) -> None:
-        progress.event("step", epoch=0, step=i, totalSteps=n, trial=res.candidate.name,
-                       passed=res.passed)
-        progress.event("eval", epoch=0, step=i, accuracy=res.stats["accuracy"])
-
-    t_search = time.perf_counter()
-    winner, trials, search_warnings = run_search(
-        source, list(spec.steps), ctx, spec.accuracy_criterion, spec.objective,
-        baseline["accuracy"], n_threads, on_trial,
-    )
-    compress_seconds = time.perf_counter() - t_search
-    compressed = winner.stats
-    warnings_ = list(search_warnings) + list(dict.fromkeys(ctx.notes))
-    captured = layers.drain_warnings()
-    if captured:
-        first = next(iter(captured))
-        warnings_.append(TORCH_AO_WARNING.format(n=sum(captured.values()), first=first))
-    if not winner.passed:
-        warnings_.append("no candidate passed the accuracy gate: the most accurate one was saved")
-    backend = "; ".join(f"{k}: {v}" for k, v in winner.backends.items())
-    report = {
-        "baseline": baseline, "compressed": compressed, "ratios": ratios(baseline, compressed),
-        "accuracyDelta": round(compressed["accuracy"] - baseline["accuracy"], 6),
-        "passed": winner.passed, "backend": f"{backend} ({lib_versions()})", "threads": n_threads,
-        "warnings": warnings_,
-    }
-    trial_dicts = [t.to_trial() for t in trials]
-    # save the winner (or, on a failed gate, the best candidate) as a new model version
-    tensors, section = export_state(winner.model)
-    spec_dict = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
-    metric_name = ctx.metric
-    metrics = {metric_name: compressed["accuracy"]}
-    card = {
-        "specHash": spec_hash(spec_dict),
-        "model": winner.model_spec,
-        "data": {**spec_dict["data"], **ds.extra},
-        "metrics": metrics,
-        "compression": section,
-        "report": report,
-        "lineage": {
-            "job": job.metadata.name, "namespace": env.namespace or job.metadata.namespace,
-            "kind": "CompressionJob", "source": source_lineage, "steps": winner.steps,
-            "trial": winner.candidate.name, "accuracyCriterion":
-            spec_dict.get("accuracyCriterion"), "objective": spec.objective,
-        },
-    }
-    name = spec.output.model_name or job.metadata.name
-    written = write_model_version(store_uri(spec, env), env.pvc_root, name, tensors, card,
-                                  env.output_dir)
-    full = {**report, "metric": metric_name, "trials": trial_dicts,
-            "compressSeconds": round(compress_seconds, 3),
-            "model": {k: written[k] for k in ("name", "version", "uri", "sha256")},
-            "steps": winner.steps}
-    text = json.dumps(full, indent=2, sort_keys=True) + "\n"
-    human = table(full)
-    env.output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(env.output_dir / "report.json", text)
-    atomic_write_text(env.output_dir / "report.md", human)
-    if not is_remote(written["uri"]):
-        vdir = local_path(written["uri"], env.pvc_root)
-        atomic_write_text(vdir / "report.json", text)
-        atomic_write_text(vdir / "report.md", human)
-    log.info("compression report:\n%s", human)
-    status = "Succeeded" if winner.passed else "Failed"
-    model_status = {k: written[k] for k in ("name", "version", "uri", "sha256")}
-    result: dict[str, Any] = {
-        "status": status, "kind": "CompressionJob", "job": job.metadata.name,
-        "exitCode": 0 if winner.passed else ExitCode.GATE,
-        "model": {**model_status, "metrics": metrics},
-        "metrics": metrics, "report": report, "trials": trial_dicts,
-        "compressSeconds": round(compress_seconds, 3),
-        "durationSeconds": round(time.perf_counter() - started, 3),
-        "reportFile": str(env.output_dir / "report.json"),
-    }
-    if not winner.passed:
-        result["reason"] = "AccuracyGateNotMet"
-        result["retryable"] = False
-        crit = spec.accuracy_criterion
-        result["message"] = (
-            f"no candidate passed the accuracy gate ({crit.mode} tolerableLoss "
-            f"{crit.tolerable_loss}): baseline {metric_name} {baseline['accuracy']:.4f}, best "
-            f"candidate {winner.candidate.name} {compressed['accuracy']:.4f}; saved as "
-            f"{written['uri']} with the report"
-        )
-    progress.event("end", status=status, model=result["model"], report=report)
+    with ProgressLog(env.output_dir / "progress.jsonl" if env.rank == 0 else None) as progress:
+        outcome = _search(source, spec, ctx, baseline, n_threads, progress)
+        report = _report(outcome, ctx, baseline, n_threads)
+        written = _save_version(job, env, ds, ctx, outcome.winner, report, source_lineage)
+        _write_reports(env, report, outcome, ctx.metric, written)
+        result = _result(job, env, outcome, report, ctx.metric, written, started)
+        progress.event("end", status=result["status"], model=result["model"], report=report)
     result = _compact(result)
     if env.rank == 0:
         write_result(env.result_file, result)
@@ -332,8 +338,7 @@ def run_job(env: WorkerEnv, job: Any) -> dict[str, Any]:
     # (OMP_NUM_THREADS if set, else the pod's CPU request, else the machine's cores) — torch's
     # default is every core of the node, oversubscribing a pod with a CPU request. In-process
     # callers of ``run`` (tests, bench/) keep their own setting. The report records the count.
-    n_threads = cpu_threads(job.spec.resources.cpu, 1)
-    torch.set_num_threads(n_threads)
+    n_threads = use_cpu_threads(job.spec.resources.cpu, 1)
     log.info("compression worker: %d CPU thread(s)", n_threads)
     if env.world_size > 1:
         return _run_distributed(env, job)
@@ -361,8 +366,6 @@ def _run_distributed(env: WorkerEnv, job: Any) -> dict[str, Any]:
         result = run(job, env, group)
         code = 0 if result["status"] == "Succeeded" else ExitCode.GATE
     except BaseException as exc:
-        from torchyard_trainer.__main__ import exit_code_for  # __main__ imports this module
-
         code = exit_code_for(exc)
         raise
     finally:

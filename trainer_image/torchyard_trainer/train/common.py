@@ -1,18 +1,14 @@
-"""What every strategy shares: process-group setup, the resumable training loop, evaluation,
-checkpoints, metrics, and the model version + result file at the end."""
+"""What every strategy shares: the job's runtime, the training run on the shared loop
+(``torchyard_trainer.loop`` + the components of ``train.components``), and the model version +
+result file at the end."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-import os
-import shutil
-import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,21 +17,24 @@ import torch.distributed as dist
 from torch import nn
 
 from torchyard.api import contract
-from torchyard.api.contract import Env
 from torchyard_trainer.artifacts import spec_hash, write_model_version, write_result
-from torchyard_trainer.checkpoint import CheckpointManager, latest_checkpoint
-from torchyard_trainer.data import Dataset, ShardedBatches, load_dataset
+from torchyard_trainer.checkpoint import CheckpointManager
+from torchyard_trainer.data import Dataset, load_dataset
 from torchyard_trainer.env import ConfigError, WorkerEnv
+from torchyard_trainer.loop import run_loop
 from torchyard_trainer.metrics import WorkerMetrics
-from torchyard_trainer.models import flops_per_token
 from torchyard_trainer.optim import build_scheduler
 from torchyard_trainer.parallel import ParallelDims
+from torchyard_trainer.runtime import init_distributed, use_cpu_threads
+from torchyard_trainer.train.components import (
+    Checkpointer,
+    Evaluator,
+    FaultInjector,
+    StepBatches,
+    StepLogger,
+)
 
 log = logging.getLogger("torchyard_trainer")
-
-# Dense bf16 peak FLOP/s of GPUs we know (for MFU); override with TORCHYARD_PEAK_FLOPS.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "L40S": 362e12}
-
 
 @dataclass
 class Runtime:
@@ -111,48 +110,6 @@ class Strategy(Protocol):
         ...
 
 
-# ---------------------------------------------------------------------------------------------
-# set-up
-
-
-def cpu_threads(cpu_request: Any, local_world_size: int) -> int:
-    """Intra-op threads per process: OMP_NUM_THREADS if set, else the pod's CPU request (or the
-    machine's cores) shared by its processes. Oversubscribed OpenMP spinning costs 10-30× on
-    small models, so this errs low."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    cores: float = float(os.cpu_count() or 1)
-    if cpu_request is not None:
-        text = str(cpu_request)
-        cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
-    return max(1, int(cores // max(1, local_world_size)))
-
-
-def init_distributed(env: WorkerEnv, timeout: timedelta | None = None) -> torch.device:
-    """Initialise the default process group (gloo on CPU, nccl + gloo on CUDA); ``timeout``
-    bounds every collective (torch's default when None)."""
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
-        if env.is_distributed:
-            dist.init_process_group(
-                backend=backend, device_id=device if cuda else None, timeout=timeout
-            )
-        else:  # plain `python -m torchyard_trainer`: a world of one, no rendezvous needed
-            store = dist.HashStore()  # type: ignore[attr-defined,unused-ignore]
-            dist.init_process_group(
-                backend=backend, store=store, rank=0, world_size=1, timeout=timeout
-            )
-    if dist.get_world_size() != env.world_size:
-        raise ConfigError(
-            f"process group has {dist.get_world_size()} ranks, WORLD_SIZE={env.world_size}"
-        )
-    return device
-
-
 def build_runtime(env: WorkerEnv, job: Any) -> Runtime:
     spec = job.spec
     pp = spec.pipeline.stages if spec.strategy == "pipeline" and spec.pipeline else 1
@@ -171,7 +128,7 @@ def build_runtime(env: WorkerEnv, job: Any) -> Runtime:
         )
     device = init_distributed(env)
     if device.type == "cpu":
-        torch.set_num_threads(cpu_threads(spec.resources.cpu, env.local_world_size))
+        use_cpu_threads(spec.resources.cpu, env.local_world_size)
     name = job.metadata.name
     store = spec.output.storage or f"file://{env.output_dir / 'models'}"
     model_name = spec.output.model_name or name
@@ -199,261 +156,34 @@ def build_runtime(env: WorkerEnv, job: Any) -> Runtime:
     return Runtime(env, job, device, dims, metrics, store, model_name, ckpt_root)
 
 
-def _peak_flops(device: torch.device, precision: str) -> float | None:
-    override = os.environ.get(Env.PEAK_FLOPS)
-    if override:
-        return float(override)
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-
-
-def _maybe_inject_fault(rt: Runtime, step: int) -> None:
-    """Test hook: TORCHYARD_FAULT_KILL_AT_STEP / _RANK make one rank SIGKILL itself after that
-    optimizer step on the first attempt, exactly like an OOM kill or a lost node."""
-    at = os.environ.get(Env.FAULT_KILL_AT_STEP)
-    if not at or rt.env.restart_count != 0 or step != int(at):
-        return
-    if rt.rank == int(os.environ.get(Env.FAULT_KILL_RANK, "0")):
-        log.warning("fault injection: rank %d kills itself at step %d", rt.rank, step)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-# ---------------------------------------------------------------------------------------------
-# the loop
-
-
-def _micro_steps(
-    batches: ShardedBatches, epoch: int, skip: int
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    yield from batches.epoch(epoch, skip_micro_steps=skip)
+def total_steps(spec: Any, steps_per_epoch: int) -> int:
+    total = int(spec.epochs * steps_per_epoch)
+    return total if spec.max_steps is None else min(total, spec.max_steps)
 
 
 def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]:
     """Train to the end (resuming from the newest checkpoint), export, write the result."""
     spec = rt.spec
-    env = rt.env
-    dims = rt.dims
-    dp_rank, _ = dims.coords(rt.rank)
-    accum = spec.grad_accumulation_steps
-    if spec.batch_size % (dims.dp * accum):
-        raise ConfigError(
-            f"batchSize={spec.batch_size} is not divisible by data-parallel ranks ({dims.dp}) × "
-            f"gradAccumulationSteps ({accum})"
-        )
-    micro_bs = spec.batch_size // (dims.dp * accum)
-    batches = ShardedBatches(strategy.train_tensors(ds), micro_bs, dims.dp, dp_rank, spec.seed)
-    steps_per_epoch = batches.micro_steps_per_epoch // accum
-    if steps_per_epoch == 0:
-        raise ConfigError(f"batchSize={spec.batch_size} is larger than one epoch of data")
-    total = spec.epochs * steps_per_epoch
-    if spec.max_steps is not None:
-        total = min(total, spec.max_steps)
+    batches = StepBatches.build(rt, strategy.train_tensors(ds))
+    total = total_steps(spec, batches.steps_per_epoch)
     sched = build_scheduler(strategy.optimizer, spec.lr_schedule, spec.optimizer.lr, total)
-    m = rt.metrics
-
-    def on_commit(step: int, path: Path, seconds: float) -> None:
-        m.observe(m.ckpt, seconds)
-        m.event("checkpoint", step=step, uri=str(path), seconds=round(seconds, 4))
-
-    ckpt = CheckpointManager(
-        rt.checkpoint_root,
-        spec.checkpoint.keep,
-        spec.checkpoint.async_save,
-        rt.rank,
-        on_commit=on_commit,
+    checkpointer = Checkpointer(rt, strategy, sched, batches.steps_per_epoch)
+    start = checkpointer.resume()
+    logger = StepLogger(rt, ds, strategy, sched, total, checkpointer.manager)
+    logger.start(start, batches.steps_per_epoch, checkpointer.resumed_from, ds)
+    evaluator = Evaluator(rt, ds, strategy)
+    state = run_loop(
+        batches,
+        strategy.train_step,
+        sched,
+        total,
+        start_step=start,
+        components=[logger, evaluator, checkpointer, FaultInjector(rt)],
     )
-    step = 0
-    saved_step = -1
-    resumed_from = None
-    recipe = recipe_hash(rt.job)
-    found = latest_checkpoint(rt.checkpoint_root) if rt.rank == 0 else None
-    if found is not None:
-        theirs = torch.load(found[1] / "trainer.pt", weights_only=True).get("recipe")
-        if theirs != recipe:
-            # a different job that had the same name: its checkpoints are not ours to resume
-            log.warning(
-                "checkpoints in %s belong to a different recipe (%s != %s): removing them",
-                rt.checkpoint_root,
-                theirs,
-                recipe,
-            )
-            for p in rt.checkpoint_root.glob("step-*"):
-                shutil.rmtree(p, ignore_errors=True)
-            found = None
-    # every rank must agree on what to resume from (rank 0's view of the shared store decides)
-    choice = [found[0] if found else -1]
-    dist.broadcast_object_list(choice, src=0)
-    if choice[0] >= 0:
-        path = rt.checkpoint_root / f"step-{choice[0]:09d}"
-        state = ckpt.load(path, strategy.model, strategy.optimizer)
-        sched.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        saved_step = step
-        resumed_from = {"step": step, "uri": str(path)}
-        log.info("rank %d resumed from %s (step %d)", rt.rank, path, step)
-
-    seq = ds.info.seq_len or 1
-    fpt = flops_per_token(strategy.model, ds.info) if seq > 1 else None
-    if fpt is not None and dims.pp > 1:
-        fpt = None  # this rank holds only part of the model; MFU is reported unsplit only
-    peak = _peak_flops(rt.device, spec.precision)
-    log_every = max(1, min(50, total // 50))  # one small all-reduce per interval
-    m.event(
-        "start",
-        totalSteps=total,
-        epochs=spec.epochs,
-        stepsPerEpoch=steps_per_epoch,
-        startStep=step,
-        restarts=env.restart_count,
-        worldSize=env.world_size,
-        dp=dims.dp,
-        pp=dims.pp,
-        strategy=spec.strategy,
-        resumedFrom=resumed_from,
-        data=ds.extra,
-    )
-
-    def trainer_state(step: int) -> dict[str, Any]:
-        return {
-            "recipe": recipe,
-            "step": step,
-            "epoch": step // steps_per_epoch,
-            "stepsPerEpoch": steps_per_epoch,
-            "scheduler": sched.state_dict(),
-            "worldSize": env.world_size,
-        }
-
-    def should_save(step: int) -> bool:
-        every = spec.checkpoint.every_steps
-        return bool(step % every == 0) if every else step % steps_per_epoch == 0
-
-    last_eval: dict[str, float] = {}
-    loss_acc = torch.zeros((), device=rt.device)
-    weight_acc = 0.0
-    t_last, steps_since, data_wait = time.perf_counter(), 0, 0.0
-    last_loss: float | None = None
-    while step < total:
-        epoch = step // steps_per_epoch
-        in_epoch = step % steps_per_epoch
-        it = _micro_steps(batches, epoch, in_epoch * accum)
-        while step < total and step // steps_per_epoch == epoch:
-            t0 = time.perf_counter()
-            micro = [
-                tuple(t.to(rt.device, non_blocking=True) for t in next(it)) for _ in range(accum)
-            ]
-            data_wait += time.perf_counter() - t0
-            loss, weight = strategy.train_step(micro)
-            sched.step()
-            step += 1
-            steps_since += 1
-            if weight:
-                loss_acc += loss.detach().float()
-                weight_acc += weight
-            end_of_epoch = step % steps_per_epoch == 0 or step == total
-            if step % log_every == 0 or end_of_epoch:
-                # one small all-reduce per log interval: loss over ranks + "is my async save done"
-                flags = torch.tensor([float(loss_acc), weight_acc, float(not ckpt_done(ckpt))])
-                dist.all_reduce(flags)
-                now = time.perf_counter()
-                dt = now - t_last
-                lsum, wsum, _ = (float(v) for v in flags.tolist())
-                last_loss = lsum / wsum if wsum > 0 else None
-                sps = spec.batch_size * steps_since / dt
-                tps = sps * seq if ds.info.task == "lm" else None
-                mfu = (tps * fpt / (peak * env.world_size)) if (tps and fpt and peak) else None
-                m.set(m.loss, last_loss)
-                m.set(m.samples_ps, sps)
-                m.set(m.tokens_ps, tps)
-                m.set(m.step_time, dt / steps_since)
-                m.set(m.data_wait, data_wait / steps_since)
-                m.set(m.mfu, mfu)
-                m.set(m.step, step)
-                m.set(m.epoch, epoch)
-                m.set(m.lr, float(sched.get_last_lr()[0]))
-                m.observe(m.step_hist, dt / steps_since)
-                if rt.device.type == "cuda":
-                    m.set(m.gpu_mem, torch.cuda.max_memory_allocated(rt.device))
-                m.event(
-                    "step",
-                    epoch=epoch,
-                    step=step,
-                    totalSteps=total,
-                    loss=last_loss,
-                    lr=sched.get_last_lr()[0],
-                    samplesPerSecond=round(sps, 2),
-                    tokensPerSecond=None if tps is None else round(tps, 1),
-                    stepTime=round(dt / steps_since, 6),
-                    dataWait=round(data_wait / steps_since, 6),
-                    mfu=None if mfu is None else round(mfu, 4),
-                )
-                if flags[2].item() == 0:
-                    ckpt.wait()  # everyone's background write is done: commit it now
-                loss_acc.zero_()
-                weight_acc, steps_since, data_wait = 0.0, 0, 0.0
-                t_last = time.perf_counter()
-            if end_of_epoch:
-                last_eval = evaluate(rt, ds, strategy)
-                m.event("eval", epoch=epoch, step=step, **last_eval)
-            if should_save(step) and step < total:
-                ckpt.save(step, strategy.model, strategy.optimizer, trainer_state(step))
-                saved_step = step
-            _maybe_inject_fault(rt, step)
-            if end_of_epoch:
-                t_last = time.perf_counter()
-    # the final state is always checkpointed (a restart after this point only re-exports)
-    if saved_step != step:
-        ckpt.save(step, strategy.model, strategy.optimizer, trainer_state(step))
-    ckpt.close()
-    if not last_eval:
-        last_eval = evaluate(rt, ds, strategy)
-    return finish(rt, ds, strategy, step, total, last_loss, last_eval, ckpt)
-
-
-# Spec fields that may change between attempts without changing what is trained (checkpoints
-# are layout-independent, so even the number of workers may change on resume).
-NOT_RECIPE = (
-    "workers",
-    "procsPerWorker",
-    "resources",
-    "image",
-    "imagePullPolicy",
-    "command",
-    "env",
-    "podMetadata",
-    "runPolicy",
-    "scheduling",
-    "checkpoint",
-    "output",
-)
-
-
-def recipe_hash(job: Any) -> str:
-    """Hash of what defines the training run; a checkpoint resumes only the same recipe."""
-    spec = job.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
-    recipe = {k: v for k, v in spec.items() if k not in NOT_RECIPE}
-    return spec_hash({"name": job.metadata.name, **recipe})[:16]
-
-
-def ckpt_done(ckpt: CheckpointManager) -> bool:
-    p = ckpt._pending
-    return bool(p is None or p.future is None or p.future.done())
-
-
-@torch.no_grad()
-def evaluate(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, float]:
-    if len(ds.val_x) == 0:
-        return {}
-    totals = strategy.evaluate(ds.val_x, ds.val_y).to("cpu", torch.float64)
-    dist.all_reduce(totals)
-    loss_sum, correct, count = totals.tolist()
-    if count == 0:
-        return {}
-    out = {"valLoss": loss_sum / count, "accuracy": correct / count}
-    rt.metrics.set(rt.metrics.val_loss, out["valLoss"])
-    rt.metrics.set(rt.metrics.accuracy, out["accuracy"])
-    return out
+    checkpointer.finish(state.step)
+    evals = evaluator.final()
+    ckpt = checkpointer.manager
+    return finish(rt, ds, strategy, state.step, total, logger.last_loss, evals, ckpt)
 
 
 def finish(

@@ -5,6 +5,7 @@
 The teacher (a model version, another TrainingJob's output, or a model + checkpoint) runs in eval
 mode under no_grad. With ``transferSet: unlabeled`` the samples whose labels were withheld
 (``data.labeledSamples``) join the training set with label −1: they contribute only the soft term.
+The loss is ``kd.kd_loss``, the same as the CompressionJob's distill step.
 """
 
 from __future__ import annotations
@@ -13,45 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from torchyard_trainer.artifacts import find_by_job, load_weights, read_card, resolve_version_dir
 from torchyard_trainer.data import Dataset
 from torchyard_trainer.env import ConfigError
+from torchyard_trainer.kd import UNLABELED, kd_loss
 from torchyard_trainer.models import build_model
 from torchyard_trainer.storage import fetch, is_remote, local_path
 from torchyard_trainer.train.common import Runtime, run_training, setup_data
 from torchyard_trainer.train.ddp import DDPStrategy
-
-UNLABELED = -1
-
-
-def distillation_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    target: torch.Tensor,
-    temperature: float,
-    alpha: float,
-) -> torch.Tensor:
-    """alpha·T²·KL(soft) over all samples + (1 − alpha)·CE(hard) over the labeled ones."""
-    if student.dim() > 2:  # token models: every position is a sample
-        student = student.reshape(-1, student.shape[-1])
-        teacher = teacher.reshape(-1, teacher.shape[-1])
-        target = target.reshape(-1)
-    t = temperature
-    soft = F.kl_div(
-        F.log_softmax(student.float() / t, dim=-1),
-        F.log_softmax(teacher.float() / t, dim=-1),
-        reduction="batchmean",
-        log_target=True,
-    )
-    labeled = target != UNLABELED
-    if bool(labeled.any()):
-        hard = F.cross_entropy(student.float()[labeled], target[labeled])
-    else:
-        hard = student.sum() * 0.0
-    return alpha * t * t * soft + (1.0 - alpha) * hard
 
 
 def resolve_teacher(rt: Runtime, ds: Dataset) -> tuple[nn.Module, dict[str, Any]]:
@@ -77,7 +49,14 @@ def resolve_teacher(rt: Runtime, ds: Dataset) -> tuple[nn.Module, dict[str, Any]
         # (the operator may resolve it into a modelRef in the resolved spec instead)
         if is_remote(rt.model_store):
             raise ConfigError("teacher lookup by job needs a file:// or pvc:// model store")
-        vdir = find_by_job(local_path(rt.model_store, rt.env.pvc_root), teacher.training_job_ref)
+        store = local_path(rt.model_store, rt.env.pvc_root)
+        found = find_by_job(store, teacher.training_job_ref)
+        if found is None:
+            raise ConfigError(
+                f"no model version produced by TrainingJob {teacher.training_job_ref!r} under "
+                f"{store}"
+            )
+        vdir = found
     card = read_card(vdir)
     model = build_model(ModelSpec.model_validate(card["model"]), ds.info)
     load_weights(Path(vdir), model)
@@ -121,7 +100,7 @@ class DistillStrategy(DDPStrategy):
     def compute_loss(self, out: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         with torch.no_grad():
             t_out = self.teacher(batch[0])
-        return distillation_loss(out, t_out, batch[1], self.temperature, self.alpha)
+        return kd_loss(out, t_out, batch[1], self.temperature, self.alpha)
 
     def lineage(self) -> dict[str, Any]:
         return self._lineage
