@@ -59,10 +59,7 @@ def test_process_group_is_nccl_on_cuda() -> None:
 
     from torchyard_trainer.env import WorkerEnv
 
-    try:
-        from torchyard_trainer.runtime import init_distributed
-    except ImportError:  # before the trainer's runtime module existed
-        from torchyard_trainer.train.common import init_distributed  # type: ignore[no-redef]
+    from torchyard_trainer.runtime import init_distributed
 
     device = init_distributed(WorkerEnv.from_environ({}))
     try:

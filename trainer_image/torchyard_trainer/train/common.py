@@ -4,17 +4,12 @@ result file at the end."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import torch
 import torch.distributed as dist
-from torch import nn
 
 from torchyard.api import contract
 from torchyard_trainer.artifacts import spec_hash, write_model_version, write_result
@@ -26,6 +21,7 @@ from torchyard_trainer.metrics import WorkerMetrics
 from torchyard_trainer.optim import build_scheduler
 from torchyard_trainer.parallel import ParallelDims
 from torchyard_trainer.runtime import init_distributed, use_cpu_threads
+from torchyard_trainer.train.base import Runtime, Strategy
 from torchyard_trainer.train.components import (
     Checkpointer,
     Evaluator,
@@ -35,80 +31,6 @@ from torchyard_trainer.train.components import (
 )
 
 log = logging.getLogger("torchyard_trainer")
-
-@dataclass
-class Runtime:
-    """The process's place in the job, decided once at start-up."""
-
-    env: WorkerEnv
-    """Environment contract values."""
-    job: Any
-    """The validated TrainingJob (torchyard.api)."""
-    device: torch.device
-    """cuda:<local rank> when CUDA is present, else cpu."""
-    dims: ParallelDims
-    """dp × pp layout, validated against WORLD_SIZE."""
-    metrics: WorkerMetrics
-    """Prometheus endpoint + JSONL log."""
-    model_store: str
-    """URI of the model store root (output.storage or $TORCHYARD_OUTPUT_DIR/models)."""
-    model_name: str
-    """Name of the produced model (output.modelName or the job name)."""
-    checkpoint_root: Path
-    """Local path of this job's checkpoint directory."""
-    started: float = field(default_factory=time.time)
-    """Wall-clock start of this attempt."""
-
-    @property
-    def rank(self) -> int:
-        return self.env.rank
-
-    @property
-    def spec(self) -> Any:
-        return self.job.spec
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        if self.device.type != "cuda":
-            return None  # bf16/fp16 fall back to fp32 on CPU (documented in the API)
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.spec.precision)
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = self.autocast_dtype
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
-
-
-class Strategy(Protocol):
-    """One training strategy on top of the shared loop."""
-
-    model: nn.Module
-    """This rank's part of the model (full FQNs): what is checkpointed."""
-    optimizer: torch.optim.Optimizer
-    """Optimizer over ``model``'s parameters."""
-
-    def train_tensors(self, ds: Dataset) -> tuple[torch.Tensor, ...]:
-        """The tensors the training batches are cut from."""
-        ...
-
-    def train_step(self, micro: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, float]:
-        """One optimizer step over ``micro`` (the accumulation micro-batches of this rank);
-        returns (mean loss as a 0-d tensor, weight: 1 if this rank computed a loss else 0)."""
-        ...
-
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """[loss sum, correct, count] of this rank's share of the evaluation set."""
-        ...
-
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """The whole model's weights on rank 0 (None elsewhere); a collective."""
-        ...
-
-    def lineage(self) -> dict[str, Any]:
-        """Strategy-specific lineage for the model card (e.g. the teacher)."""
-        ...
-
 
 def build_runtime(env: WorkerEnv, job: Any) -> Runtime:
     spec = job.spec

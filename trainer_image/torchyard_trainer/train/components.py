@@ -26,7 +26,7 @@ from torchyard_trainer.loop import Batch, Component, LoopState
 from torchyard_trainer.models import flops_per_token
 
 if TYPE_CHECKING:
-    from torchyard_trainer.train.common import Runtime, Strategy
+    from torchyard_trainer.train.base import Runtime, Strategy
 
 log = logging.getLogger("torchyard_trainer")
 

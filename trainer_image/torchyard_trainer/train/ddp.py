@@ -16,7 +16,8 @@ from torchyard_trainer.data import Dataset, eval_batches
 from torchyard_trainer.models import build_model, count_correct, loss_fn
 from torchyard_trainer.optim import build_optimizer
 from torchyard_trainer.storage import fetch
-from torchyard_trainer.train.common import Runtime, run_training, setup_data
+from torchyard_trainer.train.base import Runtime
+from torchyard_trainer.train.common import run_training, setup_data
 
 
 class DDPStrategy:

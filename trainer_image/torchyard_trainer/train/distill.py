@@ -22,7 +22,8 @@ from torchyard_trainer.env import ConfigError
 from torchyard_trainer.kd import UNLABELED, kd_loss
 from torchyard_trainer.models import build_model
 from torchyard_trainer.storage import fetch, is_remote, local_path
-from torchyard_trainer.train.common import Runtime, run_training, setup_data
+from torchyard_trainer.train.base import Runtime
+from torchyard_trainer.train.common import run_training, setup_data
 from torchyard_trainer.train.ddp import DDPStrategy
 
 
@@ -30,7 +31,7 @@ def resolve_teacher(rt: Runtime, ds: Dataset) -> tuple[nn.Module, dict[str, Any]
     """Build the teacher and load its weights; returns (teacher, lineage)."""
     from torchyard.api.common import ModelSpec
 
-    teacher = rt.spec.distillation.teacher
+    teacher = rt.distillation.teacher
     cache = rt.env.output_dir / "cache"
     if teacher.model is not None:
         if not teacher.model.checkpoint:
@@ -50,6 +51,10 @@ def resolve_teacher(rt: Runtime, ds: Dataset) -> tuple[nn.Module, dict[str, Any]
         if is_remote(rt.model_store):
             raise ConfigError("teacher lookup by job needs a file:// or pvc:// model store")
         store = local_path(rt.model_store, rt.env.pvc_root)
+        if teacher.training_job_ref is None:
+            raise ConfigError(
+                "spec.distillation.teacher needs one of model, modelRef, trainingJobRef"
+            )
         found = find_by_job(store, teacher.training_job_ref)
         if found is None:
             raise ConfigError(
@@ -74,7 +79,7 @@ class DistillStrategy(DDPStrategy):
 
     def __init__(self, rt: Runtime, ds: Dataset) -> None:
         super().__init__(rt, ds)
-        cfg = rt.spec.distillation
+        cfg = rt.distillation
         teacher, self._lineage = resolve_teacher(rt, ds)
         self.teacher = teacher.to(rt.device).eval()
         for p in self.teacher.parameters():

@@ -41,7 +41,8 @@ from torchyard_trainer.models import (
 from torchyard_trainer.optim import build_optimizer
 from torchyard_trainer.parallel import ParallelDims
 from torchyard_trainer.storage import fetch
-from torchyard_trainer.train.common import Runtime, run_training, setup_data
+from torchyard_trainer.train.base import Runtime
+from torchyard_trainer.train.common import run_training, setup_data
 
 
 def local_stage_ids(dims: ParallelDims, pp_rank: int) -> list[int]:
@@ -92,13 +93,13 @@ class PipelineStrategy:
             )
         )
         del full
-        self.n_micro = spec.pipeline.microbatches * spec.grad_accumulation_steps
+        self.n_micro = rt.pipeline.microbatches * spec.grad_accumulation_steps
         self.stages = [
             PipelineStage(mod, i, dims.num_stages, rt.device, group=self.pp_group)
             for i, mod in zip(self.stage_ids, self.stage_mods, strict=True)
         ]
         self.loss = loss_fn(ds.info.task)
-        self.schedule = build_schedule(spec.pipeline.schedule, self.stages, self.n_micro, self.loss)
+        self.schedule = build_schedule(rt.pipeline.schedule, self.stages, self.n_micro, self.loss)
         self.is_first = 0 in self.stage_ids
         self.is_last = dims.num_stages - 1 in self.stage_ids
         self.optimizer = build_optimizer(self.model.parameters(), spec.optimizer, rt.device)
@@ -196,7 +197,7 @@ class PipelineStrategy:
         return merged
 
     def lineage(self) -> dict[str, Any]:
-        return {"pipeline": {"stages": self.bounds, "schedule": self.rt.spec.pipeline.schedule}}
+        return {"pipeline": {"stages": self.bounds, "schedule": self.rt.pipeline.schedule}}
 
 
 def clip_grad_norm_pp(params: Sequence[torch.Tensor], max_norm: float, pp_group: Any) -> float:
