@@ -266,7 +266,7 @@ def describe(
                     code = str(cs.state.terminated.exit_code)
             pt.add_row(
                 p.metadata.name,
-                ann.get("batch.kubernetes.io/job-completion-index", "-"),
+                ann.get(Annotation.COMPLETION_INDEX, "-"),
                 p.status.phase or "-",
                 p.spec.node_name or "-",
                 code,
@@ -305,7 +305,7 @@ def logs(
     core: Any = client.CoreV1Api(api)
     selector = (
         f"{Label.JOB_NAME}={name},{Label.JOB_KIND}={KIND_OF[plural].lower()},"
-        f"batch.kubernetes.io/job-completion-index={rank}"
+        f"{Annotation.COMPLETION_INDEX}={rank}"
     )
     pods = core.list_namespaced_pod(ns, label_selector=selector).items
     if not pods:

@@ -32,6 +32,8 @@ class Label:
     # for a Job (the Job's uid; a server-side filter, the ownerReference decides).
     KUEUE_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"
     KUEUE_JOB_UID: Final = "kueue.x-k8s.io/job-uid"
+    # Set by the Job controller on the pods of a batch Job: which Job made them (its uid).
+    JOB_CONTROLLER_UID: Final = "batch.kubernetes.io/controller-uid"
 
 
 class Annotation:
@@ -40,14 +42,18 @@ class Annotation:
     # Whole-group restarts before the attempt a batch Job runs (the worker sees it as
     # Env.RESTART_COUNT).
     RESTART_COUNT: Final = "torchyard.io/restart-count"
-    # Set by the Job controller on every pod of an Indexed Job: the pod's node rank.
+    # Set by the Job controller on every pod of an Indexed Job: the pod's node rank (as an
+    # annotation, and since Kubernetes 1.28 as a label of the same name too).
     COMPLETION_INDEX: Final = "batch.kubernetes.io/job-completion-index"
     # Volcano's pod-group annotation.
     VOLCANO_GROUP_NAME: Final = "scheduling.k8s.io/group-name"
 
 
-#: API group of Kueue's objects (Workload, LocalQueue, WorkloadPriorityClass).
+#: API groups of the gang schedulers the operator works with: Kueue's objects (Workload,
+#: LocalQueue, WorkloadPriorityClass), Volcano's PodGroup, scheduler-plugins' PodGroup.
 KUEUE_GROUP: Final = "kueue.x-k8s.io"
+VOLCANO_GROUP: Final = "scheduling.volcano.sh"
+COSCHEDULING_GROUP: Final = "scheduling.x-k8s.io"
 
 
 # --------------------------------------------------------------------------- environment

@@ -21,10 +21,12 @@ from torchyard.api.constants import (
     DEFAULT_TRAINER_IMAGE,
 )
 from torchyard.api.contract import (
+    COSCHEDULING_GROUP,
     DEFAULT_MASTER_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_PVC_ROOT,
     TERMINATION_MESSAGE_PATH,
+    VOLCANO_GROUP,
     Annotation,
     Env,
     Label,
@@ -445,7 +447,7 @@ def build_podgroup(w: Workload, gang: GangMode) -> Manifest | None:
         if w.scheduling.priority_class_name:
             spec["priorityClassName"] = w.scheduling.priority_class_name
         return {
-            "apiVersion": "scheduling.volcano.sh/v1beta1",
+            "apiVersion": f"{VOLCANO_GROUP}/v1beta1",
             "kind": "PodGroup",
             "metadata": meta,
             "spec": spec,
@@ -455,7 +457,7 @@ def build_podgroup(w: Workload, gang: GangMode) -> Manifest | None:
         if w.scheduling.schedule_timeout_seconds:
             cspec["scheduleTimeoutSeconds"] = w.scheduling.schedule_timeout_seconds
         return {
-            "apiVersion": "scheduling.x-k8s.io/v1alpha1",
+            "apiVersion": f"{COSCHEDULING_GROUP}/v1alpha1",
             "kind": "PodGroup",
             "metadata": meta,
             "spec": cspec,

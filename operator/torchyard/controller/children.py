@@ -21,7 +21,6 @@ from torchyard.builders import build_children
 from torchyard.controller.cache import Cache
 from torchyard.controller.gang import GangResolver
 from torchyard.controller.kube import (
-    JOB_CONTROLLER_UID,
     RAW,
     Blocked,
     Conflict,
@@ -306,7 +305,7 @@ class Children:
         # The pods of this job's own Job (its uid), never pods that only carry our labels.
         selector = (
             f"{Label.JOB_NAME}={key[2]},{Label.JOB_KIND}={key[0].lower()},"
-            f"{JOB_CONTROLLER_UID}={uid}"
+            f"{Label.JOB_CONTROLLER_UID}={uid}"
         )
         core = self.kube.core
         pods = self.kube.call(

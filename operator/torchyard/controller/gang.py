@@ -15,11 +15,9 @@ from collections.abc import Collection
 from typing import Any
 
 from torchyard.api.common import SchedulingSpec
-from torchyard.api.contract import KUEUE_GROUP
+from torchyard.api.contract import COSCHEDULING_GROUP, KUEUE_GROUP, VOLCANO_GROUP
 from torchyard.builders import GangMode
 
-VOLCANO_GROUP = "scheduling.volcano.sh"
-COSCHEDULING_GROUP = "scheduling.x-k8s.io"
 REFRESH_SECONDS = 60.0
 
 

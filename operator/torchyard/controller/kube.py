@@ -20,8 +20,6 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 # Responses we do not read (or read as JSON): skip the client's typed deserialization,
 # which costs more CPU than the request itself.
 RAW: dict[str, Any] = {"_preload_content": False}
-# The label the Job controller puts on its pods: the owning Job's uid.
-JOB_CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
 
 
 class Conflict(Exception):
@@ -95,7 +93,6 @@ def resource_version(obj: dict[str, Any] | None) -> int:
 
 
 __all__ = [
-    "JOB_CONTROLLER_UID",
     "RAW",
     "Blocked",
     "Conflict",

@@ -28,11 +28,11 @@ from typing import Any
 from kubernetes import client
 
 from torchyard.api.constants import GROUP, VERSION
+from torchyard.api.contract import Label
 from torchyard.controller.cache import Cache
 from torchyard.controller.children import Children
 from torchyard.controller.gang import GangResolver
 from torchyard.controller.kube import (
-    JOB_CONTROLLER_UID,
     Blocked,
     Conflict,
     Key,
@@ -261,7 +261,7 @@ class Reconciler:
         return obs, decision
 
     def _pods(self, key: Key, job: JobInfo) -> tuple[PodInfo, ...]:
-        selector = f"{JOB_CONTROLLER_UID}={job.uid}"
+        selector = f"{Label.JOB_CONTROLLER_UID}={job.uid}"
         pods = self.kube.call(
             "list", "pods", self.kube.core.list_namespaced_pod, key[1], label_selector=selector
         )

@@ -18,6 +18,7 @@ from torchyard.api.constants import (
     TRAINING_JOB_KIND,
     Reason,
 )
+from torchyard.api.contract import COSCHEDULING_GROUP, VOLCANO_GROUP
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ CHILD_WHAT = {
     "PodGroup": "PodGroup",
 }
 GANG_SCHEDULER_OF_GROUP = {  # PodGroup API group -> (gang mode, who serves it)
-    "scheduling.volcano.sh": ("volcano", "Volcano"),
-    "scheduling.x-k8s.io": ("coscheduling", "the scheduler-plugins coscheduling plugin"),
+    VOLCANO_GROUP: ("volcano", "Volcano"),
+    COSCHEDULING_GROUP: ("coscheduling", "the scheduler-plugins coscheduling plugin"),
 }
 
 
