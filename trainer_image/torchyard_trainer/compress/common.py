@@ -47,7 +47,8 @@ class Context:
     backends: dict[str, str] = field(default_factory=dict)
     """Which implementation ran each method."""
     group: Any = None
-    """``distributed.Group`` of a multi-worker job (the distill steps run data-parallel)."""
+    """``distributed.CompressionWorld`` of a multi-worker job (the distill steps run
+    data-parallel)."""
 
 
 class Shuffled:

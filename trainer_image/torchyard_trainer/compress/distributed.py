@@ -40,7 +40,7 @@ CONTROL_TIMEOUT = timedelta(hours=24)
 
 
 @dataclass
-class Group:
+class CompressionWorld:
     """This process's place in a multi-worker CompressionJob."""
 
     rank: int
@@ -105,7 +105,7 @@ def check_world(spec: Any, world_size: int) -> None:
         )
 
 
-def start(env: Any, spec: Any) -> Group:
+def start(env: Any, spec: Any) -> CompressionWorld:
     """Join the process group (and the control group) of the job's ranks."""
     device = init_distributed(env, timeout=collective_timeout())
     deadline = spec.run_policy.active_deadline_seconds
@@ -114,7 +114,7 @@ def start(env: Any, spec: Any) -> Group:
     backend = str(dist.get_backend())
     log.info("rank %d of %d joined (%s, distillation on %s)", env.rank, env.world_size,
              backend, device)
-    return Group(env.rank, env.world_size, device, backend, control)
+    return CompressionWorld(env.rank, env.world_size, device, backend, control)
 
 
-__all__ = ["Group", "check_world", "has_distill", "start"]
+__all__ = ["CompressionWorld", "check_world", "has_distill", "start"]

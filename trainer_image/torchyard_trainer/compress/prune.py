@@ -155,7 +155,7 @@ PASS_FUNCTIONS = {F.relu, torch.relu, F.gelu, F.silu, torch.tanh, torch.sigmoid,
 
 
 @dataclass
-class Group:
+class CoupledLayers:
     """A producer layer whose output units feed exactly one consumer layer (through
     element-wise ops, pooling, batch norm and at most one flatten)."""
 
@@ -166,20 +166,20 @@ class Group:
     units: int = 0
 
 
-def _trace_groups(module: nn.Module, prefix: str) -> list[Group] | None:
+def _trace_groups(module: nn.Module, prefix: str) -> list[CoupledLayers] | None:
     try:
         gm = fx.symbolic_trace(module)
     except Exception:
         return None
     mods = dict(gm.named_modules())
-    groups: list[Group] = []
+    groups: list[CoupledLayers] = []
     for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(mods.get(node.target), PRUNABLE):
             continue
         prod = mods[node.target]
         if isinstance(prod, nn.Conv2d) and prod.groups != 1:
             continue
-        g = Group(prefix + node.target, "")
+        g = CoupledLayers(prefix + node.target, "")
         cur = node
         while True:
             users = list(cur.users)
@@ -217,24 +217,24 @@ def _trace_groups(module: nn.Module, prefix: str) -> list[Group] | None:
     return groups
 
 
-def find_groups(model: nn.Module, prefix: str = "") -> list[Group]:
+def find_groups(model: nn.Module, prefix: str = "") -> list[CoupledLayers]:
     """Prunable producer → consumer pairs, found by tracing with torch.fx; modules that do not
     trace (shape-dependent code) are searched child by child."""
     found = _trace_groups(model, prefix)
     if found is not None:
         return found
-    out: list[Group] = []
+    out: list[CoupledLayers] = []
     for name, child in model.named_children():
         out += find_groups(child, f"{prefix}{name}.")
     return out
 
 
-def _unit_scores(model: nn.Module, g: Group) -> torch.Tensor:
+def _unit_scores(model: nn.Module, g: CoupledLayers) -> torch.Tensor:
     w = layers.get_module(model, g.producer).weight.detach()
     return w.reshape(w.shape[0], -1).norm(dim=1)  # type: ignore[no-any-return]
 
 
-def _shrink(model: nn.Module, g: Group, keep: torch.Tensor) -> None:
+def _shrink(model: nn.Module, g: CoupledLayers, keep: torch.Tensor) -> None:
     prod = layers.get_module(model, g.producer)
     cons = layers.get_module(model, g.consumer)
     with torch.no_grad():
@@ -267,7 +267,7 @@ def _shrink(model: nn.Module, g: Group, keep: torch.Tensor) -> None:
     g.units = len(keep)
 
 
-def _zero_units(model: nn.Module, g: Group, keep: torch.Tensor) -> dict[str, torch.Tensor]:
+def _zero_units(model: nn.Module, g: CoupledLayers, keep: torch.Tensor) -> dict[str, torch.Tensor]:
     """physicalShrink: false — mask whole output units instead of removing them."""
     prod = layers.get_module(model, g.producer)
     mask = torch.zeros(prod.weight.shape[0])

@@ -39,7 +39,7 @@ from torchyard_trainer.artifacts import (
 )
 from torchyard_trainer.compress import distill, layers, quantize
 from torchyard_trainer.compress.common import Context, export_state, load_version, rebuild
-from torchyard_trainer.compress.distributed import Group, check_world, start
+from torchyard_trainer.compress.distributed import CompressionWorld, check_world, start
 from torchyard_trainer.compress.report import measure, ratios, table
 from torchyard_trainer.compress.report import versions as lib_versions
 from torchyard_trainer.compress.search import TrialResult, candidates, run_search
@@ -291,7 +291,7 @@ def _result(job: Any, env: WorkerEnv, outcome: Outcome, report: dict[str, Any], 
     return result
 
 
-def run(job: Any, env: WorkerEnv, group: Group | None = None) -> dict[str, Any]:
+def run(job: Any, env: WorkerEnv, group: CompressionWorld | None = None) -> dict[str, Any]:
     """Run a validated CompressionJob; returns the result (also written to the result file).
     With ``group`` (rank 0 of several workers) the distill steps run data-parallel."""
     started = time.perf_counter()
@@ -381,7 +381,7 @@ def _run_distributed(env: WorkerEnv, job: Any) -> dict[str, Any]:
     return result
 
 
-def _follow(job: Any, env: WorkerEnv, group: Group) -> int:
+def _follow(job: Any, env: WorkerEnv, group: CompressionWorld) -> int:
     """Ranks > 0: load the data, then run every distillation rank 0 asks for; returns rank 0's
     exit code. Nothing is evaluated or written here."""
     from torchyard.api.compression import DistillStep
