@@ -58,7 +58,6 @@ def test_process_group_is_nccl_on_cuda() -> None:
     import torch.distributed as dist
 
     from torchyard_trainer.env import WorkerEnv
-
     from torchyard_trainer.runtime import init_distributed
 
     device = init_distributed(WorkerEnv.from_environ({}))
