@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from torchyard.api import CompressionJob, TrainingJob
 from torchyard.api.contract import Env, ExitCode
 from torchyard_trainer.env import ConfigError, WorkerEnv
 from torchyard_trainer.runtime import exit_code_for
@@ -27,12 +28,10 @@ from torchyard_trainer.runtime import exit_code_for
 log = logging.getLogger("torchyard_trainer")
 
 
-def load_job(path: Path) -> Any:
+def load_job(path: Path) -> TrainingJob | CompressionJob:
     """Parse and validate the manifest (YAML or JSON) with torchyard's API models."""
     import yaml
     from pydantic import ValidationError
-
-    from torchyard.api import CompressionJob, TrainingJob
 
     if not path.is_file():
         raise ConfigError(f"TORCHYARD_SPEC={path} does not exist")
@@ -43,7 +42,10 @@ def load_job(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected one manifest object")
-    kinds = {"TrainingJob": TrainingJob, "CompressionJob": CompressionJob}
+    kinds: dict[str, type[TrainingJob] | type[CompressionJob]] = {
+        "TrainingJob": TrainingJob,
+        "CompressionJob": CompressionJob,
+    }
     kind = doc.get("kind")
     if kind not in kinds:
         raise ConfigError(f"{path}: kind {kind!r} is neither TrainingJob nor CompressionJob")
@@ -58,7 +60,7 @@ def run(env: WorkerEnv) -> dict[str, Any]:
     if env.spec_path is None:
         raise ConfigError("TORCHYARD_SPEC is not set (path of the job manifest)")
     job = load_job(env.spec_path)
-    if job.kind == "CompressionJob":
+    if isinstance(job, CompressionJob):
         # same env contract, same result file (see compress/runner.py)
         from torchyard_trainer.compress import run_job
 

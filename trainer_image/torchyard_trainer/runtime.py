@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from torchyard.api.contract import Env, ExitCode
 from torchyard_trainer.env import ConfigError, WorkerEnv
+
+if TYPE_CHECKING:
+    from torchyard.api.common import Quantity
+
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 """Default bound of one collective (also torch's default for gloo and nccl)."""
@@ -70,7 +74,7 @@ def init_distributed(env: WorkerEnv, timeout: timedelta | None = None) -> torch.
     return device
 
 
-def cpu_threads(cpu_request: Any, local_world_size: int) -> int:
+def cpu_threads(cpu_request: Quantity | None, local_world_size: int) -> int:
     """Intra-op threads per process: OMP_NUM_THREADS if set, else the pod's CPU request (or the
     machine's cores) shared by its processes. Oversubscribed OpenMP spinning costs 10-30× on
     small models, so this errs low."""
@@ -83,7 +87,7 @@ def cpu_threads(cpu_request: Any, local_world_size: int) -> int:
     return max(1, int(cores // max(1, local_world_size)))
 
 
-def use_cpu_threads(cpu_request: Any, local_world_size: int) -> int:
+def use_cpu_threads(cpu_request: Quantity | None, local_world_size: int) -> int:
     """Set this process's intra-op threads to :func:`cpu_threads` (torch's default is every
     core of the node, oversubscribing a pod with a CPU request); returns the count."""
     n = cpu_threads(cpu_request, local_world_size)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from torchyard_trainer.compress import layers
-from torchyard_trainer.data import Dataset
+from torchyard_trainer.data import DataInfo, Dataset
 from torchyard_trainer.env import ConfigError
 from torchyard_trainer.loop import Batch, run_loop
 from torchyard_trainer.models import build_model, loss_fn
@@ -199,7 +199,7 @@ def export_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 def rebuild(
     model_spec: dict[str, Any],
-    info: Any,
+    info: DataInfo,
     section: dict[str, Any] | None,
     stored: dict[str, torch.Tensor],
 ) -> nn.Module:
@@ -226,7 +226,7 @@ def rebuild(
     return model.eval()
 
 
-def load_version(vdir: Path, info: Any) -> tuple[nn.Module, dict[str, Any]]:
+def load_version(vdir: Path, info: DataInfo) -> tuple[nn.Module, dict[str, Any]]:
     """A model version directory (plain or compressed) → (model, card)."""
     from torchyard_trainer.artifacts import CARD, WEIGHTS, read_card
 

@@ -9,7 +9,7 @@ data-parallel (distributed.py).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,10 +20,13 @@ from torchyard_trainer.env import ConfigError
 from torchyard_trainer.kd import UNLABELED, kd_loss
 from torchyard_trainer.models import build_model
 
+if TYPE_CHECKING:
+    from torchyard.api.compression import DistillStep
+
 log = logging.getLogger("torchyard_trainer.compress")
 
 
-def apply(teacher: nn.Module, step: Any, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
+def apply(teacher: nn.Module, step: DistillStep, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
     """Train and return the student; ``ctx.model_spec`` becomes the student's spec.
 
     In a multi-worker job (``ctx.group``) rank 0 first sends the step and the teacher to the

@@ -25,14 +25,17 @@ import logging
 import pickle
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from torchyard_trainer.env import ConfigError
+from torchyard_trainer.env import ConfigError, WorkerEnv
 from torchyard_trainer.runtime import collective_timeout, init_distributed
+
+if TYPE_CHECKING:
+    from torchyard.api.compression import CompressionJobSpec
 
 log = logging.getLogger("torchyard_trainer.compress")
 
@@ -90,11 +93,11 @@ class CompressionWorld:
         return DDP(model, device_ids=ids)
 
 
-def has_distill(spec: Any) -> bool:
+def has_distill(spec: CompressionJobSpec) -> bool:
     return any(step.distill is not None for step in spec.steps)
 
 
-def check_world(spec: Any, world_size: int) -> None:
+def check_world(spec: CompressionJobSpec, world_size: int) -> None:
     """Only distillation runs on several ranks (the API's rule on ``spec.workers``, checked
     again for a worker started by hand with WORLD_SIZE > 1)."""
     if world_size > 1 and not has_distill(spec):
@@ -105,7 +108,7 @@ def check_world(spec: Any, world_size: int) -> None:
         )
 
 
-def start(env: Any, spec: Any) -> CompressionWorld:
+def start(env: WorkerEnv, spec: CompressionJobSpec) -> CompressionWorld:
     """Join the process group (and the control group) of the job's ranks."""
     device = init_distributed(env, timeout=collective_timeout())
     deadline = spec.run_policy.active_deadline_seconds

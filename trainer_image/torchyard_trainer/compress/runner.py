@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -50,6 +50,9 @@ from torchyard_trainer.models import build_model
 from torchyard_trainer.runtime import exit_code_for, use_cpu_threads
 from torchyard_trainer.storage import atomic_write_text, fetch, is_remote, local_path
 
+if TYPE_CHECKING:
+    from torchyard.api.compression import CompressionJob, CompressionJobSpec
+
 log = logging.getLogger("torchyard_trainer.compress")
 
 RESULT_LIMIT = 3800  # bytes: the termination message Kubernetes keeps is 4 KiB
@@ -65,7 +68,7 @@ TORCH_AO_WARNING = (
 # validation and source
 
 
-def preflight(spec: Any) -> None:
+def preflight(spec: CompressionJobSpec) -> None:
     """Everything that can be checked before any work: bad input fails here, nothing is written."""
     if not spec.steps:
         raise ConfigError("spec.steps is empty: give at least one prune, distill or quantize step")
@@ -89,7 +92,7 @@ def preflight(spec: Any) -> None:
             quantize.resolve_backend(step.quantize.method, step.quantize.backend)
 
 
-def store_uri(spec: Any, env: WorkerEnv) -> str:
+def store_uri(spec: CompressionJobSpec, env: WorkerEnv) -> str:
     return str(spec.output.storage or f"file://{env.output_dir / 'models'}")
 
 
@@ -99,7 +102,7 @@ def _local_store(uri: str, env: WorkerEnv) -> Path:
     return local_path(uri, env.pvc_root)
 
 
-def resolve_source(spec: Any, env: WorkerEnv, ds: Dataset
+def resolve_source(spec: CompressionJobSpec, env: WorkerEnv, ds: Dataset
                    ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """(model, its model spec as JSON, lineage of the source)."""
     src = spec.source
@@ -177,7 +180,7 @@ class Outcome:
     """Wall time of the search."""
 
 
-def _search(source: nn.Module, spec: Any, ctx: Context, baseline: dict[str, Any],
+def _search(source: nn.Module, spec: CompressionJobSpec, ctx: Context, baseline: dict[str, Any],
             n_threads: int, progress: ProgressLog) -> Outcome:
     """The accuracy-aware search; progress events: one trial = one step."""
     n_cands = len(candidates(list(spec.steps), spec.accuracy_criterion.max_trials)[0])
@@ -218,8 +221,15 @@ def _report(outcome: Outcome, ctx: Context, baseline: dict[str, Any], n_threads:
     }
 
 
-def _save_version(job: Any, env: WorkerEnv, ds: Dataset, ctx: Context, winner: TrialResult,
-                  report: dict[str, Any], source_lineage: dict[str, Any]) -> dict[str, Any]:
+def _save_version(
+    job: CompressionJob,
+    env: WorkerEnv,
+    ds: Dataset,
+    ctx: Context,
+    winner: TrialResult,
+    report: dict[str, Any],
+    source_lineage: dict[str, Any],
+) -> dict[str, Any]:
     """The winner (or, on a failed gate, the best candidate) as a new model version."""
     spec = job.spec
     tensors, section = export_state(winner.model)
@@ -262,8 +272,15 @@ def _write_reports(env: WorkerEnv, report: dict[str, Any], outcome: Outcome, met
     log.info("compression report:\n%s", human)
 
 
-def _result(job: Any, env: WorkerEnv, outcome: Outcome, report: dict[str, Any], metric: str,
-            written: dict[str, Any], started: float) -> dict[str, Any]:
+def _result(
+    job: CompressionJob,
+    env: WorkerEnv,
+    outcome: Outcome,
+    report: dict[str, Any],
+    metric: str,
+    written: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
     """The result file's content (before :func:`_compact`)."""
     winner, compressed = outcome.winner, outcome.winner.stats
     metrics = {metric: compressed["accuracy"]}
@@ -291,7 +308,9 @@ def _result(job: Any, env: WorkerEnv, outcome: Outcome, report: dict[str, Any], 
     return result
 
 
-def run(job: Any, env: WorkerEnv, group: CompressionWorld | None = None) -> dict[str, Any]:
+def run(
+    job: CompressionJob, env: WorkerEnv, group: CompressionWorld | None = None
+) -> dict[str, Any]:
     """Run a validated CompressionJob; returns the result (also written to the result file).
     With ``group`` (rank 0 of several workers) the distill steps run data-parallel."""
     started = time.perf_counter()
@@ -321,7 +340,7 @@ def run(job: Any, env: WorkerEnv, group: CompressionWorld | None = None) -> dict
     return result
 
 
-def run_job(env: WorkerEnv, job: Any) -> dict[str, Any]:
+def run_job(env: WorkerEnv, job: CompressionJob) -> dict[str, Any]:
     """Entry of ``python -m torchyard_trainer`` for a CompressionJob manifest.
 
     A failed accuracy gate is not an error of the worker: the result (report, trials, saved
@@ -349,7 +368,7 @@ def run_job(env: WorkerEnv, job: Any) -> dict[str, Any]:
     return result
 
 
-def _run_distributed(env: WorkerEnv, job: Any) -> dict[str, Any]:
+def _run_distributed(env: WorkerEnv, job: CompressionJob) -> dict[str, Any]:
     """Rank 0 runs the job and then tells the others its exit code; the others follow its
     distillation commands until then. Only rank 0 ever writes a model version or a result."""
     preflight(job.spec)  # fails every rank alike, before any rendezvous
@@ -381,7 +400,7 @@ def _run_distributed(env: WorkerEnv, job: Any) -> dict[str, Any]:
     return result
 
 
-def _follow(job: Any, env: WorkerEnv, group: CompressionWorld) -> int:
+def _follow(job: CompressionJob, env: WorkerEnv, group: CompressionWorld) -> int:
     """Ranks > 0: load the data, then run every distillation rank 0 asks for; returns rank 0's
     exit code. Nothing is evaluated or written here."""
     from torchyard.api.compression import DistillStep

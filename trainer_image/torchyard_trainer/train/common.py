@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
@@ -30,9 +30,12 @@ from torchyard_trainer.train.components import (
     StepLogger,
 )
 
+if TYPE_CHECKING:
+    from torchyard.api.training import TrainingJob, TrainingJobSpec
+
 log = logging.getLogger("torchyard_trainer")
 
-def build_runtime(env: WorkerEnv, job: Any) -> Runtime:
+def build_runtime(env: WorkerEnv, job: TrainingJob) -> Runtime:
     spec = job.spec
     pp = spec.pipeline.stages if spec.strategy == "pipeline" and spec.pipeline else 1
     virtual = (
@@ -78,7 +81,7 @@ def build_runtime(env: WorkerEnv, job: Any) -> Runtime:
     return Runtime(env, job, device, dims, metrics, store, model_name, ckpt_root)
 
 
-def total_steps(spec: Any, steps_per_epoch: int) -> int:
+def total_steps(spec: TrainingJobSpec, steps_per_epoch: int) -> int:
     total = int(spec.epochs * steps_per_epoch)
     return total if spec.max_steps is None else min(total, spec.max_steps)
 

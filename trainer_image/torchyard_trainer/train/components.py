@@ -26,6 +26,7 @@ from torchyard_trainer.loop import Batch, Component, LoopState
 from torchyard_trainer.models import flops_per_token
 
 if TYPE_CHECKING:
+    from torchyard.api.training import TrainingJob
     from torchyard_trainer.train.base import Runtime, Strategy
 
 log = logging.getLogger("torchyard_trainer")
@@ -270,7 +271,7 @@ class Evaluator(Component):
 # checkpoints
 
 
-def recipe_hash(job: Any) -> str:
+def recipe_hash(job: TrainingJob) -> str:
     """Hash of what defines the training run; a checkpoint resumes only the same recipe."""
     spec = job.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
     recipe = {k: v for k, v in spec.items() if k not in NOT_RECIPE}

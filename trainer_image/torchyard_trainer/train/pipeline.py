@@ -200,7 +200,9 @@ class PipelineStrategy:
         return {"pipeline": {"stages": self.bounds, "schedule": self.rt.pipeline.schedule}}
 
 
-def clip_grad_norm_pp(params: Sequence[torch.Tensor], max_norm: float, pp_group: Any) -> float:
+def clip_grad_norm_pp(
+    params: Sequence[torch.Tensor], max_norm: float, pp_group: dist.ProcessGroup | None
+) -> float:
     """Clip by the global norm over all pipeline stages (each rank holds only some params)."""
     grads, _ = tree_flatten([p.grad for p in params])
     sq = torch.zeros((), device=params[0].device if params else "cpu", dtype=torch.float32)
