@@ -41,7 +41,7 @@ from torchyard.api import CompressionJob  # noqa: E402
 from torchyard.api.common import DataSpec, ModelSpec, OptimizerSpec  # noqa: E402
 from torchyard_trainer.compress import layers, quantize  # noqa: E402
 from torchyard_trainer.compress import run as compress_run  # noqa: E402
-from torchyard_trainer.compress.common import Context, evaluate, train_epochs  # noqa: E402
+from torchyard_trainer.compress.context import Context, evaluate, train_epochs  # noqa: E402
 from torchyard_trainer.compress.report import versions  # noqa: E402
 from torchyard_trainer.data import load_dataset  # noqa: E402
 from torchyard_trainer.env import WorkerEnv  # noqa: E402
@@ -270,7 +270,7 @@ class Bench:
         t0 = time.perf_counter()
         result = compress_run(CompressionJob.model_validate(doc), env)
         seconds = time.perf_counter() - t0
-        from torchyard_trainer.compress.common import load_version
+        from torchyard_trainer.compress.stored import load_version
 
         vdir = Path(result["model"]["uri"].removeprefix("file://"))
         model, _ = load_version(vdir, self.ds.info)

@@ -40,7 +40,7 @@ def teacher(tmp_path_factory: pytest.TempPathFactory, digits: Any) -> dict[str, 
     from safetensors.torch import save_file
 
     from torchyard.api.common import ModelSpec, OptimizerSpec
-    from torchyard_trainer.compress.common import Context, evaluate, train_epochs
+    from torchyard_trainer.compress.context import Context, evaluate, train_epochs
     from torchyard_trainer.models import build_model
 
     torch.manual_seed(0)
@@ -85,7 +85,8 @@ def recompute(result: dict[str, Any], digits: Any) -> dict[str, Any]:
     import torch
 
     from torchyard_trainer.compress import layers
-    from torchyard_trainer.compress.common import load_version, metric_value, predict
+    from torchyard_trainer.compress.context import metric_value, predict
+    from torchyard_trainer.compress.stored import load_version
 
     vdir = Path(result["model"]["uri"].removeprefix("file://"))
     model, card = load_version(vdir, digits.info)

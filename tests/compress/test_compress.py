@@ -280,7 +280,8 @@ def test_structured_groups_on_conv_models_round_trip(
     from torchyard.api.common import ModelSpec, OptimizerSpec
     from torchyard.api.compression import PruneStep
     from torchyard_trainer.compress import prune
-    from torchyard_trainer.compress.common import Context, export_state, rebuild
+    from torchyard_trainer.compress.context import Context
+    from torchyard_trainer.compress.stored import export_state, rebuild
     from torchyard_trainer.models import build_model
 
     torch.manual_seed(0)
@@ -453,7 +454,7 @@ def test_binarize_with_zero_qat_epochs_skips_the_fine_tune(teacher: dict, digits
     from torchyard.api.compression import QuantizeStep
     from torchyard.api.manifest import format_validation_error
     from torchyard_trainer.compress import layers, quantize
-    from torchyard_trainer.compress.common import Context
+    from torchyard_trainer.compress.context import Context
 
     with pytest.raises(ValidationError) as excinfo:
         QuantizeStep.model_validate({"method": "qat", "qatEpochs": 0})

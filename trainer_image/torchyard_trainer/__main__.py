@@ -65,7 +65,7 @@ def run(env: WorkerEnv) -> dict[str, Any]:
         from torchyard_trainer.compress import run_job
 
         return dict(run_job(env, job))
-    from torchyard_trainer.train.common import build_runtime
+    from torchyard_trainer.train.run import build_runtime
 
     rt = build_runtime(env, job)
     try:

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from torchyard_trainer.compress.common import Context, export_state, predict, train_epochs
+from torchyard_trainer.compress.context import Context, predict, train_epochs
+from torchyard_trainer.compress.stored import export_state
 from torchyard_trainer.env import ConfigError
 from torchyard_trainer.kd import UNLABELED, kd_loss
 from torchyard_trainer.models import build_model

@@ -19,7 +19,7 @@ from torch import fx, nn
 from torch.nn.utils import prune as tprune
 
 from torchyard_trainer.compress import layers
-from torchyard_trainer.compress.common import Context, train_epochs
+from torchyard_trainer.compress.context import Context, train_epochs
 from torchyard_trainer.env import ConfigError
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from torchyard_trainer.compress import layers
-from torchyard_trainer.compress.common import Context, train_epochs
+from torchyard_trainer.compress.context import Context, train_epochs
 from torchyard_trainer.env import ConfigError
 
 if TYPE_CHECKING:

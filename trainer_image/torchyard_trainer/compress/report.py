@@ -19,7 +19,8 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from torchyard_trainer.compress import layers
-from torchyard_trainer.compress.common import Context, evaluate, export_state
+from torchyard_trainer.compress.context import Context, evaluate
+from torchyard_trainer.compress.stored import export_state
 
 if TYPE_CHECKING:
     from torchyard.api.compression import AccuracyCriterion

@@ -38,11 +38,12 @@ from torchyard_trainer.artifacts import (
     write_result,
 )
 from torchyard_trainer.compress import distill, layers, quantize
-from torchyard_trainer.compress.common import Context, export_state, load_version, rebuild
+from torchyard_trainer.compress.context import Context
 from torchyard_trainer.compress.distributed import CompressionWorld, check_world, start
 from torchyard_trainer.compress.report import measure, ratios, table
 from torchyard_trainer.compress.report import versions as lib_versions
 from torchyard_trainer.compress.search import TrialResult, candidates, run_search
+from torchyard_trainer.compress.stored import export_state, load_version, rebuild
 from torchyard_trainer.data import Dataset, load_dataset
 from torchyard_trainer.env import ConfigError, WorkerEnv
 from torchyard_trainer.metrics import ProgressLog

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from torchyard_trainer.compress import distill, prune, quantize
-from torchyard_trainer.compress.common import Context, clone
+from torchyard_trainer.compress.context import Context, clone
 from torchyard_trainer.compress.report import measure, passes
 
 if TYPE_CHECKING:

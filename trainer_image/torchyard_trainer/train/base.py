@@ -1,6 +1,6 @@
 """The two things every training strategy is built from: the process's :class:`Runtime` (its
 place in the job, decided once at start-up) and the :class:`Strategy` protocol the shared loop
-drives. Kept apart from ``train.common`` so the loop's components can name them without an
+drives. Kept apart from ``train.run`` so the loop's components can name them without an
 import cycle."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from torchyard_trainer.models import build_model, count_correct, loss_fn
 from torchyard_trainer.optim import build_optimizer
 from torchyard_trainer.storage import fetch
 from torchyard_trainer.train.base import Runtime
-from torchyard_trainer.train.common import run_training, setup_data
+from torchyard_trainer.train.run import run_training, setup_data
 
 
 class DDPStrategy:

@@ -23,8 +23,8 @@ from torchyard_trainer.kd import UNLABELED, kd_loss
 from torchyard_trainer.models import build_model
 from torchyard_trainer.storage import fetch, is_remote, local_path
 from torchyard_trainer.train.base import Runtime
-from torchyard_trainer.train.common import run_training, setup_data
 from torchyard_trainer.train.ddp import DDPStrategy
+from torchyard_trainer.train.run import run_training, setup_data
 
 
 def resolve_teacher(rt: Runtime, ds: Dataset) -> tuple[nn.Module, dict[str, Any]]:

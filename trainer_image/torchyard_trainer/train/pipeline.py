@@ -42,7 +42,7 @@ from torchyard_trainer.optim import build_optimizer
 from torchyard_trainer.parallel import ParallelDims
 from torchyard_trainer.storage import fetch
 from torchyard_trainer.train.base import Runtime
-from torchyard_trainer.train.common import run_training, setup_data
+from torchyard_trainer.train.run import run_training, setup_data
 
 
 def local_stage_ids(dims: ParallelDims, pp_rank: int) -> list[int]:

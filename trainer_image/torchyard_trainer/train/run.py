@@ -1,6 +1,6 @@
-"""What every strategy shares: the job's runtime, the training run on the shared loop
-(``torchyard_trainer.loop`` + the components of ``train.components``), and the model version +
-result file at the end."""
+"""The training run every strategy shares: the :class:`~torchyard_trainer.train.base.Runtime`
+built once at start-up, the run on the shared loop (``torchyard_trainer.loop`` + the
+components of ``train.components``), and the model version + result file at the end."""
 
 from __future__ import annotations
 
