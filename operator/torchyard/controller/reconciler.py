@@ -252,11 +252,10 @@ class Reconciler:
         obs = Observed(now=now, job=job)
         decision = decide(view, obs)
         if decision.needs_source:
-            source = self.cache.source(view, body)
-            obs = Observed(now=now, job=obs.job, pods=obs.pods, source=source)
+            obs = replace(obs, source=self.cache.source(view, body))
             decision = decide(view, obs)
         if decision.needs_pods and obs.job is not None:
-            obs = Observed(now=now, job=obs.job, pods=self._pods(key, obs.job), source=obs.source)
+            obs = replace(obs, pods=self._pods(key, obs.job))
             decision = decide(view, obs)
         return obs, decision
 
