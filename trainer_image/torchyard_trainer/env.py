@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchyard.api.contract import DEFAULT_PVC_ROOT, Env
+from torchyard.api.contract import DEFAULT_PVC_ROOT, Env, SpecError
 
 
-class ConfigError(ValueError):
+class ConfigError(SpecError):
     """A problem with the job spec or the environment: retrying cannot fix it
     (``ExitCode.CONFIG``)."""
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from torchyard.api.contract import Env, ExitCode
+from torchyard.api.contract import Env, ExitCode, SpecError
 from torchyard_trainer.env import ConfigError, WorkerEnv
 
 if TYPE_CHECKING:
@@ -122,6 +122,6 @@ def exit_code_for(exc: BaseException) -> int:
         return exc.code if isinstance(exc.code, int) else ExitCode.ERROR
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, SpecError):  # ConfigError, a bad storage URI
         return ExitCode.CONFIG
     return ExitCode.PEER_LOST if is_peer_failure(exc) else ExitCode.ERROR

@@ -8,19 +8,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from torchyard.api import contract
-from torchyard.api.contract import is_remote
+from torchyard.api.contract import is_remote, local_path
 from torchyard_trainer.env import ConfigError
 
+# The URI rules are the contract's (a bad URI raises its StorageURIError, a spec error: exit 2);
+# re-exported so the trainer's storage helpers come from one place.
 __all__ = ["atomic_write_text", "fetch", "fsync_tree", "is_remote", "local_path", "upload_dir"]
-
-
-def local_path(uri: str, pvc_root: Path) -> Path:
-    """:func:`torchyard.api.contract.local_path`, a bad URI being a spec error (exit 2)."""
-    try:
-        return contract.local_path(uri, pvc_root)
-    except contract.StorageURIError as exc:
-        raise ConfigError(str(exc)) from exc
 
 
 def _fs(uri: str):  # type: ignore[no-untyped-def]

@@ -192,7 +192,12 @@ def is_retryable(code: int | None, policy: RetryPolicy) -> bool:
 REMOTE_SCHEMES: Final = ("s3", "gs")
 
 
-class StorageURIError(ValueError):
+class SpecError(ValueError):
+    """A job spec (or worker environment) that retrying cannot fix: a worker that raises one
+    exits with ``ExitCode.CONFIG``."""
+
+
+class StorageURIError(SpecError):
     """A storage URI that does not name a path inside the pod."""
 
 

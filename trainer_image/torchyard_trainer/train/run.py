@@ -15,7 +15,7 @@ from torchyard.api import contract
 from torchyard_trainer.artifacts import spec_hash, write_model_version, write_result
 from torchyard_trainer.checkpoint import CheckpointManager
 from torchyard_trainer.data import Dataset, load_dataset
-from torchyard_trainer.env import ConfigError, WorkerEnv
+from torchyard_trainer.env import WorkerEnv
 from torchyard_trainer.loop import run_loop
 from torchyard_trainer.metrics import WorkerMetrics
 from torchyard_trainer.optim import build_scheduler
@@ -58,16 +58,13 @@ def build_runtime(env: WorkerEnv, job: TrainingJob) -> Runtime:
     store = spec.output.storage or f"file://{env.output_dir / 'models'}"
     model_name = spec.output.model_name or name
     ns = env.namespace or job.metadata.namespace or "default"
-    try:
-        shared_ckpt_root = contract.checkpoint_dir(
-            checkpoint_storage=spec.checkpoint.storage,
-            output_storage=store,
-            namespace=ns,
-            job_name=name,
-            pvc_root=env.pvc_root,
-        )
-    except contract.StorageURIError as exc:
-        raise ConfigError(str(exc)) from exc
+    shared_ckpt_root = contract.checkpoint_dir(
+        checkpoint_storage=spec.checkpoint.storage,
+        output_storage=store,
+        namespace=ns,
+        job_name=name,
+        pvc_root=env.pvc_root,
+    )
     ckpt_root = shared_ckpt_root or env.output_dir / "checkpoints" / ns / name
     env.output_dir.mkdir(parents=True, exist_ok=True)
     metrics = WorkerMetrics(
