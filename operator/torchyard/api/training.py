@@ -117,6 +117,13 @@ class TeacherSpec(KubeModel):
             field_path=".model.checkpoint",
             check=lambda t: t.model is None or t.model.checkpoint is not None,
         ),
+        Rule(
+            cel="!has(self.model) || !has(self.model.huggingface)",
+            message="a TrainingJob does not run huggingface models yet: compress or distill "
+            "one with a CompressionJob (source.model.huggingface)",
+            field_path=".model.huggingface",
+            check=lambda t: t.model is None or t.model.huggingface is None,
+        ),
     )
 
 
@@ -204,6 +211,13 @@ class TrainingJobSpec(KubeModel):
     """Placement and gang scheduling."""
 
     rules = (
+        Rule(
+            cel="!has(self.model) || !has(self.model.huggingface)",
+            message="a TrainingJob does not train huggingface models yet: compress or distill "
+            "one with a CompressionJob (source.model.huggingface)",
+            field_path=".model.huggingface",
+            check=lambda s: s.model is None or s.model.huggingface is None,
+        ),
         Rule(
             cel="(self.strategy == 'pipeline') == has(self.pipeline)",
             message="pipeline is required for strategy pipeline and only allowed with it",
