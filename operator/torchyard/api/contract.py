@@ -32,6 +32,10 @@ class Label:
     # for a Job (the Job's uid; a server-side filter, the ownerReference decides).
     KUEUE_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"
     KUEUE_JOB_UID: Final = "kueue.x-k8s.io/job-uid"
+    # Kueue: the WorkloadPriorityClass of a Job's Workload (Kueue reads it from the Job; a
+    # user puts it, like the queue name, on the TrainingJob/CompressionJob and the operator
+    # copies it to the worker Job).
+    KUEUE_PRIORITY_CLASS: Final = "kueue.x-k8s.io/priority-class"
     # Set by the Job controller on the pods of a batch Job: which Job made them (its uid).
     JOB_CONTROLLER_UID: Final = "batch.kubernetes.io/controller-uid"
 

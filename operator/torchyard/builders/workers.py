@@ -67,10 +67,23 @@ class Workload:
     run_policy: RunPolicy
     scheduling: SchedulingSpec
     storage_uris: list[str] = field(default_factory=list)
+    kueue_queue: str | None = None
+    """The Kueue LocalQueue: ``spec.scheduling.queue``, else the job's own
+    ``kueue.x-k8s.io/queue-name`` label (:func:`kueue_queue_of`)."""
+    kueue_priority_class: str | None = None
+    """The job's ``kueue.x-k8s.io/priority-class`` label (a WorkloadPriorityClass)."""
 
     @property
     def world_size(self) -> int:
         return self.workers * self.procs_per_worker
+
+
+def kueue_queue_of(job: TrainingJob | CompressionJob) -> str | None:
+    """The LocalQueue a job names: ``spec.scheduling.queue``, else the
+    ``kueue.x-k8s.io/queue-name`` label on the job itself (how Kueue users label every
+    workload). Both set and different is an invalid job: the state machine fails it before
+    anything is built (:func:`torchyard.state.kueue.kueue_label_conflict`, the same rule)."""
+    return job.spec.scheduling.queue or job.metadata.labels.get(Label.KUEUE_QUEUE_NAME) or None
 
 
 def workload_of(job: TrainingJob | CompressionJob, namespace: str = "default") -> Workload:
@@ -97,6 +110,8 @@ def workload_of(job: TrainingJob | CompressionJob, namespace: str = "default") -
         run_policy=spec.run_policy,
         scheduling=spec.scheduling,
         storage_uris=[u for u in uris if u],
+        kueue_queue=kueue_queue_of(job),
+        kueue_priority_class=job.metadata.labels.get(Label.KUEUE_PRIORITY_CLASS) or None,
     )
 
 
@@ -314,10 +329,15 @@ def _gang_placement(w: Workload, gang: GangMode, restart_count: int) -> _GangPla
         placement.pod_annotations[Annotation.VOLCANO_GROUP_NAME] = podgroup_name(w.kind, w.name)
     elif gang == "coscheduling":
         placement.pod_labels[Label.COSCHEDULING_POD_GROUP] = podgroup_name(w.kind, w.name)
-    elif gang == "kueue" and sched.queue:
+    elif gang == "kueue" and w.kueue_queue:
         # Kueue admits the whole Job at once (its quota is the gang) by un-suspending it.
-        placement.job_labels[Label.KUEUE_QUEUE_NAME] = sched.queue
+        placement.job_labels[Label.KUEUE_QUEUE_NAME] = w.kueue_queue
         placement.suspend = True
+    if w.kueue_priority_class:
+        # Kueue reads the WorkloadPriorityClass from the Job it makes the Workload for, never
+        # from the Job's owner. Copied whatever the gang mode: a Kueue set up to manage Jobs
+        # without a queue label (manageJobsWithoutQueueName, a default LocalQueue) reads it too.
+        placement.job_labels[Label.KUEUE_PRIORITY_CLASS] = w.kueue_priority_class
     return placement
 
 

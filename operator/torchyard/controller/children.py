@@ -17,7 +17,7 @@ import kopf
 from kubernetes import client
 
 from torchyard.api.contract import KUEUE_GROUP, Label
-from torchyard.builders import build_children
+from torchyard.builders import build_children, kueue_queue_of
 from torchyard.controller.cache import Cache
 from torchyard.controller.gang import GangResolver
 from torchyard.controller.kube import (
@@ -88,7 +88,7 @@ class Children:
             job_model = job_model.model_copy(deep=True)
             job_model.spec.output.storage = self.settings.default_storage
         requested = job_model.spec.scheduling.gang
-        gang = self.gang.resolve(job_model.spec.scheduling)
+        gang = self.gang.resolve(job_model.spec.scheduling, kueue_queue_of(job_model))
         gang_text = requested if requested == gang else f"{requested} (resolved to {gang})"
         children = build_children(
             job_model,

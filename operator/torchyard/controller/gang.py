@@ -1,7 +1,8 @@
 """Gang scheduling mode: what ``scheduling.gang: auto`` means on this cluster.
 
 ``auto`` looks at the API groups the cluster serves (refreshed at most once a minute):
-Kueue (``kueue.x-k8s.io``, when the job names a queue), then Volcano
+Kueue (``kueue.x-k8s.io``, when the job names a queue, in its spec or with Kueue's
+``kueue.x-k8s.io/queue-name`` label), then Volcano
 (``scheduling.volcano.sh``), then the scheduler-plugins coscheduling PodGroup
 (``scheduling.x-k8s.io``); none of them means plain pods. The choice itself is pure
 (:func:`choose_gang`); only the discovery talks to the API server.
@@ -71,10 +72,12 @@ class GangResolver:
         with self._lock:
             return self._preferred.get(group)
 
-    def resolve(self, scheduling: SchedulingSpec) -> GangMode:
+    def resolve(self, scheduling: SchedulingSpec, queue: str | None) -> GangMode:
+        """``queue``: the LocalQueue the job names, in its spec or its Kueue label
+        (:func:`torchyard.builders.kueue_queue_of`)."""
         if scheduling.gang != "auto":
-            return choose_gang(scheduling.gang, scheduling.queue, ())
-        return choose_gang("auto", scheduling.queue, self.groups())
+            return choose_gang(scheduling.gang, queue, ())
+        return choose_gang("auto", queue, self.groups())
 
 
 __all__ = ["GangResolver", "choose_gang"]

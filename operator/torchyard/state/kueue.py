@@ -4,6 +4,11 @@ Kueue owns the ``spec.suspend`` of a Job it manages (the Job's queue label, or
 ``scheduling.gang: kueue``): it would un-suspend an admitted Job. So a job is suspended and
 resumed through the ``spec.active`` of the Workload Kueue made for its Job
 (:class:`ActionKind.SET_WORKLOAD_ACTIVE`; the reconciler applies :func:`workload_step`).
+
+A job names its LocalQueue in ``spec.scheduling.queue`` or, as Kueue users label every
+workload, with the ``kueue.x-k8s.io/queue-name`` label on the TrainingJob/CompressionJob
+itself (:func:`job_queue`); both set and different is an error naming both
+(:func:`kueue_label_conflict`), never a silent pick: the wrong queue spends another team's quota.
 """
 
 from __future__ import annotations
@@ -11,8 +16,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from torchyard.api import CompressionJob, TrainingJob
+from torchyard.api.contract import Label
 from torchyard.state.decision import Action, ActionKind
 from torchyard.state.observed import JobInfo, JobView
+
+LABEL_FIELD = f"metadata.labels['{Label.KUEUE_QUEUE_NAME}']"
+SPEC_FIELD = "spec.scheduling.queue"
+
+
+def job_queue(job: TrainingJob | CompressionJob) -> str | None:
+    """The LocalQueue a job names: ``spec.scheduling.queue``, else its own queue-name label.
+    The builders read it the same way (:func:`torchyard.builders.kueue_queue_of`)."""
+    return job.spec.scheduling.queue or job.metadata.labels.get(Label.KUEUE_QUEUE_NAME) or None
+
+
+def kueue_label_conflict(job: TrainingJob | CompressionJob) -> str | None:
+    """Why the job's queue-name label and ``spec.scheduling.queue`` cannot both hold (they
+    name different queues), else None. The same value in both is fine."""
+    label = job.metadata.labels.get(Label.KUEUE_QUEUE_NAME)
+    spec = job.spec.scheduling.queue
+    if not label or not spec or label == spec:
+        return None
+    return (
+        f"{LABEL_FIELD} is {label!r} but {SPEC_FIELD} is {spec!r}: they name different "
+        "queues; remove one or make them equal"
+    )
 
 
 def kueue_queue(view: JobView, job: JobInfo) -> str | None:
@@ -20,7 +49,7 @@ def kueue_queue(view: JobView, job: JobInfo) -> str | None:
     if job.queue:
         return job.queue
     if view.parsed is not None and view.parsed.spec.scheduling.gang == "kueue":
-        return view.parsed.spec.scheduling.queue
+        return job_queue(view.parsed)
     return None
 
 

@@ -34,7 +34,13 @@ from torchyard.api.constants import ConditionType, Phase, Reason
 from torchyard.state.conditions import condition_true, get_condition
 from torchyard.state.decision import Action, ActionKind, Decision
 from torchyard.state.draft import StatusDraft, worker_counts
-from torchyard.state.kueue import kueue_queue, suspend_action, workload_action
+from torchyard.state.kueue import (
+    job_queue,
+    kueue_label_conflict,
+    kueue_queue,
+    suspend_action,
+    workload_action,
+)
 from torchyard.state.lifetime import deadline_at
 from torchyard.state.observed import JobInfo, JobView, Observed, PodInfo, rfc3339
 from torchyard.state.results import (
@@ -67,7 +73,7 @@ def decide(view: JobView, obs: Observed) -> Decision:
     if settled is not None:
         return settled
     if job is None:
-        return _create_attempt(draft)
+        return _refuse_queue_conflict(draft) or _create_attempt(draft)
     if job.deleting:
         return _wait_for_deletion(draft)
     draft.status["workers"] = worker_counts(job)
@@ -198,6 +204,16 @@ def _replace_older_attempt(draft: StatusDraft, job: JobInfo | None) -> Decision 
     return None
 
 
+def _refuse_queue_conflict(draft: StatusDraft) -> Decision | None:
+    """The queue-name label and spec.scheduling.queue name different queues: fail before a
+    worker Job is created (an invalid job, as the API server cannot see labels from the
+    spec's rules). Checked per attempt: a running attempt keeps the queue its Job has."""
+    conflict = kueue_label_conflict(_parsed(draft))
+    if conflict is None:
+        return None
+    return draft.fail(Reason.INVALID_SPEC, f"invalid spec: {conflict}", None)
+
+
 def _create_attempt(draft: StatusDraft) -> Decision:
     """No batch Job for the current attempt: create it (the children are idempotent)."""
     spec = _parsed(draft).spec
@@ -221,7 +237,7 @@ def _create_attempt(draft: StatusDraft) -> Decision:
         # Already what the first look at the new Job would write (its start, no worker
         # ready yet), so creating a Job costs one status write, not two.
         draft.phase(Phase.PENDING, f"0/{spec.workers} workers ready")
-        if spec.scheduling.queue is None:  # Kueue may hold it: starts on admission
+        if job_queue(_parsed(draft)) is None:  # Kueue may hold it: starts on admission
             status.setdefault("startTime", rfc3339(draft.now))
     return draft.done()
 
