@@ -359,6 +359,11 @@ def _restart_group(draft: StatusDraft, job: JobInfo, what: str) -> Decision:
         f"{what}; restarting the whole group from the newest checkpoint "
         f"(restart {restarts + 1}/{limit})"
     )
+    queue = kueue_queue(draft.view, job)
+    if queue is not None:
+        # The failed Job's Workload finished with it and Kueue released its quota; the next
+        # attempt is a new Job, so a new Workload that is admitted anew (docs/operator.md).
+        message += f"; the new worker Job queues again in LocalQueue {queue}"
     draft.phase(Phase.RESTARTING, message)
     draft.cond(ConditionType.RESTARTING, True, Reason.RETRYABLE_FAILURE, message)
     draft.clear(ConditionType.RUNNING, Reason.RETRYABLE_FAILURE, "the worker group is restarting")
@@ -381,7 +386,12 @@ def _wait_for_admission(draft: StatusDraft, job: JobInfo) -> Decision | None:
         f"queued by Kueue in LocalQueue {queue}: waiting for admission "
         "(the worker Job stays suspended until Kueue admits it)"
     )
-    draft.phase(Phase.PENDING, message)
+    if draft.old_phase == Phase.RESTARTING:
+        # A group restart under Kueue: the new attempt's Job waits for admission like a new
+        # job, and the job still says it is restarting (Restarting stays True until it runs).
+        draft.status["message"] = f"restarting: {message}"
+    else:
+        draft.phase(Phase.PENDING, message)
     if draft.cond(ConditionType.SUSPENDED, True, Reason.QUEUED_BY_KUEUE, message):
         draft.event(Reason.QUEUED_BY_KUEUE, message)
     draft.clear(ConditionType.RUNNING, Reason.QUEUED_BY_KUEUE, "the worker Job is suspended")
