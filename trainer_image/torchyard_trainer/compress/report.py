@@ -93,10 +93,15 @@ def linear_macs(model: nn.Module, x: torch.Tensor) -> int:
     return total[0]
 
 
+def latency_batch(ctx: Context) -> torch.Tensor:
+    """The input of every latency figure (also compress/timing.py's interleaved rounds)."""
+    return ctx.ds.val_x[: min(len(ctx.ds.val_x), ctx.batch_size)]
+
+
 def measure(model: nn.Module, ctx: Context, n_threads: int, with_latency: bool = True
             ) -> dict[str, Any]:
     params, nz = param_counts(model)
-    batch = ctx.ds.val_x[: min(len(ctx.ds.val_x), ctx.batch_size)]
+    batch = latency_batch(ctx)
     return {
         "accuracy": round(evaluate(model, ctx), 6),
         "params": params,

@@ -42,7 +42,7 @@ from torchyard_trainer.compress.context import Context
 from torchyard_trainer.compress.distributed import CompressionWorld, check_world, start
 from torchyard_trainer.compress.report import measure, ratios, table
 from torchyard_trainer.compress.report import versions as lib_versions
-from torchyard_trainer.compress.search import TrialResult, candidates, run_search
+from torchyard_trainer.compress.search import TrialResult, candidates, run_search, settle_latency
 from torchyard_trainer.compress.stored import export_state, load_version, rebuild
 from torchyard_trainer.data import Dataset, load_dataset
 from torchyard_trainer.env import ConfigError, WorkerEnv
@@ -199,6 +199,13 @@ def _search(source: nn.Module, spec: CompressionJobSpec, ctx: Context, baseline:
         source, list(spec.steps), ctx, spec.accuracy_criterion, spec.objective,
         baseline["accuracy"], n_threads, on_trial,
     )
+    # --- objective latency (issue 19): the one-shot pick re-timed interleaved beside the
+    # source; the baseline's latency becomes that like-for-like figure (see search.py) ---
+    if spec.objective == "latency":
+        settled = settle_latency(source, trials, winner, ctx, n_threads)
+        winner, baseline["latencyMs"] = settled.winner, settled.baseline_ms
+        warnings = [*warnings, *settled.notes]
+    # --- end objective latency ---
     return Outcome(winner, trials, warnings, time.perf_counter() - t_search)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from torchyard_trainer.compress import distill, prune, quantize
+from torchyard_trainer.compress import distill, prune, quantize, timing
 from torchyard_trainer.compress.context import Context, clone
-from torchyard_trainer.compress.report import measure, passes
+from torchyard_trainer.compress.report import latency_batch, measure, passes
 
 if TYPE_CHECKING:
     from torchyard.api.compression import AccuracyCriterion, CompressionStep
@@ -148,9 +149,48 @@ def run_search(source: nn.Module, steps: list[CompressionStep], ctx: Context,
 
 
 def pick(results: list[TrialResult], objective: str) -> TrialResult:
-    """Best passing by objective (ties: higher accuracy); else the most accurate candidate."""
+    """Best passing by objective (ties: higher accuracy); else the most accurate candidate.
+    For ``latency`` this is the one-shot pick; the job refines it with :func:`settle_latency`."""
     passing = [r for r in results if r.passed]
     if passing:
         key = "bytes" if objective == "size" else "latencyMs"
         return min(passing, key=lambda r: (r.stats[key], -r.stats["accuracy"]))
     return max(results, key=lambda r: (r.stats["accuracy"], -r.stats["bytes"]))
+
+
+@dataclass
+class LatencyPick:
+    """What :func:`settle_latency` decided."""
+
+    winner: TrialResult
+    """The pick (its ``stats["latencyMs"]`` is now the interleaved median)."""
+    baseline_ms: float
+    """The source model's median latency over the same interleaved rounds (like-for-like
+    speedup)."""
+    notes: list[str]
+    """How the pick was made, for the report's warnings (none with a single candidate)."""
+
+
+def settle_latency(source: nn.Module, results: list[TrialResult], winner: TrialResult,
+                   ctx: Context, n_threads: int) -> LatencyPick:
+    """``objective: latency``: time the passing candidates and the source again in the same
+    interleaved rounds (compress/timing.py) and pick by :func:`timing.decide` — the fastest only
+    when it is clearly faster, else the smallest of those within noise. Every re-timed trial's
+    ``latencyMs`` becomes its interleaved median, so the trial table, the winner and the
+    baseline are the same kind of figure. With no passing candidate ``winner`` (the most
+    accurate) stays, re-timed beside the source."""
+    timed = [r for r in results if r.passed] or [winner]
+    rounds = timing.interleaved([source, *(r.model for r in timed)], latency_batch(ctx),
+                                n_threads)
+    times = {r.candidate.name: rounds[i + 1] for i, r in enumerate(timed)}
+    for r in timed:
+        r.stats["latencyMs"] = round(statistics.median(times[r.candidate.name]), 4)
+    baseline_ms = round(statistics.median(rounds[0]), 4)
+    if not winner.passed:
+        return LatencyPick(winner, baseline_ms, [])
+    decision = timing.decide(
+        [timing.Entry(r.candidate.name, r.stats["bytes"], r.stats["nonZeroParams"],
+                      r.stats["accuracy"]) for r in timed], times)
+    log.info("%s", decision.reason)
+    chosen = next(r for r in timed if r.candidate.name == decision.winner)
+    return LatencyPick(chosen, baseline_ms, [decision.reason] if len(timed) > 1 else [])
