@@ -44,11 +44,14 @@ typecheck: venv
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-# Regenerate the CRDs (and the Helm chart's copy) and docs/api.md from the API models.
+# Regenerate the CRDs, the Helm chart's copy (files/crds, read by templates/crds.yaml so that
+# `helm upgrade` upgrades them), docs/api.md from the API models, and the chart README's
+# parameter table from the comments of values.yaml.
 crds: venv
 	$(VENV)/bin/torchyard crds --output-dir crds
 	$(PY) -c "from torchyard.crd import render_api_docs; open('docs/api.md','w').write(render_api_docs())"
-	@if [ -d charts/torchyard ]; then mkdir -p charts/torchyard/crds && cp crds/*.yaml charts/torchyard/crds/; fi
+	@if [ -d charts/torchyard ]; then mkdir -p charts/torchyard/files/crds && cp crds/*.yaml charts/torchyard/files/crds/; fi
+	$(PY) hack/chart-readme.py
 
 docs: crds
 
