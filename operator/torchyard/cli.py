@@ -9,9 +9,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperGroup
 
-from torchyard.api import ManifestError, load_manifests
+from torchyard.api import check_manifests
 from torchyard.cli_cluster import register as register_cluster_commands
 from torchyard.crd import all_crds, render, write_crds
 
@@ -127,25 +128,32 @@ def crds(
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Manifest files (YAML, multi-document ok).")],
 ) -> None:
-    """Check manifests with the same rules the cluster applies; errors name the field path."""
+    """Check manifests with the API server's rules; errors name the file and the field path."""
     failures = 0
     for path in files:
         if not path.is_file():
-            err.print(f"[red]✗[/] {path}: no such file")
+            _say_bad(f"{path}: no such file")
             failures += 1
             continue
-        try:
-            jobs = load_manifests(path)
-        except ManifestError as exc:
+        check = check_manifests(path)
+        for warning in check.warnings:
+            err.print(Text.assemble(("warning: ", "yellow"), warning))
+        for exc in check.errors:
             failures += 1
-            err.print(f"[red]✗[/] {exc.source}")
             for line in exc.errors:
-                err.print(f"    {line}")
-            continue
-        for job in jobs:
-            out.print(f"[green]✓[/] {path}: {job.kind} {job.metadata.name} is valid")
+                _say_bad(f"{exc.source}: {line}")
+        for job in check.jobs:
+            out.print(
+                Text.assemble(("✓ ", "green"), f"{path}: {job.kind} {job.metadata.name} is valid")
+            )
     if failures:
         raise typer.Exit(code=1)
+
+
+def _say_bad(message: str) -> None:
+    # A Text, not markup: messages hold brackets (the name pattern's `[-a-z0-9]`) that
+    # console markup would take for styles and drop.
+    err.print(Text.assemble(("✗ ", "red"), message))
 
 
 @app.command()

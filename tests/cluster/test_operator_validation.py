@@ -1,6 +1,7 @@
 """Parity of our Python rules and the CRD: every manifest of the invalid corpus is rejected by
 the real API server (server-side dry run, strict field validation) naming the same field path
-as `torchyard validate`; every example is accepted."""
+as `torchyard validate`; every example, and every manifest of the valid corpus (tests/valid:
+the edge cases both must accept, e.g. `workers: 2.0`), is accepted by both."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 from tests.cluster.opkit import EXAMPLES, PLURAL
-from tests.conftest import INVALID
+from tests.conftest import INVALID, VALID
 
 from torchyard.api import ManifestError, load_manifests
 from torchyard.api.constants import GROUP, VERSION
@@ -70,8 +71,12 @@ def test_api_server_rejects_like_torchyard_validate(
     assert expected in server, f"API server named {server}, torchyard validate {expected}"
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+ACCEPTED = sorted(EXAMPLES.glob("*.yaml")) + sorted(VALID.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCEPTED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_api_server_accepts_every_example(kube: Kube, cluster_namespace: str, path: Path) -> None:
+    assert load_manifests(path)
     for doc in yaml.safe_load_all(path.read_text()):
         if doc:
             _dry_run(kube, cluster_namespace, doc)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import EXAMPLES, INVALID
-from torchyard.api import ManifestError, TrainingJob, load_manifests
+from tests.conftest import EXAMPLES, INVALID, VALID
+from torchyard.api import ManifestError, TrainingJob, check_manifests, load_manifests
 from torchyard.cli import app
 
 INVALID_FILES = sorted(INVALID.glob("*.yaml"))
@@ -79,3 +79,127 @@ def test_wrong_kind_and_version_are_named(tmp_path: Path) -> None:
     bad.write_text("apiVersion: torchyard.io/v1alpha1\nkind: Pod\nmetadata: {name: a}\n")
     with pytest.raises(ManifestError, match="kind"):
         load_manifests(bad)
+
+
+VALID_FILES = sorted(VALID.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", VALID_FILES, ids=lambda p: p.name)
+def test_valid_corpus_is_accepted(path: Path) -> None:
+    assert load_manifests(path)
+
+
+def test_an_integral_number_is_an_integer_as_for_the_api_server() -> None:
+    (job,) = load_manifests(VALID / "workers_integral_float.yaml")
+    assert isinstance(job, TrainingJob)
+    assert job.spec.workers == 2
+    assert type(job.spec.workers) is int
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [
+        ("true", "boolean true"),
+        ("'2'", 'string "2"'),
+        ("2.5", "number 2.5"),
+        ("[2]", "array [2]"),
+    ],
+)
+def test_no_coercion_into_an_integer(tmp_path: Path, value: str, got: str) -> None:
+    bad = tmp_path / "job.yaml"
+    bad.write_text(_manifest(f"workers: {value}"))
+    with pytest.raises(ManifestError) as excinfo:
+        load_manifests(bad)
+    assert excinfo.value.errors == [f"spec.workers: must be of type integer, got {got}"]
+
+
+def test_a_number_is_not_coerced_into_a_string_nor_a_string_into_a_boolean(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "job.yaml"
+    bad.write_text(_manifest("output: {modelName: 7}\n  runPolicy: {suspend: 'yes'}"))
+    with pytest.raises(ManifestError) as excinfo:
+        load_manifests(bad)
+    assert sorted(excinfo.value.errors) == [
+        "spec.output.modelName: must be of type string, got integer 7",
+        'spec.runPolicy.suspend: must be of type boolean, got string "yes"',
+    ]
+
+
+def _manifest(spec_extra: str = "", name: str = "a") -> str:
+    return (
+        "apiVersion: torchyard.io/v1alpha1\n"
+        "kind: TrainingJob\n"
+        f"metadata: {{name: {name}}}\n"
+        "spec:\n"
+        "  model: {builtin: mlp}\n"
+        "  data: {builtin: digits}\n" + (f"  {spec_extra}\n" if spec_extra else "")
+    )
+
+
+def test_the_name_pattern_prints_whole() -> None:
+    result = CliRunner().invoke(app, ["validate", str(INVALID / "bad_name.yaml")])
+    assert result.exit_code == 1
+    assert "'^[a-z]([-a-z0-9]*[a-z0-9])?$'" in result.output, result.output
+
+
+def test_a_duplicate_key_is_a_warning_naming_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(_manifest("workers: 2\n  epochs: 3\n  workers: 4"))
+    check = check_manifests(path)
+    assert not check.errors
+    (job,) = check.jobs
+    assert isinstance(job, TrainingJob)
+    assert job.spec.workers == 4  # the last value, as kubectl takes it
+    (warning,) = check.warnings
+    assert warning.startswith(f"{path}: line 9: duplicate key 'workers' (first at line 7)")
+    assert "kubectl keeps the last value" in warning
+
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output  # still valid: a warning, not an error
+    assert "warning: " in result.output
+    assert "line 9" in result.output
+    assert "line 7" in result.output
+
+
+def test_a_yaml_error_names_the_file_and_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("apiVersion: torchyard.io/v1alpha1\nkind: [TrainingJob\nmetadata: {}\n")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert "<unicode string>" not in result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"✗ {path}: (root): not valid YAML: line 3, column 9: ")
+
+
+def test_documents_are_numbered_from_one_in_every_message(tmp_path: Path) -> None:
+    path = tmp_path / "many.yaml"
+    path.write_text(
+        _manifest(name="first")
+        + "---\n"
+        + _manifest("workers: 0\n  seed: 1\n  seed: 2", name="second")
+        + "---\n"
+        + _manifest(name="Third")
+    )
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert f"✓ {path}: TrainingJob first is valid" in lines
+    assert any(line.startswith(f"✗ {path} (document 2): spec.workers: ") for line in lines)
+    assert any(line.startswith(f"✗ {path} (document 3): metadata.name: ") for line in lines)
+    assert any(
+        line.startswith(
+            f"warning: {path} (document 2): line 16: duplicate key 'seed' (first at line 15)"
+        )
+        for line in lines
+    ), lines
+    assert "#0" not in result.output
+    assert "document 0" not in result.output
+
+
+def test_a_single_document_file_says_no_document_number(tmp_path: Path) -> None:
+    path = tmp_path / "one.yaml"
+    path.write_text("---\n" + _manifest("workers: 0") + "---\n")  # empty documents skipped
+    with pytest.raises(ManifestError) as excinfo:
+        load_manifests(path)
+    assert excinfo.value.source == str(path)

@@ -4,6 +4,10 @@ Each cross-field rule is written once as a :class:`Rule`: a CEL expression that 
 evaluates (``x-kubernetes-validations`` in the generated CRD) and a Python predicate that
 ``torchyard validate`` and ``torchyard run`` evaluate, with the same message and field path.
 A cluster test checks that the API server and the Python side reject the same corpus.
+
+Scalars follow the API server's OpenAPI types, not pydantic's lax coercion: a string or a
+boolean is never an integer (``workers: "2"`` and ``workers: true`` are rejected), a number is
+never a string, and an integral number (``2.0``) is an integer, as the API server has it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
@@ -38,6 +49,40 @@ class Rule:
         return out
 
 
+def _integral_to_int(value: Any) -> Any:
+    """An integral float (``2.0``) as the int it is: OpenAPI's ``integer`` is any integral
+    number, and the API server accepts ``2.0`` for an integer field; ``2.5`` stays a float and
+    strict ``int`` rejects it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Core-schema keys that hold no validation of input: left as pydantic built them.
+_NOT_VALIDATION = {"metadata", "serialization", "ref"}
+
+
+def openapi_scalars(schema: Any) -> Any:
+    """`schema` with every int/float/str/bool check made strict (the API server's type rules:
+    no string or boolean coercion), and every int check also taking integral floats."""
+    if isinstance(schema, list):
+        return [openapi_scalars(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kind = schema.get("type")
+    if kind == "function-before" and schema["function"].get("function") is _integral_to_int:
+        return schema  # already converted (a nested model's schema is walked again)
+    if kind in ("int", "float", "str", "bool") and "strict" not in schema:
+        strict = {**schema, "strict": True}
+        if kind == "int":
+            return core_schema.no_info_before_validator_function(_integral_to_int, strict)
+        return strict
+    return {
+        key: value if key in _NOT_VALIDATION else openapi_scalars(value)
+        for key, value in schema.items()
+    }
+
+
 class KubeModel(BaseModel):
     """A part of a Kubernetes object: camelCase on the wire, unknown fields rejected."""
 
@@ -51,6 +96,15 @@ class KubeModel(BaseModel):
 
     rules: ClassVar[tuple[Rule, ...]] = ()
     """Cross-field rules of this object (CEL in the CRD, Python in ``torchyard validate``)."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[BaseModel], handler: GetCoreSchemaHandler, /
+    ) -> core_schema.CoreSchema:
+        # Strictness per scalar type, not `ConfigDict(strict=True)`: that would also reject
+        # `2.0` for an int, and strings for datetimes in status read back from the cluster.
+        schema: core_schema.CoreSchema = openapi_scalars(handler(source))
+        return schema
 
     @model_validator(mode="after")
     def _check_rules(self) -> KubeModel:
