@@ -20,6 +20,7 @@ from torch.nn.utils import prune as tprune
 
 from torchyard_trainer.compress import layers
 from torchyard_trainer.compress.context import Context, train_epochs
+from torchyard_trainer.compress.hf_student import ffn_pairs
 from torchyard_trainer.env import ConfigError
 
 if TYPE_CHECKING:
@@ -223,7 +224,10 @@ def find_groups(model: nn.Module, prefix: str = "") -> list[CoupledLayers]:
     found = _trace_groups(model, prefix)
     if found is not None:
         return found
-    out: list[CoupledLayers] = []
+    # transformers blocks do not trace (shape-dependent attention): their feed-forward pair is
+    # known by name instead (hf_student.FFN_PAIRS)
+    out = [CoupledLayers(prefix + p, prefix + c, units=layers.get_module(model, p).weight.shape[0])
+           for p, c in ffn_pairs(model)]
     for name, child in model.named_children():
         out += find_groups(child, f"{prefix}{name}.")
     return out
