@@ -321,6 +321,12 @@ def test_search_winner_is_the_best_passing_not_the_first(
     assert all(t["passed"] for t in trials)
     key = "bytes" if objective == "size" else "latencyMs"
     best = min(trials, key=lambda t: t["stats"][key])
+    if objective == "latency":
+        # The latency pick is the fastest only when clearly so in interleaved rounds, else the
+        # smallest (issue 19; tests/compress/test_search_noise.py): the note says which.
+        note = next(w for w in result["report"]["warnings"] if w.startswith("objective latency"))
+        if "within noise: chose by size" in note:
+            best = min(trials, key=lambda t: t["stats"]["bytes"])
     assert result["report"]["compressed"][key] == best["stats"][key]
     assert again["card"]["lineage"]["trial"] == best["name"]
     if objective == "size":

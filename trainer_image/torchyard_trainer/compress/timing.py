@@ -7,9 +7,10 @@ shared CPU that measures the load as much as the model. Two granularities runnin
 kernels measured 738 vs 416 ms under load and the "faster" one won (issue 19).
 
 How (:func:`interleaved`): after a warm-up of every model, ``ROUNDS`` rounds; each round times
-every model once (one slot: an untimed call, then the median of ``PER_SLOT`` forward passes),
-in an order rotated by one each round, so a burst of load hits all of them alike and none is
-always first or last. A model's latency is the median of its rounds.
+every model once (one slot: an untimed call, then the median of at least ``PER_SLOT`` forward
+passes spanning ``SLOT_SECONDS``), in an order rotated by one each round, so a burst of load
+hits all of them alike and none is always first or last. A model's latency is the median of
+its rounds.
 
 Decision (:func:`decide`, pure): A is *clearly faster* than B when A wins a clear majority of
 the paired rounds — a one-sided sign test at ``ALPHA`` (8 of 9 rounds) — *and* A's median is
@@ -36,7 +37,9 @@ from torchyard_trainer.compress.report import threads
 ROUNDS = 9
 """Interleaved rounds; 9 is the fewest where the sign test can call 8 wins clear at 5%."""
 PER_SLOT = 5
-"""Forward passes per slot; the slot's figure is their median (one preemption is ignored)."""
+"""Fewest timed forward passes per slot; the slot's figure is their median."""
+SLOT_SECONDS = 0.02
+"""Fewest seconds of timed calls per slot (tiny models: many calls, a stable median)."""
 ALPHA = 0.05
 """One-sided sign test level of "wins a clear majority of the rounds"."""
 MARGIN = 0.05
@@ -139,14 +142,19 @@ def decide(entries: Sequence[Entry], times: Mapping[str, Sequence[float]],
 def _slot(model: Callable[[torch.Tensor], Any], x: torch.Tensor, per_slot: int,
           clock: Callable[[], float]) -> float:
     """One model's figure in one round (ms): an untimed call (the previous model's weights
-    were in the cache), then the median of ``per_slot`` timed calls."""
+    were in the cache), then the median of at least ``per_slot`` timed calls spanning at least
+    ``SLOT_SECONDS`` (a sub-millisecond model gets enough calls that one preemption or timer
+    tick does not move its median)."""
     model(x)
-    times = []
-    for _ in range(per_slot):
+    times: list[float] = []
+    start = clock()
+    while True:
         t0 = clock()
         model(x)
-        times.append(clock() - t0)
-    return statistics.median(times) * 1e3
+        t1 = clock()
+        times.append(t1 - t0)
+        if len(times) >= 10_000 or (len(times) >= per_slot and t1 - start >= SLOT_SECONDS):
+            return statistics.median(times) * 1e3
 
 
 @torch.no_grad()
