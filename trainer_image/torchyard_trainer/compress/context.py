@@ -47,6 +47,9 @@ class Context:
     group: Any = None
     """``distributed.CompressionWorld`` of a multi-worker job (the distill steps run
     data-parallel)."""
+    original: nn.Module | None = None
+    """The source model before any step (set by the search): a Hugging Face distillation
+    student learns from it, not from an already pruned teacher."""
 
 
 class Shuffled:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
+from torchyard_trainer.compress import hf_student
 from torchyard_trainer.compress.context import Context, predict, train_epochs
 from torchyard_trainer.compress.stored import export_state
 from torchyard_trainer.env import ConfigError
@@ -33,6 +34,9 @@ def apply(teacher: nn.Module, step: DistillStep, ctx: Context) -> tuple[nn.Modul
     In a multi-worker job (``ctx.group``) rank 0 first sends the step and the teacher to the
     other ranks, and every rank trains on its shard of the transfer set (see distributed.py).
     """
+    if step.student.huggingface is not None or "huggingface" in ctx.model_spec:
+        # the student is the teacher with fewer transformer layers (hf_student.py)
+        return hf_student.distill(teacher, step, ctx)
     group = ctx.group
     if group is not None and group.rank == 0:
         tensors, section = export_state(teacher)

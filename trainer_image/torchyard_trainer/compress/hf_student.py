@@ -12,11 +12,18 @@ GPT-2's ``n_layer`` is the same attribute through its config's ``attribute_map``
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
+from torchyard_trainer.compress.context import Context, predict, train_epochs
 from torchyard_trainer.env import ConfigError
+from torchyard_trainer.kd import UNLABELED, kd_loss
+
+if TYPE_CHECKING:
+    from torchyard.api.compression import DistillStep
 
 STUDENT_ARGS = ("numHiddenLayers", "keepLayers")
 """The student ``args`` a layer-dropped Hugging Face student understands."""
@@ -115,6 +122,10 @@ def student_from(teacher: nn.Module, args: dict[str, Any]) -> tuple[nn.Module, l
     picked = keep_layers(n_layers, n_keep, keep)
     student = copy.deepcopy(teacher)
     drop_layers(student, picked)
+    conv1d = getattr(student, "conv1d", None)  # hf.HFModel: the GPT-2 Conv1D layers it names
+    if isinstance(conv1d, list):
+        names = {n for n, _ in student.named_modules()}
+        conv1d[:] = [n for n in conv1d if f"model.{n}" in names]
     return student, picked
 
 
@@ -131,3 +142,91 @@ def ffn_pairs(module: nn.Module) -> list[tuple[str, str]]:
                 and c.in_features == p.out_features:
             out.append((prod, cons))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# distillation
+
+
+def _checked_student_spec(step: DistillStep, ctx: Context) -> dict[str, Any]:
+    """The student's ModelSpec (JSON): the teacher's huggingface section (same path, task,
+    pooling) with the student's layer args. Refuses what this student cannot be."""
+    teacher_hf = ctx.model_spec.get("huggingface")
+    student_hf = step.student.huggingface
+    if teacher_hf is None or student_hf is None:
+        raise ConfigError(
+            "distill: a huggingface model distils into a huggingface student and back only: "
+            "set student.huggingface.path to the source's path with args.numHiddenLayers "
+            "(the teacher with fewer transformer layers)")
+    if student_hf.path != teacher_hf.get("path"):
+        raise ConfigError(
+            f"distill student.huggingface.path {student_hf.path!r}: the student is built from "
+            f"the teacher ({teacher_hf.get('path')!r}) with fewer layers, give that path")
+    if "task" in student_hf.model_fields_set and student_hf.task != teacher_hf.get("task"):
+        raise ConfigError(f"distill student.huggingface.task {student_hf.task!r}: the teacher "
+                          f"is {teacher_hf.get('task')!r}; a layer-dropped student keeps it")
+    if ctx.group is not None:
+        raise ConfigError(
+            "distilling a huggingface student with spec.workers > 1 is not supported yet: set "
+            "spec.workers: 1 (the student trains in one process)")
+    return {"huggingface": dict(teacher_hf), "args": dict(step.student.args)}
+
+
+def distill(teacher: nn.Module, step: DistillStep, ctx: Context
+            ) -> tuple[nn.Module, dict[str, Any]]:
+    """Train a layer-dropped copy of ``teacher`` (the current model: pruned layers stay
+    pruned) to reproduce the *original* model (``ctx.original``, else ``teacher``).
+
+    Loss by task: feature-extraction 1 − cosine(student, original embedding); logits
+    (sequence-classification, causal-lm) the KD loss of ``kd.kd_loss`` (soft term, plus
+    cross-entropy on labels where the data has them), causal-lm over the real tokens only.
+    """
+    spec = _checked_student_spec(step, ctx)
+    torch.manual_seed(ctx.seed)
+    student, picked = student_from(teacher, spec["args"])
+    spec["args"]["keepLayers"] = picked
+    original = ctx.original if ctx.original is not None else teacher
+    original.eval()
+    ds = ctx.ds
+    x = ds.train_x
+    if step.transfer_set == "unlabeled" and ds.unlabeled_x is not None:
+        x = torch.cat([x, ds.unlabeled_x])
+    task = str(spec["huggingface"].get("task", "feature-extraction"))
+    labelled = bool(ds.extra.get("labelled")) and task == "sequence-classification"
+    y = ds.train_y.long() if labelled else torch.full((len(ds.train_x),), UNLABELED)
+    if len(x) > len(y):  # the unlabeled transfer samples: soft term only
+        y = torch.cat([y, torch.full((len(x) - len(y),), UNLABELED, dtype=y.dtype)])
+    temperature, alpha = float(step.temperature), float(step.alpha)
+    # the original is frozen: its outputs are computed once (causal-lm logits, N×L×vocab,
+    # would not fit: those are computed per batch)
+    cached = None if task == "causal-lm" else predict(original, x, batch=64)
+
+    def loss(model: nn.Module, bx: torch.Tensor, by: torch.Tensor) -> torch.Tensor:
+        idx, target = by[:, 0], by[:, 1]
+        out = model(bx)
+        if cached is not None:
+            ref = cached[idx]
+        else:
+            with torch.no_grad():
+                ref = original(bx)
+        if task == "feature-extraction":
+            return (1.0 - F.cosine_similarity(out, ref, dim=-1)).mean()
+        if task == "causal-lm":
+            real = bx[:, 1] > 0  # padding positions carry no next-token distribution
+            return kd_loss(out[real], ref[real], None, temperature, 1.0)
+        return kd_loss(out, ref, target if labelled else None, temperature,
+                       alpha if labelled else 1.0)
+
+    packed = torch.stack([torch.arange(len(x)), y], dim=1)
+    train_epochs(student, ctx, step.epochs, loss_override=loss, tensors=(x, packed))
+    ctx.backends["distill"] = "torchyard (single process; huggingface student: teacher layers "
+    ctx.backends["distill"] += f"{picked} copied)"
+    ctx.model_spec = spec
+    n_layers = int(config_of(hf_model(teacher)).num_hidden_layers)
+    return student.eval(), {
+        "student": spec, "teacherLayers": n_layers, "keepLayers": picked,
+        "loss": "1 - cosine" if task == "feature-extraction" else "kd",
+        "temperature": temperature, "alpha": alpha if labelled else 1.0,
+        "transferSet": step.transfer_set, "epochs": step.epochs, "samples": len(x),
+        "labeled": int((y >= 0).sum()),
+    }

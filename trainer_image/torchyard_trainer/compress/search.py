@@ -115,6 +115,7 @@ def run_search(source: nn.Module, steps: list[CompressionStep], ctx: Context,
         warnings.append(f"the search has {total} candidates; maxTrials={criterion.max_trials} "
                         f"evaluated the first {len(cands)}")
     base_spec = dict(ctx.model_spec)
+    ctx.original = source
     # prefix cache: choices of the first k steps -> (model, model spec, step infos, backends)
     cache: dict[tuple[tuple[str, Setting], ...],
                 tuple[nn.Module, dict[str, Any], list[dict[str, Any]], dict[str, str]]] = {
