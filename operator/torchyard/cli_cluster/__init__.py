@@ -1,0 +1,77 @@
+"""Cluster commands of the `torchyard` CLI: operator, get, describe, logs.
+
+``get``/``describe``/``logs`` are a readable overview for people without kubectl plugins,
+with kubectl's habits: ``--kubeconfig``, ``--context``, ``-n``, ``get -o wide|yaml|json``,
+``get -w``, ``logs -f``/``--previous``, and one ``error: ...`` line (exit 1) for any failure to
+reach or to ask the API server (see :mod:`torchyard.cli_cluster.kube`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from torchyard.cli_cluster.describe import describe, logs
+from torchyard.cli_cluster.get import get
+from torchyard.cli_cluster.kube import err_usage, one_line_errors
+
+
+def operator(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Serve only this namespace (repeatable)."),
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Serve every namespace (default).")
+    ] = False,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", help="Port of /metrics (0: off).")
+    ] = 8080,
+    health_port: Annotated[
+        int, typer.Option("--health-port", help="Port of the /healthz liveness probe (0: off).")
+    ] = 8081,
+    default_image: Annotated[
+        str | None, typer.Option("--default-image", help="Worker image when a job sets none.")
+    ] = None,
+    default_storage: Annotated[
+        str | None,
+        typer.Option("--default-storage", help="Model store URI when a job sets no output."),
+    ] = None,
+    peering: Annotated[
+        str | None,
+        typer.Option(
+            "--peering",
+            help="Kopf peering object for active/standby replicas (needs Kopf's peering "
+            "CRDs); without it the operator runs standalone: deploy one replica.",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run the operator (Kopf) against the current cluster."""
+    if namespace and all_namespaces:
+        err_usage("--namespace and --all-namespaces exclude each other")
+    from torchyard.controller import OperatorOptions, run_operator
+
+    run_operator(
+        OperatorOptions(
+            namespaces=list(namespace or []),
+            all_namespaces=not namespace,
+            metrics_port=metrics_port or None,
+            health_port=health_port or None,
+            default_image=default_image,
+            default_storage=default_storage,
+            peering=peering,
+            verbose=verbose,
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the cluster commands to the `torchyard` CLI."""
+    app.command()(operator)
+    for command in (get, describe, logs):
+        app.command(command.__name__)(one_line_errors(command))
+
+
+__all__ = ["describe", "get", "logs", "operator", "register"]
