@@ -118,7 +118,7 @@ def crds(
     """Print (or write) the CustomResourceDefinitions generated from the API models."""
     if output_dir is not None:
         for path in write_crds(output_dir):
-            out.print(f"wrote {path}")
+            out.print(f"wrote {path}", markup=False)
         return
     docs = [render(crd) for crd in all_crds().values()]
     sys.stdout.write("---\n".join(docs))
