@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from tests.cluster.opkit import (
     create,
     example,
@@ -17,7 +20,7 @@ from tests.cluster.opkit import (
     wait_running_pods,
 )
 
-from torchyard.api.constants import Phase
+from torchyard.api.constants import GROUP, VERSION, Phase
 from torchyard_devcluster.testing import Kube, poll
 
 pytestmark = pytest.mark.cluster
@@ -111,3 +114,57 @@ def test_logs_picks_the_rank_and_kind_and_says_why_there_is_no_log(
         assert "no pod of rank 5 for digits-ddp" in res.stderr
         res = _cli_fail(kube, "logs", "nosuch", "-n", namespace)
         assert "no TrainingJob or CompressionJob 'nosuch'" in res.stderr
+
+
+def test_get_formats_watch_and_one_line_errors_from_the_real_api_server(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    """kubectl's habits against the real API server (no operator: the objects as created)."""
+    create(kube, namespace, example("digits-ddp.yaml"))
+    obj = json.loads(_cli(kube, "get", "tj", "digits-ddp", "-o", "json", "-n", namespace))
+    assert obj["kind"] == "TrainingJob"
+    assert obj["metadata"]["namespace"] == namespace
+    listing = yaml.safe_load(_cli(kube, "get", "-o", "yaml", "-n", namespace))
+    assert listing["kind"] == "List"
+    assert [i["metadata"]["name"] for i in listing["items"]] == ["digits-ddp"]
+    header, row = _cli(kube, "get", "tj", "-o", "wide", "-n", namespace).splitlines()
+    assert header.split()[-5:] == ["STRATEGY", "QUEUE", "LOSS", "ACCURACY", "MESSAGE"]
+    assert row.split()[2] == "digits-ddp"
+    assert row.split()[-5] == "ddp"
+
+    # A real 403: the scheduler's identity may not list TrainingJobs.
+    scheduler = kube.cluster.state_dir / "scheduler.kubeconfig"
+    res = subprocess.run(
+        [sys.executable, "-m", "torchyard.cli", "get", "tj", "-n", namespace],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KUBECONFIG": str(scheduler)},
+        check=False,
+    )
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert res.stderr.startswith("error: Forbidden (403): trainingjobs.torchyard.io is forbidden:")
+    assert len(res.stderr.splitlines()) == 1, res.stderr
+    res = _cli_fail(kube, "get", "tj", "--context", "nope")
+    assert res.stderr.startswith('error: context "nope" does not exist in ')
+
+    # -w: the listing, then a row for each change (here: a label added).
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "torchyard.cli", "get", "tj", "-w", "-n", namespace,
+         "--kubeconfig", str(kube.cluster.kubeconfig)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert watch.stdout is not None
+        assert watch.stdout.readline().split()[:3] == ["KIND", "NAMESPACE", "NAME"]
+        assert watch.stdout.readline().split()[2] == "digits-ddp"
+        kube.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "trainingjobs", "digits-ddp",
+            {"metadata": {"labels": {"changed": "yes"}}},
+        )  # fmt: skip
+        assert watch.stdout.readline().split()[2] == "digits-ddp"
+    finally:
+        watch.kill()
+        watch.wait(timeout=30)

@@ -203,6 +203,11 @@ def one_line_errors(command: Callable[P, None]) -> Callable[P, None]:
             raise
         except KeyboardInterrupt:  # Ctrl-C ends -w/-f as it ends kubectl's: quietly
             raise typer.Exit(code=130) from None
+        except BrokenPipeError:
+            # The reader is gone (`torchyard get -w | head`): stop quietly; stdout goes to
+            # /dev/null so that the interpreter's last flush does not complain either.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(code=1) from None
         except Exception as exc:
             message = error_message(exc)
             if message is None:
