@@ -163,11 +163,24 @@ def run(
     procs_per_worker: Annotated[
         int | None, typer.Option("--procs-per-worker", help="Override spec.procsPerWorker.")
     ] = None,
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The result on stdout: human (a table) or json (one document, for scripts). "
+            "Progress goes to stderr either way.",
+        ),
+    ] = "human",
 ) -> None:
     """Run a job on this machine: the same pods the operator builds, as local processes."""
-    from torchyard.local import run_manifest
+    from torchyard.local import OUTPUT_FORMATS, output_format, run_manifest
 
-    raise typer.Exit(code=run_manifest(manifest, workers, procs_per_worker))
+    fmt = output_format(output)
+    if fmt is None:
+        err.print(f"--output: {output!r} is not one of {', '.join(OUTPUT_FORMATS)}", markup=False)
+        raise typer.Exit(code=2)
+    raise typer.Exit(code=run_manifest(manifest, workers, procs_per_worker, fmt))
 
 
 register_cluster_commands(app)  # operator, get, describe, logs

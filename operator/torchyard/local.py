@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,19 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-
 from torchyard.api import (
     AnyJob,
+    CompressionJob,
     ManifestError,
     TrainingJob,
     contract,
@@ -57,15 +46,34 @@ from torchyard.api import (
     load_manifest,
     parse_job,
 )
-from torchyard.api.contract import Env, ExitCode, exit_code_of_returncode, is_retryable
+from torchyard.api.contract import (
+    Env,
+    ExitCode,
+    exit_code_of_returncode,
+    is_retryable,
+)
 from torchyard.builders import SPEC_FILE, build_children
+from torchyard.local_output import (
+    OUTPUT_FORMATS,
+    OutputFormat,
+    ProgressState,
+    ProgressView,
+    RunOutcome,
+    log_tail,
+    output_format,
+    plot,
+    print_summary,
+    progress_view,
+    read_events,
+    stderr,
+    summary,
+)
+from torchyard.local_prepare import LOG_FILE, precheck, prepare_run_dir
 
 RUNS_DIR = "torchyard-runs"
 LOCAL_NAMESPACE = "default"
 KILL_GRACE_SECONDS = 10.0
 POLL_SECONDS = 0.2
-
-console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +263,11 @@ class AttemptProcesses:
 
     def start(self, pods: list[PodPlan], attempt: int) -> None:
         for pod in pods:
-            log = (pod.out_dir / "log.txt").open("ab")
-            log.write(f"\n===== attempt {attempt} =====\n".encode())
+            # appends: the attempts of one run follow each other (rotate_logs keeps runs apart)
+            log = (pod.out_dir / LOG_FILE).open("ab")
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            gap = "\n" if log.tell() else ""
+            log.write(f"{gap}===== attempt {attempt} · started {started} =====\n".encode())
             log.flush()
             self.logs.append(log)
             self.procs.append(
@@ -275,6 +286,12 @@ class AttemptProcesses:
             if rc is not None and rc != 0:
                 return i, exit_code_of_returncode(rc)
         return None
+
+    def exit_codes(self) -> list[int | None]:
+        """Every pod's exit code as the kubelet would report it (None: still running)."""
+        return [
+            None if p.poll() is None else exit_code_of_returncode(p.returncode) for p in self.procs
+        ]
 
     def all_succeeded(self) -> bool:
         return all(p.poll() == 0 for p in self.procs)
@@ -321,214 +338,143 @@ class ProgressTail:
                 yield json.loads(line)
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):
-            events.append(json.loads(line))
-    return events
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _watch(
+    procs: AttemptProcesses, tail: ProgressTail, view: ProgressView
+) -> tuple[int, int | None]:
+    while True:
+        force = False
+        for ev in tail.read():
+            force = view.state.apply(ev) or force
+        view.update(force)
+        failure = procs.first_failure()
+        if failure is not None:
+            index, code = failure
+            return code, index
+        if procs.all_succeeded():
+            return 0, None
+        time.sleep(POLL_SECONDS)
 
 
 def run_group(
-    job: AnyJob, pods: list[PodPlan], attempt: int, progress: Progress, task: Any
-) -> tuple[int, int | None]:
-    """Run one attempt to its end; returns (exit code, index of the failed pod or None)."""
+    pods: list[PodPlan], attempt: int, view: ProgressView
+) -> tuple[int, int | None, list[int | None]]:
+    """Run one attempt to its end; returns (exit code, index of the failed pod or None, every
+    pod's exit code)."""
     tail = ProgressTail(pods[0].out_dir / "progress.jsonl")
     procs = AttemptProcesses()
     procs.start(pods, attempt)
     try:
-        while True:
-            for ev in tail.read():
-                kind = ev.get("event")
-                if kind == "start":
-                    progress.update(
-                        task, total=ev.get("totalSteps"), completed=ev.get("startStep", 0)
-                    )
-                elif kind == "step":
-                    progress.update(
-                        task,
-                        completed=ev.get("step", 0),
-                        info=f"epoch {ev.get('epoch', 0) + 1} loss {_fmt(ev.get('loss'), '.4f')} "
-                        f"{_fmt(ev.get('samplesPerSecond'), '.0f')} samples/s",
-                    )
-                elif kind == "eval":
-                    progress.update(task, acc=f"acc {_fmt(ev.get('accuracy'), '.2%')}")
-            failure = procs.first_failure()
-            if failure is not None:
-                index, code = failure
-                return code, index
-            if procs.all_succeeded():
-                return 0, None
-            time.sleep(POLL_SECONDS)
+        code, failed = _watch(procs, tail, view)
     finally:
         procs.stop()
+    return code, failed, procs.exit_codes()
 
 
-def plot(events: list[dict[str, Any]], path: Path) -> Path | None:
-    """Loss and accuracy curves as a PNG (needs matplotlib, from the trainer extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    loss = {e["step"]: e["loss"] for e in events if e.get("event") == "step" and "loss" in e}
-    acc = {e["step"]: e["accuracy"] for e in events if e.get("event") == "eval" and "accuracy" in e}
-    if not loss and not acc:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if loss:
-        steps = sorted(loss)
-        ax.plot(steps, [loss[s] for s in steps], color="tab:blue", label="training loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    if acc:
-        ax2 = ax.twinx()
-        steps = sorted(acc)
-        ax2.plot(steps, [acc[s] for s in steps], "o-", color="tab:green", label="accuracy")
-        ax2.set_ylabel("accuracy")
-        ax2.set_ylim(0, 1)
-    fig.legend(loc="upper center", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def report(job: AnyJob, run_dir: Path, code: int, restarts: int, started: float) -> None:
-    result_path = run_dir / "pod-0" / "result.json"
-    result: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        result = json.loads(result_path.read_text())
-    table = Table(title=f"{job.kind} {job.metadata.name}", show_header=False)
-    status = "Succeeded" if code == 0 else "Failed"
-    table.add_row(
-        "status", f"[green]{status}[/]" if code == 0 else f"[red]{status}[/] (exit {code})"
-    )
-    table.add_row("restarts", str(restarts))
-    table.add_row("wall time", f"{time.monotonic() - started:.1f} s")
-    for k, v in (result.get("metrics") or {}).items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    model = result.get("model")
-    if model:
-        table.add_row("model version", f"{model.get('name')} v{model.get('version')}")
-        table.add_row("model uri", str(model.get("uri")))
-    last = result.get("lastCheckpoint")
-    if last:
-        table.add_row("last checkpoint", f"step {last.get('step')}: {last.get('uri')}")
-    if result.get("message"):
-        table.add_row("error", str(result["message"])[:500])
-    png = plot(read_events(run_dir / "pod-0" / "progress.jsonl"), run_dir / "curves.png")
-    if png is not None:
-        table.add_row("curves", str(png))
-    targets = run_dir / METRICS_TARGETS_FILE
-    if targets.exists():
-        table.add_row("metrics targets", str(targets))
-    table.add_row("logs", str(run_dir / "pod-*" / "log.txt"))
-    console.print(table)
+def run_attempts(job: AnyJob, run_dir: Path, pvc_root: Path, view: ProgressView) -> RunOutcome:
+    """The first attempt and the group restarts ``runPolicy`` allows."""
+    backoff = job.spec.run_policy.backoff_limit
+    attempt = 0
+    while True:
+        pods = plan_pods(job, run_dir, pvc_root, attempt)
+        view.message(
+            f"metrics: {metrics_summary(pods)} "
+            f"(Prometheus file_sd: {run_dir / METRICS_TARGETS_FILE})"
+        )
+        code, failed, codes = run_group(pods, attempt, view)
+        if code == 0:
+            return RunOutcome(0, attempt, pod_exit_codes=codes)
+        assert failed is not None
+        log = pods[failed].out_dir / LOG_FILE
+        retry = is_retryable(code, job.spec.run_policy)
+        view.message(
+            f"pod {failed} exited {code} ({'retryable' if retry else 'permanent'}); log: {log}",
+            style="yellow",
+        )
+        if not retry or attempt >= backoff:
+            if retry:
+                view.message(f"backoffLimit {backoff} exceeded", style="red")
+            view.message(log_tail(log).rstrip("\n"))
+            return RunOutcome(code, attempt, pod_exit_codes=codes)
+        attempt += 1
+        view.message(f"restarting the whole group (restart {attempt}/{backoff})")
+        view.state.note = f"restart {attempt}/{backoff}"
+        view.update(force=True)
 
 
-def _tail(path: Path, lines: int = 25) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
-def run_job(job: AnyJob, base_dir: Path) -> int:
+def run_job(job: AnyJob, base_dir: Path, output: OutputFormat = "human") -> int:
     """Run ``job`` locally under ``base_dir/torchyard-runs``; returns the job's exit code."""
     runs = (base_dir / RUNS_DIR).absolute()
     pvc_root = runs / "pvc"
     job = with_local_storage(job, runs / "models")
-    run_dir = runs / job.metadata.name
+    kind, name = job.kind, job.metadata.name
+    problem = precheck(job, pvc_root)
+    if problem is not None:
+        stderr.print(f"{kind} {name}: {problem}", markup=False, style="red")
+        if output == "json":
+            outcome = RunOutcome(ExitCode.CONFIG, message=problem)
+            print_summary(summary(kind, name, None, pvc_root, outcome), output)
+        return ExitCode.CONFIG
+    run_dir = runs / name
     ckpt = checkpoint_dir(job, pvc_root)
-    previous = run_dir / "pod-0" / "result.json"
-    finished_before = False
-    with contextlib.suppress(OSError, ValueError):
-        finished_before = json.loads(previous.read_text()).get("status") == "Succeeded"
-    if finished_before:
-        # a finished job runs again from scratch; an interrupted or failed one resumes
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if ckpt is not None:
-            shutil.rmtree(ckpt, ignore_errors=True)
-    elif ckpt is not None and ckpt.exists():
-        console.print(f"resuming {job.metadata.name} from the checkpoints in {ckpt}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob("pod-*/result.json"):
-        stale.unlink()
-    backoff = job.spec.run_policy.backoff_limit
+    prepare_run_dir(job, run_dir, ckpt)
     started = time.monotonic()
-    attempt = 0
-    code = 0
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TextColumn("{task.fields[acc]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
+    state = ProgressState(
+        name,
+        compression=isinstance(job, CompressionJob),
+        command=job.spec.command if isinstance(job, TrainingJob) else None,
     )
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task(job.metadata.name, total=None, info="starting", acc="")
-            while True:
-                pods = plan_pods(job, run_dir, pvc_root, attempt)
-                console.print(
-                    f"metrics: {metrics_summary(pods)} "
-                    f"(Prometheus file_sd: {run_dir / METRICS_TARGETS_FILE})"
-                )
-                code, failed = run_group(job, pods, attempt, progress, task)
-                if code == 0:
-                    break
-                assert failed is not None
-                log = pods[failed].out_dir / "log.txt"
-                retry = is_retryable(code, job.spec.run_policy)
-                console.print(
-                    f"[yellow]pod {failed} exited {code} "
-                    f"({'retryable' if retry else 'permanent'}); log: {log}[/]"
-                )
-                if not retry or attempt >= backoff:
-                    if retry:
-                        console.print(f"[red]backoffLimit {backoff} exceeded[/]")
-                    console.print(_tail(log), markup=False)
-                    break
-                attempt += 1
-                console.print(f"restarting the whole group (restart {attempt}/{backoff})")
-                progress.update(task, info=f"restart {attempt}")
+        with progress_view(state) as view:
+            outcome = run_attempts(job, run_dir, pvc_root, view)
     except KeyboardInterrupt:
-        console.print(
-            "[yellow]interrupted: all workers stopped; the last checkpoint is kept"
+        stderr.print(
+            "interrupted: all workers stopped; the last checkpoint is kept"
             + (f" in {ckpt}" if ckpt else "")
-            + " and the next run resumes from it[/]"
+            + " and the next run resumes from it",
+            markup=False,
+            style="yellow",
         )
-        return ExitCode.INTERRUPTED
-    report(job, run_dir, code, attempt, started)
-    return code
+        outcome = RunOutcome(ExitCode.INTERRUPTED, message="interrupted (SIGINT/SIGTERM)")
+    outcome.wall_seconds = time.monotonic() - started
+    outcome.progress = state.summary()
+    plot(read_events(run_dir / "pod-0" / "progress.jsonl"), run_dir / "curves.png")
+    print_summary(summary(kind, name, run_dir, pvc_root, outcome), output)
+    return outcome.code
 
 
-def run_manifest(path: Path, workers: int | None, procs_per_worker: int | None) -> int:
-    """`torchyard run MANIFEST`: exit code 0 when the job succeeded, else the failing worker's."""
+def run_manifest(
+    path: Path,
+    workers: int | None,
+    procs_per_worker: int | None,
+    output: OutputFormat = "human",
+) -> int:
+    """`torchyard run MANIFEST`: exit code 0 when the job succeeded, else the failing worker's.
+    Progress and messages on stderr; the result on stdout (``output``: human or json)."""
     try:
         job = with_overrides(load_manifest(path), workers, procs_per_worker)
-    except ManifestError as exc:
-        console.print(f"[red]{exc.source}[/]: invalid manifest")
-        for line in exc.errors:
-            console.print(f"    {line}", markup=False)
-        return 2
-    except OSError as exc:
-        console.print(f"[red]{path}: {exc}[/]")
-        return 2
+    except (ManifestError, OSError) as exc:
+        if isinstance(exc, ManifestError):
+            stderr.print(f"{exc.source}: invalid manifest", markup=False, style="red")
+            errors = list(exc.errors)
+        else:
+            errors = [f"{path}: {exc}"]
+        for line in errors:
+            stderr.print(f"    {line}", markup=False)
+        if output == "json":
+            doc = {
+                "kind": None,
+                "name": None,
+                "phase": "Failed",
+                "exitCode": ExitCode.CONFIG,
+                "message": "; ".join(errors),
+                "manifest": str(path),
+            }
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return ExitCode.CONFIG
     # Ctrl-C reaches our process only (children have their own sessions); SIGTERM likewise.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return run_job(job, Path.cwd())
+        return run_job(job, Path.cwd(), output)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -538,18 +484,33 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m torchyard.local MANIFEST [WORKERS [PROCS]]`` (the CLI is ``torchyard run``)."""
+    """``python -m torchyard.local MANIFEST [WORKERS [PROCS]] [-o human|json]`` (the CLI is
+    ``torchyard run``)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    output: OutputFormat = "human"
+    for flag in ("-o", "--output"):
+        if flag in args:
+            i = args.index(flag)
+            value = args[i + 1] if i + 1 < len(args) else ""
+            fmt = output_format(value)
+            if fmt is None:
+                stderr.print(f"{flag}: one of {', '.join(OUTPUT_FORMATS)}", markup=False)
+                return 2
+            output = fmt
+            del args[i : i + 2]
     if not args:
-        console.print("usage: python -m torchyard.local MANIFEST [WORKERS [PROCS_PER_WORKER]]")
+        stderr.print(
+            "usage: python -m torchyard.local MANIFEST [WORKERS [PROCS_PER_WORKER]] [-o json]",
+            markup=False,
+        )
         return 2
     workers = int(args[1]) if len(args) > 1 else None
     procs = int(args[2]) if len(args) > 2 else None
-    return run_manifest(Path(args[0]), workers, procs)
+    return run_manifest(Path(args[0]), workers, procs, output)
 
 
 if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["run_job", "run_manifest"]
+__all__ = ["OUTPUT_FORMATS", "output_format", "run_job", "run_manifest"]
