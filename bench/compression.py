@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import json
 import logging
 import math
@@ -384,6 +385,52 @@ class Bench:
         self.target("int8 dynamic accuracy drop (pt)", drop, "<= 0.5", drop <= 0.5)
         self.target("int8 dynamic size reduction (x)", r["sizeX"], ">= 3.9", r["sizeX"] >= 3.9)
         log.info("fp32 latency drift between rounds: %.2f", scale)
+
+    def noise(self) -> None:
+        """objective: latency (issue 19): how often the pick between perTensor and perChannel
+        dynamicInt8 of the teacher (the same int8 kernels) flips across repeats -- the old
+        one-shot pick (each timed alone, one after the other, as each trial is) against the
+        interleaved pick of compress/timing.py (9 rounds; faster only with >= 8/9 rounds won and
+        a median 5% lower, else the smaller file)."""
+        from torchyard_trainer.compress import timing
+        from torchyard_trainer.compress.report import latency_ms, saved_bytes
+
+        models: dict[str, nn.Module] = {}
+        for gran in ("perTensor", "perChannel"):
+            models[gran] = copy.deepcopy(self.teacher)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize.apply(models[gran], _Step("auto"), gran, self.ctx)
+        sizes = {g: saved_bytes(m) for g, m in models.items()}
+        entries = [timing.Entry(g, sizes[g], 0, 0.0) for g in models]
+        picks: dict[str, list[str]] = {"one-shot": [], "interleaved": []}
+        seen: dict[str, list[float]] = {"one-shot": [], "interleaved": []}
+        repeats = 10
+        for _ in range(repeats):
+            alone = {g: latency_ms(m, self.x, THREADS) for g, m in models.items()}
+            picks["one-shot"].append(min(alone, key=lambda g: alone[g]))
+            seen["one-shot"] += list(alone.values())
+            rounds = timing.interleaved(list(models.values()), self.x, THREADS)
+            d = timing.decide(entries, dict(zip(models, rounds, strict=True)))
+            picks["interleaved"].append(d.winner)
+            seen["interleaved"] += list(d.medians.values())
+        for kind, variant in (("one-shot", "one-shot pick (each timed alone, 30 calls)"),
+                              ("interleaved", "interleaved pick (9 rounds, sign test + 5%)")):
+            got = picks[kind]
+            modal = max(models, key=got.count)
+            flips = sum(a != b for a, b in itertools.pairwise(got))
+            counts = ", ".join(f"{g} {got.count(g)}" for g in models)
+            self.row(
+                "objective latency",
+                variant,
+                models[modal],
+                bytes_=sizes[modal],
+                seconds=None,
+                latency=statistics.median(seen[kind]),
+                extra=f"perTensor vs perChannel dynamicInt8 (same kernels), {repeats} repeats: "
+                f"picked {counts}; {flips} flips between consecutive repeats; the figures "
+                f"compared ranged {min(seen[kind]):.3f}-{max(seen[kind]):.3f} ms",
+            )
 
     def magnitude(self) -> None:
         result, ours = self.ours(
@@ -1063,6 +1110,7 @@ def main() -> None:
         "distill",
         "transformer",
         "minilm",
+        "noise",
     ]
     started = time.perf_counter()
     old: dict[str, Any] = {}
