@@ -4,7 +4,9 @@ A model version is a directory ``<store>/<modelName>/v<N>/`` holding
 
 * ``model.safetensors`` — the weights (full model, parameter FQNs as keys);
 * ``model-card.json``   — name, version, spec hash, model spec, data, metrics, lineage, torch
-  version, sha256 of the weights.
+  version, sha256 of the weights;
+* for a Hugging Face model, its tokenizer files (and config.json where the weights are in the
+  transformers layout: ``compress/stored.py``).
 
 It is written into a temporary directory beside the versions and renamed to ``v<N>``; a rename
 onto an existing (non-empty) version fails, so concurrent writers each get their own N
@@ -20,6 +22,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +73,11 @@ def write_model_version(
     state_dict: dict[str, torch.Tensor],
     card: dict[str, Any],
     staging_dir: Path,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
-    """Write weights + card as the next version of ``name``; returns the card (with uri)."""
+    """Write weights + card as the next version of ``name``; returns the card (with uri).
+    ``extra_files(directory)`` adds files beside them (a Hugging Face model's tokenizer and
+    config) before the version appears."""
     remote = is_remote(store_uri)
     root = staging_dir / "model-store" if remote else local_path(store_uri, pvc_root)
     model_dir = root / name
@@ -80,6 +86,8 @@ def write_model_version(
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if extra_files is not None:
+            extra_files(tmp)
         digest = sha256_file(tmp / WEIGHTS)
         card = {
             **card,

@@ -44,6 +44,15 @@ class Context:
     """Warnings for the report."""
     backends: dict[str, str] = field(default_factory=dict)
     """Which implementation ran each method."""
+    reference: torch.Tensor | None = None
+    """Fidelity gates: the original model's outputs on the held-out inputs, computed once."""
+    output_kind: str = "classification"
+    """What the outputs are (fidelity.scores): classification logits, lm token logits or an
+    embedding."""
+    percentile: int = 5
+    """cosine: the worst-case percentile reported beside the mean."""
+    tokenizer: Any = None
+    """A Hugging Face model's tokenizer (saved with its model versions)."""
     group: Any = None
     """``distributed.CompressionWorld`` of a multi-worker job (the distill steps run
     data-parallel)."""

@@ -19,7 +19,8 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from torchyard_trainer.compress import layers
-from torchyard_trainer.compress.context import Context, evaluate
+from torchyard_trainer.compress.context import Context
+from torchyard_trainer.compress.fidelity import gate_passes, gate_scores
 from torchyard_trainer.compress.stored import export_state
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def measure(model: nn.Module, ctx: Context, n_threads: int, with_latency: bool =
     params, nz = param_counts(model)
     batch = latency_batch(ctx)
     return {
-        "accuracy": round(evaluate(model, ctx), 6),
+        **gate_scores(model, ctx),
         "params": params,
         "nonZeroParams": nz,
         "bytes": saved_bytes(model),
@@ -132,10 +133,9 @@ def versions() -> str:
 
 
 def passes(baseline: float, value: float, criterion: AccuracyCriterion) -> bool:
-    """The accuracy gate: drop ≤ tolerableLoss (absolute points, or fraction of baseline)."""
-    drop = baseline - value
-    allowed = criterion.tolerable_loss * (baseline if criterion.mode == "relative" else 1.0)
-    return drop <= allowed + 1e-12
+    """The gate: the metric worsens by at most tolerableLoss (absolute units, or a fraction of
+    the baseline) — a drop for accuracy-like metrics, a rise for perplexity and kl."""
+    return gate_passes(baseline, value, criterion)
 
 
 def table(report: dict[str, Any]) -> str:

@@ -5,14 +5,16 @@ Result JSON (``$TORCHYARD_RESULT_FILE``; compact, it doubles as the pod's termin
 
     {"status": "Succeeded" | "Failed", "kind": "CompressionJob", "job": name,
      "reason": "AccuracyGateNotMet" (Failed only), "message": "...", "exitCode": 0 | 3,
-     "model": {name, version, uri, sha256, metrics},       # status.model
-     "report": {baseline, compressed, ratios, accuracyDelta, passed, backend, threads,
-                warnings},                                   # status.report (CompressionReport)
+     "model": {name, version, uri, sha256, metrics},       # status.model (Succeeded only)
+     "report": {baseline, compressed, ratios, metric, accuracyDelta, summary, passed,
+                backend, threads, warnings},                 # status.report (CompressionReport)
      "trials": [{name, params, stats, passed}, ...],         # status.trials (Trial)
      "metrics": {accuracy: ...}, "compressSeconds": s, "reportFile": path}
 
-Exit codes: 0 succeeded; 2 invalid spec (nothing written); 3 no candidate passed the accuracy
-gate (the most accurate candidate and the report are still saved, the job fails permanently).
+Exit codes: 0 succeeded; 2 invalid spec (nothing written); 3 no candidate passed the gate (no
+model version is written — a model that misses the gate must not be deployable by accident; the
+report with every trial is, and the message says by how much the closest candidate missed; the
+job fails permanently).
 With several workers the other ranks exit with rank 0's code once it has finished.
 """
 
@@ -37,15 +39,23 @@ from torchyard_trainer.artifacts import (
     write_model_version,
     write_result,
 )
-from torchyard_trainer.compress import distill, layers, quantize
+from torchyard_trainer.compress import distill, hfsource, layers, quantize
 from torchyard_trainer.compress.context import Context
 from torchyard_trainer.compress.distributed import CompressionWorld, check_world, start
+from torchyard_trainer.compress.fidelity import (
+    is_fidelity,
+    miss_message,
+    reference_outputs,
+    shortfall,
+    summary,
+)
 from torchyard_trainer.compress.report import measure, ratios, table
 from torchyard_trainer.compress.report import versions as lib_versions
 from torchyard_trainer.compress.search import TrialResult, candidates, run_search, settle_latency
-from torchyard_trainer.compress.stored import export_state, load_version, rebuild
+from torchyard_trainer.compress.stored import export_state, hf_files, load_version, rebuild
 from torchyard_trainer.data import Dataset, load_dataset
 from torchyard_trainer.env import ConfigError, WorkerEnv
+from torchyard_trainer.hf import HFModel
 from torchyard_trainer.metrics import ProgressLog
 from torchyard_trainer.models import build_model
 from torchyard_trainer.runtime import exit_code_for, use_cpu_threads
@@ -143,6 +153,24 @@ def resolve_source(spec: CompressionJobSpec, env: WorkerEnv, ds: Dataset
 # the job
 
 
+def load_source(spec: CompressionJobSpec, env: WorkerEnv) -> hfsource.Source:
+    """The data and the model to compress (a Hugging Face model brings its tokenizer, which
+    the text data needs, so it is loaded first)."""
+    if hfsource.is_hf(spec):
+        src = hfsource.load(spec, env)
+    else:
+        if spec.data.format in ("jsonl", "text") or spec.data.text_column is not None:
+            raise ConfigError("text data is tokenized by a model's tokenizer: it needs "
+                              "source.model.huggingface")
+        ds = load_dataset(spec.data, spec.seed, env.pvc_root, env.output_dir / "cache")
+        model, model_spec, lineage = resolve_source(spec, env, ds)
+        kind = "lm" if ds.info.task == "lm" else "classification"
+        src = hfsource.Source(ds, model, model_spec, lineage, output_kind=kind)
+    if len(src.ds.val_x) == 0:
+        raise ConfigError("the accuracy gate needs held-out data: data.validationFraction > 0")
+    return src
+
+
 def _threads() -> int:
     return int(torch.get_num_threads())
 
@@ -172,7 +200,7 @@ class Outcome:
     """What the search decided."""
 
     winner: TrialResult
-    """The best passing candidate (or, when none passed, the most accurate one)."""
+    """The best passing candidate (or, when none passed, the one closest to the gate)."""
     trials: list[TrialResult]
     """Every candidate, in the order tried."""
     warnings: list[str]
@@ -206,6 +234,9 @@ def _search(source: nn.Module, spec: CompressionJobSpec, ctx: Context, baseline:
         winner, baseline["latencyMs"] = settled.winner, settled.baseline_ms
         warnings = [*warnings, *settled.notes]
     # --- end objective latency ---
+    if not winner.passed:  # the report shows the candidate closest to the gate, either direction
+        winner = min(trials, key=lambda t: shortfall(baseline["accuracy"], t.stats["accuracy"],
+                                                     spec.accuracy_criterion))
     return Outcome(winner, trials, warnings, time.perf_counter() - t_search)
 
 
@@ -219,11 +250,13 @@ def _report(outcome: Outcome, ctx: Context, baseline: dict[str, Any], n_threads:
         first = next(iter(captured))
         warnings_.append(TORCH_AO_WARNING.format(n=sum(captured.values()), first=first))
     if not winner.passed:
-        warnings_.append("no candidate passed the accuracy gate: the most accurate one was saved")
+        warnings_.append("no candidate passed the gate: no model version was written")
     backend = "; ".join(f"{k}: {v}" for k, v in winner.backends.items())
+    rat = ratios(baseline, compressed)
     return {
-        "baseline": baseline, "compressed": compressed, "ratios": ratios(baseline, compressed),
+        "baseline": baseline, "compressed": compressed, "ratios": rat, "metric": ctx.metric,
         "accuracyDelta": round(compressed["accuracy"] - baseline["accuracy"], 6),
+        "summary": summary(baseline, compressed, rat, ctx.metric, ctx.percentile, n_threads),
         "passed": winner.passed, "backend": f"{backend} ({lib_versions()})", "threads": n_threads,
         "warnings": warnings_,
     }
@@ -238,9 +271,11 @@ def _save_version(
     report: dict[str, Any],
     source_lineage: dict[str, Any],
 ) -> dict[str, Any]:
-    """The winner (or, on a failed gate, the best candidate) as a new model version."""
+    """The winner as a new model version (a Hugging Face model with its tokenizer)."""
     spec = job.spec
     tensors, section = export_state(winner.model)
+    extra = (hf_files(winner.model, section, ctx.tokenizer)
+             if isinstance(winner.model, HFModel) else None)
     spec_dict = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
     card = {
         "specHash": spec_hash(spec_dict),
@@ -258,22 +293,23 @@ def _save_version(
     }
     name = spec.output.model_name or job.metadata.name
     return write_model_version(store_uri(spec, env), env.pvc_root, name, tensors, card,
-                               env.output_dir)
+                               env.output_dir, extra)
 
 
 def _write_reports(env: WorkerEnv, report: dict[str, Any], outcome: Outcome, metric: str,
-                   written: dict[str, Any]) -> None:
+                   written: dict[str, Any] | None) -> None:
     """report.json / report.md in the output directory and beside a local model version."""
     full = {**report, "metric": metric, "trials": [t.to_trial() for t in outcome.trials],
             "compressSeconds": round(outcome.seconds, 3),
-            "model": {k: written[k] for k in ("name", "version", "uri", "sha256")},
+            "model": None if written is None else
+            {k: written[k] for k in ("name", "version", "uri", "sha256")},
             "steps": outcome.winner.steps}
     text = json.dumps(full, indent=2, sort_keys=True) + "\n"
     human = table(full)
     env.output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(env.output_dir / "report.json", text)
     atomic_write_text(env.output_dir / "report.md", human)
-    if not is_remote(written["uri"]):
+    if written is not None and not is_remote(written["uri"]):
         vdir = local_path(written["uri"], env.pvc_root)
         atomic_write_text(vdir / "report.json", text)
         atomic_write_text(vdir / "report.md", human)
@@ -286,32 +322,32 @@ def _result(
     outcome: Outcome,
     report: dict[str, Any],
     metric: str,
-    written: dict[str, Any],
+    written: dict[str, Any] | None,
     started: float,
 ) -> dict[str, Any]:
     """The result file's content (before :func:`_compact`)."""
     winner, compressed = outcome.winner, outcome.winner.stats
     metrics = {metric: compressed["accuracy"]}
-    model_status = {k: written[k] for k in ("name", "version", "uri", "sha256")}
     result: dict[str, Any] = {
         "status": "Succeeded" if winner.passed else "Failed", "kind": "CompressionJob",
         "job": job.metadata.name,
         "exitCode": 0 if winner.passed else ExitCode.GATE,
-        "model": {**model_status, "metrics": metrics},
         "metrics": metrics, "report": report, "trials": [t.to_trial() for t in outcome.trials],
         "compressSeconds": round(outcome.seconds, 3),
         "durationSeconds": round(time.perf_counter() - started, 3),
         "reportFile": str(env.output_dir / "report.json"),
     }
+    if written is not None:
+        model_status = {k: written[k] for k in ("name", "version", "uri", "sha256")}
+        result["model"] = {**model_status, "metrics": metrics}
     if not winner.passed:
         result["reason"] = "AccuracyGateNotMet"
         result["retryable"] = False
         crit = job.spec.accuracy_criterion
         result["message"] = (
-            f"no candidate passed the accuracy gate ({crit.mode} tolerableLoss "
-            f"{crit.tolerable_loss}): baseline {metric} {report['baseline']['accuracy']:.4f}, "
-            f"best candidate {winner.candidate.name} {compressed['accuracy']:.4f}; saved as "
-            f"{written['uri']} with the report"
+            f"no candidate passed the gate: the closest, {winner.candidate.name}, has "
+            f"{miss_message(report['baseline']['accuracy'], compressed['accuracy'], crit)}; "
+            f"no model version was written (report: {result['reportFile']})"
         )
     return result
 
@@ -326,22 +362,24 @@ def run(
     preflight(spec)
     layers.drain_warnings()
     torch.manual_seed(spec.seed)
-    ds = load_dataset(spec.data, spec.seed, env.pvc_root, env.output_dir / "cache")
-    if len(ds.val_x) == 0:
-        raise ConfigError("the accuracy gate needs held-out data: data.validationFraction > 0")
-    source, model_spec, source_lineage = resolve_source(spec, env, ds)
-    source.eval()
+    src = load_source(spec, env)
+    ds, source = src.ds, src.model.eval()
     ctx = Context(ds=ds, optimizer=spec.optimizer, batch_size=spec.batch_size, seed=spec.seed,
-                  metric=spec.accuracy_criterion.metric, model_spec=model_spec, group=group)
+                  metric=spec.accuracy_criterion.metric, model_spec=src.model_spec, group=group,
+                  output_kind=src.output_kind, percentile=spec.accuracy_criterion.percentile,
+                  tokenizer=src.tokenizer)
+    if is_fidelity(ctx.metric):  # the original's outputs: once, before any step touches it
+        ctx.reference = reference_outputs(source, ctx)
     n_threads = _threads()
     baseline = measure(source, ctx, n_threads)
     with ProgressLog(env.output_dir / "progress.jsonl" if env.rank == 0 else None) as progress:
         outcome = _search(source, spec, ctx, baseline, n_threads, progress)
         report = _report(outcome, ctx, baseline, n_threads)
-        written = _save_version(job, env, ds, ctx, outcome.winner, report, source_lineage)
+        written = (_save_version(job, env, ds, ctx, outcome.winner, report, src.lineage)
+                   if outcome.winner.passed else None)
         _write_reports(env, report, outcome, ctx.metric, written)
         result = _result(job, env, outcome, report, ctx.metric, written, started)
-        progress.event("end", status=result["status"], model=result["model"], report=report)
+        progress.event("end", status=result["status"], model=result.get("model"), report=report)
     result = _compact(result)
     if env.rank == 0:
         write_result(env.result_file, result)
