@@ -40,22 +40,30 @@ def _trained_by(store: Path, job_name: str) -> bool:
     return False
 
 
+def _job_refs(job: AnyJob) -> list[tuple[str, str]]:
+    """(field path, TrainingJob name) of every model the job takes from another job's output."""
+    if isinstance(job, CompressionJob):
+        ref = job.spec.source.training_job_ref
+        return [("spec.source.trainingJobRef", ref)] if ref else []
+    distillation = job.spec.distillation
+    ref = distillation.teacher.training_job_ref if distillation is not None else None
+    return [("spec.distillation.teacher.trainingJobRef", ref)] if ref else []
+
+
 def precheck(job: AnyJob, pvc_root: Path) -> str | None:
     """What is bound to fail before any worker starts, as one line that names the field."""
-    if not isinstance(job, CompressionJob) or not job.spec.source.training_job_ref:
-        return None
-    ref = job.spec.source.training_job_ref
     uri = str(job.spec.output.storage)
-    try:
-        store = local_path(uri, pvc_root)
-    except StorageURIError:
-        return None  # an object store: the worker looks the version up (and says why not)
-    if _trained_by(store, ref):
-        return None
-    return (
-        f"spec.source.trainingJobRef: TrainingJob {ref!r} has produced no model version in "
-        f"{store} yet; run it first (torchyard run <its manifest>)"
-    )
+    for path, ref in _job_refs(job):
+        try:
+            store = local_path(uri, pvc_root)
+        except StorageURIError:
+            return None  # an object store: the worker looks the version up (and says why not)
+        if not _trained_by(store, ref):
+            return (
+                f"{path}: TrainingJob {ref!r} has produced no model version in {store} yet; "
+                "run it first (torchyard run <its manifest>)"
+            )
+    return None
 
 
 def rotate_logs(run_dir: Path) -> None:

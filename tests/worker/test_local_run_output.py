@@ -85,21 +85,28 @@ def test_json_result_on_stdout_progress_on_stderr_and_fresh_logs(tmp_path: Path)
     assert (run_dir / "pod-0" / "log.txt").read_text().count(ATTEMPT_HEADER) == 1
 
 
-def test_a_compression_job_without_its_source_model_fails_before_any_worker(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("example", "field"),
+    [
+        ("compress-prune", "spec.source.trainingJobRef"),
+        ("digits-distillation", "spec.distillation.teacher.trainingJobRef"),
+    ],
+)
+def test_a_job_without_the_model_it_takes_from_another_fails_before_any_worker(
+    tmp_path: Path, example: str, field: str
 ) -> None:
-    doc = yaml.safe_load((REPO / "examples" / "compress-prune.yaml").read_text())
-    manifest = _write(tmp_path / "prune.yaml", doc)
+    doc = yaml.safe_load((REPO / "examples" / f"{example}.yaml").read_text())
+    manifest = _write(tmp_path / f"{example}.yaml", doc)  # in a folder where nothing ran
     proc = _torchyard_run(manifest, tmp_path, "-o", "json")
     assert proc.returncode == 2, proc.stderr[-4000:]
     message = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(message) == 1, proc.stderr
-    assert "spec.source.trainingJobRef" in message[0]
-    assert repr(doc["spec"]["source"]["trainingJobRef"]) in message[0]
+    assert message[0].startswith(f"{doc['kind']} {doc['metadata']['name']}: {field}: ")
+    assert "'digits-ddp'" in message[0]
     result = json.loads(proc.stdout)
     assert result["phase"] == "Failed"
     assert result["exitCode"] == 2
-    assert result["message"].startswith("spec.source.trainingJobRef: ")
+    assert result["message"].startswith(f"{field}: ")
     # no worker was planned or started: no run folder, no log, no spec written
     assert not (tmp_path / "torchyard-runs" / doc["metadata"]["name"]).exists()
     assert not list(tmp_path.rglob("log.txt"))
