@@ -34,8 +34,9 @@ from tests.cluster.opkit import (
 )
 
 from torchyard.api.constants import ConditionType, Phase, Reason
+from torchyard.api.contract import Label
 from torchyard.state import parse_time
-from torchyard_devcluster import GPU_RESOURCE
+from torchyard_devcluster import GPU_RESOURCE, set_pod_exit
 from torchyard_devcluster.kueue import GROUP, VERSION, Kueue
 from torchyard_devcluster.testing import Kube, poll
 
@@ -391,3 +392,180 @@ def test_suspend_deactivates_the_workload_and_resume_requeues_it(
         release(kube, namespace, pods)
         done = wait_phase(kube, namespace, "TrainingJob", "first", Phase.SUCCEEDED)
         assert done["status"]["startTime"]
+
+
+# ------------------------------------------------------------------ Kueue's own labels (issue 15)
+
+
+def _labelled_job(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A job that names its queue only the way Kueue users do: labels on the job itself
+    (no ``spec.scheduling``: gang ``auto``)."""
+    m = copy.deepcopy(example("digits-ddp.yaml"))
+    m["metadata"]["name"] = name
+    m["metadata"]["labels"] = dict(labels)
+    m["spec"]["resources"]["gpu"] = GPUS_PER_WORKER
+    m["spec"].pop("scheduling", None)
+    return m
+
+
+def _set_gpu_quota(kube: Kube, namespace: str, gpus: int) -> None:
+    """Change the GPU quota of the ``queue`` fixture's ClusterQueue."""
+    cq = f"{namespace}-cq"
+    obj = kube.custom.get_cluster_custom_object(GROUP, VERSION, "clusterqueues", cq)
+    groups = obj["spec"]["resourceGroups"]
+    for r in groups[0]["flavors"][0]["resources"]:
+        if r["name"] == GPU_RESOURCE:
+            r["nominalQuota"] = gpus
+    kube.custom.patch_cluster_custom_object(
+        GROUP, VERSION, "clusterqueues", cq, {"spec": {"resourceGroups": groups}}
+    )
+
+
+def test_the_queue_label_on_the_trainingjob_alone_queues_it_in_kueue(
+    kube: Kube, kueue: Kueue, namespace: str, queue: Any, tmp_path: Path
+) -> None:
+    """A TrainingJob with only ``kueue.x-k8s.io/queue-name: team`` on itself: the operator
+    (gang auto) hands its Job to Kueue, which holds it while the ClusterQueue has no GPU quota
+    and admits it once it has; the job runs to the end."""
+    manifest = _labelled_job("labelled", {Label.KUEUE_QUEUE_NAME: "team"})
+    queue(0)  # no GPUs yet: only Kueue can keep the Job from running
+    with running_operator(kube, namespace, tmp_path):
+        create(kube, namespace, manifest)
+        job = _batch_job(kube, namespace, "labelled")
+        assert job.metadata.labels[Label.KUEUE_QUEUE_NAME] == "team"
+        wl = poll(lambda: _workload_of(kube, namespace, job.metadata.uid), what="Workload")
+        assert wl["spec"]["queueName"] == "team"
+        _wait_workload(
+            kube, namespace, job.metadata.uid, "QuotaReserved", "False", "Workload pending"
+        )
+
+        def queued() -> dict[str, Any] | None:
+            tj = get(kube, namespace, "TrainingJob", "labelled")
+            c = _cond(tj or {}, ConditionType.SUSPENDED)
+            return tj if c and c["reason"] == Reason.QUEUED_BY_KUEUE else None
+
+        tj = poll(queued, what="TrainingJob queued by Kueue")
+        assert tj["status"]["phase"] == Phase.PENDING
+        assert "LocalQueue team" in tj["status"]["message"]
+        assert kube.batch.read_namespaced_job("labelled", namespace).spec.suspend is True
+        assert not worker_pods(kube, namespace, "labelled")
+
+        _set_gpu_quota(kube, namespace, _gpus(manifest))
+        admitted = _wait_workload(
+            kube, namespace, job.metadata.uid, "Admitted", "True", "Workload admitted"
+        )
+        assert admitted["metadata"]["name"] == wl["metadata"]["name"]
+        done = wait_phase(kube, namespace, "TrainingJob", "labelled", Phase.SUCCEEDED)
+        took = condition(done, ConditionType.SUSPENDED)
+        assert (took["status"], took["reason"]) == ("False", Reason.ADMITTED_BY_KUEUE)
+        assert len(worker_pods(kube, namespace, "labelled")) == manifest["spec"]["workers"]
+
+
+@pytest.fixture
+def priority_class(kube: Kube, kueue: Kueue, namespace: str) -> Iterator[tuple[str, int]]:
+    """A WorkloadPriorityClass (cluster-scoped; named after the test's namespace)."""
+    name, value = f"{namespace}-urgent"[:63], 4242
+    kube.custom.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        "workloadpriorityclasses",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "WorkloadPriorityClass",
+            "metadata": {"name": name},
+            "value": value,
+        },
+    )
+    yield name, value
+    try:
+        kube.custom.delete_cluster_custom_object(GROUP, VERSION, "workloadpriorityclasses", name)
+    except client.ApiException as e:
+        if e.status != 404:
+            raise
+
+
+def test_the_priority_class_label_reaches_the_workload(
+    kube: Kube,
+    kueue: Kueue,
+    namespace: str,
+    queue: Any,
+    priority_class: tuple[str, int],
+    tmp_path: Path,
+) -> None:
+    """``kueue.x-k8s.io/priority-class`` on the TrainingJob: Kueue gives the Workload of its
+    worker Job that WorkloadPriorityClass's value (without it the priority would be 0)."""
+    name, value = priority_class
+    manifest = _labelled_job(
+        "urgent", {Label.KUEUE_QUEUE_NAME: "team", Label.KUEUE_PRIORITY_CLASS: name}
+    )
+    queue(_gpus(manifest))
+    with running_operator(kube, namespace, tmp_path):
+        create(kube, namespace, manifest)
+        job = _batch_job(kube, namespace, "urgent")
+        assert job.metadata.labels[Label.KUEUE_PRIORITY_CLASS] == name
+        wl = poll(lambda: _workload_of(kube, namespace, job.metadata.uid), what="Workload")
+        assert wl["spec"]["priority"] == value
+        ref = wl["spec"]["priorityClassRef"]  # Kueue v1beta2
+        assert (ref["group"], ref["kind"], ref["name"]) == (GROUP, "WorkloadPriorityClass", name)
+        wait_phase(kube, namespace, "TrainingJob", "urgent", Phase.SUCCEEDED)
+
+
+def test_a_group_restart_queues_again_behind_a_waiting_job(
+    kube: Kube, kueue: Kueue, namespace: str, queue: Any, tmp_path: Path
+) -> None:
+    """What a group restart under Kueue looks like (docs/operator.md): the failed Job's
+    Workload finishes with it and its quota is released; the next attempt is a new Job, hence
+    a new Workload, queued behind the job that was already waiting for that quota. The job
+    says Restarting (queued) meanwhile and runs once Kueue admits the new Workload."""
+    first_m = held(_labelled_job("first", {Label.KUEUE_QUEUE_NAME: "team"}))
+    second_m = held(_labelled_job("second", {Label.KUEUE_QUEUE_NAME: "team"}))
+    queue(_gpus(first_m))  # room for one job at a time
+    workers = first_m["spec"]["workers"]
+    with running_operator(kube, namespace, tmp_path):
+        create(kube, namespace, first_m)
+        pods = wait_running_pods(kube, namespace, "first", workers)
+        wait_phase(kube, namespace, "TrainingJob", "first", Phase.RUNNING)
+        old_uid = _batch_job(kube, namespace, "first").metadata.uid
+        old_wl = _wait_workload(kube, namespace, old_uid, "Admitted", "True", "first admitted")
+        create(kube, namespace, second_m)
+        second_uid = _batch_job(kube, namespace, "second").metadata.uid
+        poll(lambda: _workload_of(kube, namespace, second_uid), what="second's Workload")
+
+        # Rank 1 of the first job is OOM-killed (137: retryable): the whole group restarts.
+        set_pod_exit(kube.api_client, pods[1].metadata.name, namespace, 137, reason="OOMKilled")
+
+        def new_attempt() -> Any:
+            j = _batch_job(kube, namespace, "first")
+            return j if j.metadata.uid != old_uid else None
+
+        new_uid = poll(new_attempt, what="the first job's next worker Job").metadata.uid
+        new_wl = poll(lambda: _workload_of(kube, namespace, new_uid), what="its new Workload")
+        assert new_wl["metadata"]["name"] != old_wl["metadata"]["name"]
+        # The quota went to the job that was waiting; the restarted one waits behind it.
+        second_pods = wait_running_pods(kube, namespace, "second", workers)
+        _wait_workload(kube, namespace, second_uid, "Admitted", "True", "second admitted")
+
+        def restarting_queued() -> dict[str, Any] | None:
+            tj = get(kube, namespace, "TrainingJob", "first")
+            c = _cond(tj or {}, ConditionType.SUSPENDED)
+            return tj if c and c["reason"] == Reason.QUEUED_BY_KUEUE else None
+
+        tj = poll(restarting_queued, what="first TrainingJob restarting, queued by Kueue")
+        assert tj["status"]["phase"] == Phase.RESTARTING
+        assert tj["status"]["message"].startswith("restarting: queued by Kueue in LocalQueue")
+        assert tj["status"]["restarts"] == 1
+        assert condition(tj, ConditionType.RESTARTING)["status"] == "True"
+        assert (_cond(_workload_of(kube, namespace, new_uid) or {}, "Admitted") or {}).get(
+            "status"
+        ) != "True"
+        assert not live_pods(kube, namespace, "first")
+
+        release(kube, namespace, second_pods)
+        wait_phase(kube, namespace, "TrainingJob", "second", Phase.SUCCEEDED)
+        _wait_workload(kube, namespace, new_uid, "Admitted", "True", "first admitted again")
+        again = wait_running_pods(kube, namespace, "first", workers)
+        running = wait_phase(kube, namespace, "TrainingJob", "first", Phase.RUNNING)
+        assert condition(running, ConditionType.RESTARTING)["status"] == "False"
+        release(kube, namespace, again)
+        done = wait_phase(kube, namespace, "TrainingJob", "first", Phase.SUCCEEDED)
+        assert done["status"]["restarts"] == 1
