@@ -18,6 +18,10 @@ Like the operator, one failed worker restarts the *whole group* (all pods), coun
 1–127 permanent, ≥ 128 or a signal retryable). Ctrl-C ends every child process group and keeps
 the last checkpoint, so the next ``torchyard run`` of the same manifest resumes from it.
 
+Before any worker starts, ``local_prepare`` checks what can be checked and readies the run
+folder (a fresh log.txt per run, earlier runs' logs kept); ``local_output`` prints progress on
+stderr and the result on stdout (a table, or one JSON document with ``--output json``).
+
 No torch here: this module is part of the torch-free ``torchyard`` package.
 """
 
@@ -342,15 +346,18 @@ def _watch(
     procs: AttemptProcesses, tail: ProgressTail, view: ProgressView
 ) -> tuple[int, int | None]:
     while True:
+        # the processes' state first, then their events: once a process has ended, every event
+        # it wrote (its "end" above all) is read before we return
+        failure = procs.first_failure()
+        done = failure is None and procs.all_succeeded()
         force = False
         for ev in tail.read():
             force = view.state.apply(ev) or force
         view.update(force)
-        failure = procs.first_failure()
         if failure is not None:
             index, code = failure
             return code, index
-        if procs.all_succeeded():
+        if done:
             return 0, None
         time.sleep(POLL_SECONDS)
 
