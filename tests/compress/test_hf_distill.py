@@ -190,3 +190,18 @@ def test_structured_prune_shrinks_minilm_feed_forward_blocks() -> None:
     with torch.no_grad():
         cos = F.cosine_similarity(pruned(x), original(x), dim=-1)
     assert float(cos.min()) > 0.8
+
+    # without labels, prune's recovery fine-tune learns the original's embeddings (not class 0
+    # of the zero targets): the loss is 1 - cosine to the original
+    from torchyard_trainer.compress.context import unlabelled_loss
+
+    ctx = _ctx_for(MINILM)
+    ctx.output_kind, ctx.original = "embedding", original
+    loss = unlabelled_loss(ctx)
+    assert loss is not None
+    with torch.no_grad():
+        assert float(loss(original, x, torch.zeros(2))) == pytest.approx(0.0, abs=1e-6)
+        assert float(loss(pruned, x, torch.zeros(2))) == pytest.approx(
+            float((1 - cos).mean()), abs=1e-5)
+    ctx.model_spec = {"builtin": "mlp"}
+    assert unlabelled_loss(ctx) is None  # builtin models keep their labelled loss

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from torchyard_trainer.compress import layers
 from torchyard_trainer.data import Dataset
 from torchyard_trainer.env import ConfigError
+from torchyard_trainer.kd import kd_loss
 from torchyard_trainer.loop import Batch, run_loop
 from torchyard_trainer.models import loss_fn
 from torchyard_trainer.optim import build_optimizer
@@ -121,6 +123,32 @@ class FineTuneStep:
         return value.detach(), 1.0
 
 
+def unlabelled_loss(ctx: Context) -> LossOverride | None:
+    """The fine-tune loss (prune's recovery, qat) of a Hugging Face model without labels: its
+    targets are zeros (textdata.py), so cross-entropy would train it towards class 0. It
+    learns to reproduce the original model instead — 1 − cosine to the original's embedding
+    (feature-extraction), the KD soft term on its logits (sequence-classification). Causal
+    LMs train on their next tokens as they are; None for everything with real labels."""
+    if "huggingface" not in ctx.model_spec or ctx.output_kind == "lm" \
+            or ctx.ds.extra.get("labelled"):
+        return None
+    original = ctx.original
+    if original is None:
+        raise ConfigError("fine-tuning a Hugging Face model without labels needs the original "
+                          "model (Context.original, set by the search)")
+    embedding = ctx.output_kind == "embedding"
+
+    def loss(model: nn.Module, bx: torch.Tensor, by: torch.Tensor) -> torch.Tensor:
+        out = model(bx)
+        with torch.no_grad():
+            ref = original(bx)
+        if embedding:
+            return (1.0 - F.cosine_similarity(out, ref, dim=-1)).mean()
+        return kd_loss(out, ref, None, 1.0, 1.0)
+
+    return loss
+
+
 def cosine_schedule(
     optimizer: torch.optim.Optimizer, total: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -153,7 +181,8 @@ def train_epochs(
     opt = build_optimizer(model.parameters(), spec, device or torch.device("cpu"))
     forward = wrap(model) if wrap is not None else model
     step = FineTuneStep(model, forward, opt, loss_fn(ctx.ds.info.task),
-                        loss_override=loss_override, regularizer=regularizer, masks=masks)
+                        loss_override=loss_override or unlabelled_loss(ctx),
+                        regularizer=regularizer, masks=masks)
     batches = Shuffled((x, y), batch_size or ctx.batch_size, ctx.seed)
     total = epochs * batches.steps_per_epoch
     model.train()

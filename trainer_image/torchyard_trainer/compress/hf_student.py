@@ -223,10 +223,12 @@ def distill(teacher: nn.Module, step: DistillStep, ctx: Context
     ctx.backends["distill"] += f"{picked} copied)"
     ctx.model_spec = spec
     n_layers = int(config_of(hf_model(teacher)).num_hidden_layers)
-    return student.eval(), {
+    info: dict[str, Any] = {
         "student": spec, "teacherLayers": n_layers, "keepLayers": picked,
         "loss": "1 - cosine" if task == "feature-extraction" else "kd",
-        "temperature": temperature, "alpha": alpha if labelled else 1.0,
         "transferSet": step.transfer_set, "epochs": step.epochs, "samples": len(x),
         "labeled": int((y >= 0).sum()),
     }
+    if task != "feature-extraction":  # temperature and alpha shape the KD loss only
+        info.update(temperature=temperature, alpha=alpha if labelled else 1.0)
+    return student.eval(), info
