@@ -138,6 +138,24 @@ def passes(baseline: float, value: float, criterion: AccuracyCriterion) -> bool:
     return gate_passes(baseline, value, criterion)
 
 
+FIDELITY_ROWS = (("fidelityMean", "cosine mean"), ("fidelityWorst", "cosine p{p} (worst)"),
+                 ("top1Agreement", "top-1 agreement"), ("kl", "KL(original ‖ model)"),
+                 ("perplexity", "perplexity"))
+
+
+def _fidelity_rows(report: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) -> list[str]:
+    """Rows of the fidelity figures the stats hold (the candidate against the original)."""
+    p = report.get("percentile", 5)
+    gated = {"cosine": "fidelityMean"}.get(str(report.get("metric")), report.get("metric"))
+    rows = []
+    for key, label in FIDELITY_ROWS:
+        if c.get(key) is None or key == gated:  # the gate's own row is the first one
+            continue
+        base = "-" if b.get(key) is None else f"{b[key]:.4f}"
+        rows.append(f"| {label.format(p=p)} | {base} | {c[key]:.4f} | |")
+    return rows
+
+
 def table(report: dict[str, Any]) -> str:
     """A human table of the report (Markdown)."""
     b, c = report.get("baseline") or {}, report.get("compressed") or {}
@@ -150,6 +168,7 @@ def table(report: dict[str, Any]) -> str:
         "| | baseline | compressed | ratio |", "|---|---|---|---|",
         f"| {report.get('metric', 'accuracy')} | {f(b.get('accuracy'), '{:.4f}')} | "
         f"{f(c.get('accuracy'), '{:.4f}')} | Δ {f(report.get('accuracyDelta'), '{:+.4f}')} |",
+        *_fidelity_rows(report, b, c),
         f"| params | {f(b.get('params'))} | {f(c.get('params'))} | |",
         f"| non-zero params | {f(b.get('nonZeroParams'))} | {f(c.get('nonZeroParams'))} | "
         f"{f(rat.get('params'), '{:.2f}×')} |",
@@ -161,9 +180,12 @@ def table(report: dict[str, Any]) -> str:
         "",
         f"Gate passed: {report.get('passed')}  ·  backend: {report.get('backend')}",
     ]
+    if report.get("summary"):
+        lines += ["", f"Summary: {report['summary']}"]
     trials = report.get("trials") or []
     if trials:
-        lines += ["", "| trial | passed | accuracy | non-zero params | bytes | latency ms |",
+        lines += ["", f"| trial | passed | {report.get('metric', 'accuracy')} | non-zero params "
+                  "| bytes | latency ms |",
                   "|---|---|---|---|---|---|"]
         for t in trials:
             s = t.get("stats") or {}

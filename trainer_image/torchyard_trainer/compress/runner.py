@@ -296,10 +296,11 @@ def _save_version(
                                env.output_dir, extra)
 
 
-def _write_reports(env: WorkerEnv, report: dict[str, Any], outcome: Outcome, metric: str,
+def _write_reports(env: WorkerEnv, report: dict[str, Any], outcome: Outcome, ctx: Context,
                    written: dict[str, Any] | None) -> None:
     """report.json / report.md in the output directory and beside a local model version."""
-    full = {**report, "metric": metric, "trials": [t.to_trial() for t in outcome.trials],
+    full = {**report, "metric": ctx.metric, "percentile": ctx.percentile,
+            "trials": [t.to_trial() for t in outcome.trials],
             "compressSeconds": round(outcome.seconds, 3),
             "model": None if written is None else
             {k: written[k] for k in ("name", "version", "uri", "sha256")},
@@ -377,7 +378,7 @@ def run(
         report = _report(outcome, ctx, baseline, n_threads)
         written = (_save_version(job, env, ds, ctx, outcome.winner, report, src.lineage)
                    if outcome.winner.passed else None)
-        _write_reports(env, report, outcome, ctx.metric, written)
+        _write_reports(env, report, outcome, ctx, written)
         result = _result(job, env, outcome, report, ctx.metric, written, started)
         progress.event("end", status=result["status"], model=result.get("model"), report=report)
     result = _compact(result)

@@ -5,10 +5,11 @@ a runnable model.
 Hugging Face models (:class:`torchyard_trainer.hf.HFModel`) are stored in one of two layouts,
 named by the section's ``huggingface.layout``:
 
-* ``transformers`` — when nothing needs our layers (no quantized layer, no sparse coding, the
-  shapes the config implies): ``model.safetensors`` holds the transformers state dict and the
-  directory gets ``config.json``, so ``AutoModel.from_pretrained(version_dir)`` reads it;
-* ``torchyard`` — otherwise (int8/int4 layers, bit-mask sparse tensors, structurally pruned
+* ``transformers`` — when nothing needs our layers (no quantized layer, the shapes the config
+  implies, and bit-mask sparse coding would save under ``SPARSE_WORTH`` of the file):
+  ``model.safetensors`` holds the transformers state dict and the directory gets
+  ``config.json``, so ``AutoModel.from_pretrained(version_dir)`` reads it;
+* ``torchyard`` — otherwise (int8/int4 layers, clearly sparse tensors, structurally pruned
   shapes): our tensors; the config sits in the card and :func:`load_hf_version` rebuilds it.
 
 Both carry the tokenizer files (``AutoTokenizer.from_pretrained(version_dir)``), and
@@ -119,6 +120,18 @@ def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], di
     return out, tied
 
 
+SPARSE_WORTH = 0.10
+"""A Hugging Face model's file is sparse-coded (our layout) only when that saves at least this
+share of it: below that, a file ``from_pretrained`` reads is worth more (an embedding whose
+padding row is zero alone would otherwise make a version unreadable to transformers)."""
+
+
+def _sparse_gain(dense: dict[str, torch.Tensor], encoded: dict[str, torch.Tensor]) -> float:
+    size = sum(t.numel() * t.element_size() for t in dense.values())
+    coded = sum(t.numel() * t.element_size() for t in encoded.values())
+    return 1.0 - coded / size if size else 0.0
+
+
 def _config_shapes_match(model: HFModel) -> bool:
     """Whether a model built from the config alone has ``model``'s layer shapes (then
     ``from_pretrained`` can load it)."""
@@ -136,7 +149,8 @@ def _export_hf(model: HFModel) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     encoded, sparse = layers.encode_state(state)
     quantized = layers.quant_layout(model)
     info: dict[str, Any] = {**model.settings(), "config": model.model.config.to_dict()}
-    if not quantized and not sparse and _config_shapes_match(model):
+    if not quantized and _sparse_gain(state, encoded) < SPARSE_WORTH and \
+            _config_shapes_match(model):
         hf_state, hf_tied = _dedupe(model.hf_state_dict())
         info.update(layout="transformers", tied=hf_tied)
         return ({k: v.cpu().contiguous() for k, v in hf_state.items()},
