@@ -300,3 +300,48 @@ def test_minilm_int8_cosine_gate_and_version_reads_back(tmp_path: Path) -> None:
     cos = cosine(predict(model, val.val_x, batch=16), predict(original, val.val_x, batch=16))
     assert float(cos.double().mean()) == pytest.approx(comp["fidelityMean"], abs=1e-5)
     assert worst(cos, 5) == pytest.approx(comp["fidelityWorst"], abs=1e-5)
+
+
+def test_text_data_pairs_labels_and_tokens(tiny_bert: dict[str, Any], tmp_path: Path) -> None:
+    """jsonl with a pair column and string labels: tokenized as pairs ([CLS] a [SEP] b [SEP]),
+    labels made class ids, padded to the longest, cut at maxLength."""
+    from transformers import AutoTokenizer
+
+    from torchyard.api.common import DataSpec
+    from torchyard_trainer.textdata import load_text_dataset
+
+    rows = [{"q": "the film was great", "a": "the day was dull", "y": "no"},
+            {"q": "the meal was great", "a": "the meal was lovely", "y": "yes"}] * 4
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = AutoTokenizer.from_pretrained(tiny_bert["dir"])
+    spec = DataSpec(uri=f"file://{path}", format="jsonl", text_column="q", text_pair_column="a",
+                    label_column="y", validation_fraction=0.5, max_length=8)
+    ds = load_text_dataset(spec, 0, Path("/x"), Path("/x"), tok, "sequence-classification")
+    assert ds.extra["classes"] == ["no", "yes"]
+    assert ds.extra["labelled"] is True
+    assert str(ds.train_x.dtype) == str(ds.val_x.dtype) == "torch.int64"
+    assert tuple(ds.train_x.shape[1:]) == (2, 8)  # ids + mask; 11 tokens cut at maxLength 8
+    ids = tok.convert_ids_to_tokens(ds.train_x[0, 0].tolist())
+    assert ids[0] == "[CLS]"
+    assert ids.count("[SEP]") >= 1
+    assert sorted(ds.train_y.tolist() + ds.val_y.tolist()) == [0] * 4 + [1] * 4
+    assert len(ds.val_y) == 4
+    assert sorted(ds.val_y.tolist()) == [0, 0, 1, 1]  # stratified
+
+
+def test_fine_tuning_without_labels_is_refused_before_any_work(
+    tiny_bert: dict[str, Any], tmp_path: Path
+) -> None:
+    from torchyard_trainer.env import ConfigError
+
+    data = tmp_path / "texts.txt"
+    data.write_text("the film was great\nthe meal was dull\nthe trip was lovely\nthe day\n")
+    doc = _job(str(tiny_bert["dir"]), "sequence-classification",
+               {"uri": f"file://{data}", "format": "text"},
+               [{"prune": {"method": "magnitude", "sparsity": 0.5, "fineTuneEpochs": 1}}],
+               {"metric": "top1Agreement", "mode": "absolute", "tolerableLoss": 0.1},
+               tmp_path / "store")
+    with pytest.raises(ConfigError, match="fineTuneEpochs 1: fine-tuning a sequence-class"):
+        run_job(doc, tmp_path / "out")
+    assert not (tmp_path / "store").exists()

@@ -48,6 +48,7 @@ def load(spec: CompressionJobSpec, env: WorkerEnv) -> Source:
     ds = load_text_dataset(spec.data, spec.seed, env.pvc_root, env.output_dir / "cache",
                            tokenizer, hf_spec.task)
     _check_labels(spec, ds, model)
+    _check_fine_tuning(spec, ds, model)
     model_spec = model_spec_obj.model_dump(by_alias=True, exclude_none=True, mode="json")
     lineage = {"huggingface": hf_spec.path, "directory": str(root)}
     return Source(ds, model, model_spec, lineage, tokenizer, OUTPUT_KINDS[hf_spec.task])
@@ -69,6 +70,26 @@ def _check_labels(spec: CompressionJobSpec, ds: Dataset, model: HFModel) -> None
     if ds.info.num_classes > num_labels:
         raise ConfigError(f"the data has {ds.info.num_classes} classes, the model's head "
                           f"{num_labels}")
+
+
+def _check_fine_tuning(spec: CompressionJobSpec, ds: Dataset, model: HFModel) -> None:
+    """Prune fine-tuning and QAT train on the data's targets: next tokens (causal-lm) or
+    labels. Unlabelled embeddings/classifiers have none — training toward the placeholder
+    zeros would wreck the model, so say so before any work."""
+    if model.task == "causal-lm" or ds.extra.get("labelled"):
+        return
+    for i, step in enumerate(spec.steps):
+        if step.prune is not None and step.prune.fine_tune_epochs > 0:
+            what = f"spec.steps[{i}].prune.fineTuneEpochs {step.prune.fine_tune_epochs}"
+        elif (step.quantize is not None and step.quantize.method in ("qat", "binarize")
+              and step.quantize.qat_epochs > 0):
+            what = f"spec.steps[{i}].quantize {step.quantize.method} (qatEpochs)"
+        else:
+            continue
+        raise ConfigError(
+            f"{what}: fine-tuning a {model.task} model needs labels (data.labelColumn) and "
+            "this text data has none; set fineTuneEpochs: 0 / qatEpochs: 0, or add a distill "
+            "step (the original model teaches, no labels needed)")
 
 
 __all__ = ["OUTPUT_KINDS", "Source", "is_hf", "load"]
