@@ -5,6 +5,7 @@ tokenizer comes first, so the data can be read only once the model directory is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -48,10 +49,27 @@ def load(spec: CompressionJobSpec, env: WorkerEnv) -> Source:
     ds = load_text_dataset(spec.data, spec.seed, env.pvc_root, env.output_dir / "cache",
                            tokenizer, hf_spec.task)
     _check_labels(spec, ds, model)
-    _check_fine_tuning(spec, ds, model)
     model_spec = model_spec_obj.model_dump(by_alias=True, exclude_none=True, mode="json")
     lineage = {"huggingface": hf_spec.path, "directory": str(root)}
     return Source(ds, model, model_spec, lineage, tokenizer, OUTPUT_KINDS[hf_spec.task])
+
+
+def load_version(spec: CompressionJobSpec, env: WorkerEnv, vdir: Path) -> Source:
+    """A Hugging Face model version (``source.modelRef``: compress a distilled or pruned
+    version further) with the tokenizer saved beside it, and the text data it tokenizes."""
+    from torchyard_trainer.artifacts import read_card
+    from torchyard_trainer.compress.stored import load_hf_version
+
+    card = read_card(vdir)
+    if "huggingface" not in (card.get("compression") or {}):
+        raise ConfigError(f"source.modelRef: {vdir} is not a Hugging Face model version, so it "
+                          "has no tokenizer for the text data")
+    model, tokenizer = load_hf_version(vdir)
+    ds = load_text_dataset(spec.data, spec.seed, env.pvc_root, env.output_dir / "cache",
+                           tokenizer, model.task)
+    _check_labels(spec, ds, model)
+    lineage = {k: card.get(k) for k in ("name", "version", "uri", "sha256")}
+    return Source(ds, model, dict(card["model"]), lineage, tokenizer, OUTPUT_KINDS[model.task])
 
 
 def _check_labels(spec: CompressionJobSpec, ds: Dataset, model: HFModel) -> None:
@@ -72,24 +90,4 @@ def _check_labels(spec: CompressionJobSpec, ds: Dataset, model: HFModel) -> None
                           f"{num_labels}")
 
 
-def _check_fine_tuning(spec: CompressionJobSpec, ds: Dataset, model: HFModel) -> None:
-    """Prune fine-tuning and QAT train on the data's targets: next tokens (causal-lm) or
-    labels. Unlabelled embeddings/classifiers have none — training toward the placeholder
-    zeros would wreck the model, so say so before any work."""
-    if model.task == "causal-lm" or ds.extra.get("labelled"):
-        return
-    for i, step in enumerate(spec.steps):
-        if step.prune is not None and step.prune.fine_tune_epochs > 0:
-            what = f"spec.steps[{i}].prune.fineTuneEpochs {step.prune.fine_tune_epochs}"
-        elif (step.quantize is not None and step.quantize.method in ("qat", "binarize")
-              and step.quantize.qat_epochs > 0):
-            what = f"spec.steps[{i}].quantize {step.quantize.method} (qatEpochs)"
-        else:
-            continue
-        raise ConfigError(
-            f"{what}: fine-tuning a {model.task} model needs labels (data.labelColumn) and "
-            "this text data has none; set fineTuneEpochs: 0 / qatEpochs: 0, or add a distill "
-            "step (the original model teaches, no labels needed)")
-
-
-__all__ = ["OUTPUT_KINDS", "Source", "is_hf", "load"]
+__all__ = ["OUTPUT_KINDS", "Source", "is_hf", "load", "load_version"]

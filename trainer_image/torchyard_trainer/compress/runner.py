@@ -156,12 +156,16 @@ def resolve_source(spec: CompressionJobSpec, env: WorkerEnv, ds: Dataset
 def load_source(spec: CompressionJobSpec, env: WorkerEnv) -> hfsource.Source:
     """The data and the model to compress (a Hugging Face model brings its tokenizer, which
     the text data needs, so it is loaded first)."""
+    ref = spec.source.model_ref
     if hfsource.is_hf(spec):
         src = hfsource.load(spec, env)
-    else:
-        if spec.data.format in ("jsonl", "text") or spec.data.text_column is not None:
+    elif spec.data.format in ("jsonl", "text") or spec.data.text_column is not None:
+        if ref is None:
             raise ConfigError("text data is tokenized by a model's tokenizer: it needs "
-                              "source.model.huggingface")
+                              "source.model.huggingface or a modelRef to a Hugging Face version")
+        store = _local_store(ref.storage or store_uri(spec, env), env)
+        src = hfsource.load_version(spec, env, resolve_version_dir(store, ref.name, ref.version))
+    else:
         ds = load_dataset(spec.data, spec.seed, env.pvc_root, env.output_dir / "cache")
         model, model_spec, lineage = resolve_source(spec, env, ds)
         kind = "lm" if ds.info.task == "lm" else "classification"
