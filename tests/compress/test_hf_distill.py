@@ -205,3 +205,36 @@ def test_structured_prune_shrinks_minilm_feed_forward_blocks() -> None:
             float((1 - cos).mean()), abs=1e-5)
     ctx.model_spec = {"builtin": "mlp"}
     assert unlabelled_loss(ctx) is None  # builtin models keep their labelled loss
+
+
+def test_gpt2_student_keeps_the_picked_blocks_and_renumbers_them() -> None:
+    """GPT-2 style (blocks in ``transformer.h``, n_layer through the config's attribute map,
+    attention layer_idx for the KV cache): a tiny config built in-process, no download."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from torchyard_trainer.compress.hf_student import student_from
+    from torchyard_trainer.hf import HFModel, conv1d_to_linear
+
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=32, n_head=2, vocab_size=64,
+                                    n_positions=16)).eval()
+    teacher = HFModel(lm, "causal-lm", conv1d=conv1d_to_linear(lm))
+    student, keep = student_from(teacher, {"numHiddenLayers": 2, "keepLayers": [1, 3]})
+
+    assert keep == [1, 3]
+    inner = student.model
+    assert inner.config.n_layer == 2
+    assert len(inner.transformer.h) == 2
+    assert [b.attn.layer_idx for b in inner.transformer.h] == [0, 1]
+    # the kept blocks are the teacher's 1 and 3, weights copied (not shared)
+    for new, old in zip(inner.transformer.h, (1, 3), strict=True):
+        src = teacher.model.transformer.h[old].mlp.c_fc.weight
+        assert torch.equal(new.mlp.c_fc.weight, src)
+        assert new.mlp.c_fc.weight.data_ptr() != src.data_ptr()
+    assert all(name.startswith(("transformer.h.0.", "transformer.h.1."))
+               for name in student.conv1d)
+    assert len(teacher.model.transformer.h) == 4  # the teacher is left whole
+    x = torch.stack([torch.randint(0, 64, (3, 10)), torch.ones(3, 10, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        assert student(x).shape == (3, 10, 64)
