@@ -85,8 +85,12 @@ VALID_FILES = sorted(VALID.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", VALID_FILES, ids=lambda p: p.name)
-def test_valid_corpus_is_accepted(path: Path) -> None:
-    assert load_manifests(path)
+def test_valid_corpus_is_accepted_with_the_warnings_its_header_names(path: Path) -> None:
+    check = check_manifests(path)
+    assert not check.errors
+    assert check.jobs
+    expected = re.findall(r"^# warns: (.+)$", path.read_text(), re.MULTILINE)
+    assert [w.removeprefix(f"{path}: ").split(";")[0] for w in check.warnings] == expected
 
 
 def test_an_integral_number_is_an_integer_as_for_the_api_server() -> None:
@@ -153,7 +157,7 @@ def test_a_duplicate_key_is_a_warning_naming_both_lines(tmp_path: Path) -> None:
     assert job.spec.workers == 4  # the last value, as kubectl takes it
     (warning,) = check.warnings
     assert warning.startswith(f"{path}: line 9: duplicate key 'workers' (first at line 7)")
-    assert "kubectl keeps the last value" in warning
+    assert warning.endswith("; kubectl keeps the last value, from line 9")
 
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output  # still valid: a warning, not an error

@@ -157,6 +157,8 @@ class DuplicateKey:
     key: str
     first_line: int
     line: int
+    last_line: int
+    """The line whose value kubectl (and PyYAML) keep."""
     document: int
 
 
@@ -172,18 +174,19 @@ class _Loader(yaml.SafeLoader):
         self.duplicates: list[DuplicateKey] = []
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
+        lines: dict[Any, list[int]] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # `<<: *anchor` overrides on purpose
             try:
                 key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                if key in seen:
-                    self.duplicates.append(DuplicateKey(str(key), seen[key], line, self.document))
-                seen[key] = line
+                lines.setdefault(key, []).append(key_node.start_mark.line + 1)
             except TypeError:  # an unhashable (complex) key: the constructor says so below
                 continue
+        for key, at in lines.items():
+            self.duplicates += [
+                DuplicateKey(str(key), at[0], line, at[-1], self.document) for line in at[1:]
+            ]
         return super().construct_mapping(node, deep=deep)
 
 
@@ -235,7 +238,7 @@ def _documents(path: Path, check: FileCheck) -> list[tuple[int, Any]]:
         check.warnings.append(
             f"{_source(path, dup.document, multi)}: line {dup.line}: duplicate key "
             f"{dup.key!r} (first at line {dup.first_line}); kubectl keeps the last value, "
-            f"line {dup.line}'s"
+            f"from line {dup.last_line}"
         )
     if not docs:
         check.errors.append(ManifestError(str(path), ["(root): the file holds no manifest"]))
