@@ -207,3 +207,13 @@ def test_a_single_document_file_says_no_document_number(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as excinfo:
         load_manifests(path)
     assert excinfo.value.source == str(path)
+
+
+def test_a_yaml_error_in_a_later_document_names_that_document(tmp_path: Path) -> None:
+    path = tmp_path / "many.yaml"
+    # A leading `---` opens document 1; an empty document between two `---` still counts.
+    path.write_text("---\n" + _manifest() + "---\n---\n" + "kind: [TrainingJob\nspec: {}\n")
+    with pytest.raises(ManifestError) as excinfo:
+        load_manifests(path)
+    assert excinfo.value.source == f"{path} (document 3)"
+    assert excinfo.value.errors[0].startswith("(root): not valid YAML: line 11, column 5: ")

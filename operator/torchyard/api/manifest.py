@@ -198,6 +198,25 @@ def _yaml_error(exc: yaml.YAMLError) -> str:
     return f"(root): not valid YAML: {where}{problem}" + (f" ({context})" if context else "")
 
 
+_SEPARATOR = re.compile(r"^---(\s|$)")
+
+
+def _document_at(text: str, line: int) -> tuple[int, int]:
+    """(the document holding 0-based `line`, how many the text has), counted by `---` lines as
+    PyYAML counts documents: a `---` before any content opens the first document."""
+
+    def separators(lines: list[str]) -> int:
+        seps = [i for i, raw in enumerate(lines) if _SEPARATOR.match(raw)]
+        content = [
+            i for i, raw in enumerate(lines) if raw.strip() and not raw.lstrip().startswith("#")
+        ]
+        leading = bool(seps) and (not content or seps[0] <= content[0])
+        return len(seps) - leading
+
+    lines = text.splitlines()
+    return 1 + separators(lines[: line + 1]), 1 + separators(lines)
+
+
 def _source(path: Path, number: int, multi: bool) -> str:
     return f"{path} (document {number})" if multi else str(path)
 
@@ -229,7 +248,9 @@ def _documents(path: Path, check: FileCheck) -> list[tuple[int, Any]]:
             if doc is not None:  # kubectl skips empty documents too
                 docs.append((loader.document, doc))
     except yaml.YAMLError as exc:
-        check.errors.append(ManifestError(str(path), [_yaml_error(exc)]))
+        mark = getattr(exc, "problem_mark", None)
+        number, total = _document_at(text, mark.line) if mark is not None else (1, 1)
+        check.errors.append(ManifestError(_source(path, number, total > 1), [_yaml_error(exc)]))
         return []
     finally:
         loader.dispose()
