@@ -394,6 +394,8 @@ def _ratio_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
                 + ("passed" if report.get("passed") else "not met"),
             )
         )
+    if report.get("summary"):  # for a cosine gate: the mean and the worst-percentile cosine
+        rows.append(("summary", str(report["summary"])))
     return rows
 
 

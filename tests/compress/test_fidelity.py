@@ -114,3 +114,24 @@ def test_scores_gate_value_is_the_metric() -> None:
     assert cls["accuracy"] == cls["top1Agreement"] == 0.5
     assert "fidelityMean" not in cls
     assert cls["kl"] > 0
+
+
+def test_scoring_batch_by_batch_equals_the_whole_set() -> None:
+    """gate_scores scores one batch at a time (an LM's logits never held for the whole set):
+    the combined figures equal the whole-set ones."""
+    torch.manual_seed(0)
+    ref = torch.randn(10, 6, 7)
+    out = ref + 0.3 * torch.randn(10, 6, 7)
+    ids = torch.randint(0, 7, (10, 6))
+    mask = torch.ones_like(ids)
+    mask[3, 4:] = 0
+    x = torch.stack([ids, mask], dim=1)
+    whole = fd.scores(out, ref, x, "cosine", "lm", 5)
+    parts = [fd.item_values(out[i : i + 3], ref[i : i + 3], x[i : i + 3], "cosine", "lm")
+             for i in range(0, 10, 3)]
+    assert fd.combine(parts, "cosine", 5) == pytest.approx(whole, rel=1e-9)
+    assert whole["perplexity"] == pytest.approx(fd.perplexity(out, x), rel=1e-6)
+    mask_t = fd.token_mask(x, out)
+    assert whole["kl"] == pytest.approx(fd.kl(out, ref, mask_t), rel=1e-6)
+    assert whole["top1Agreement"] == pytest.approx(fd.top1_agreement(out, ref, mask_t))
+    assert whole["accuracy"] == whole["fidelityMean"]

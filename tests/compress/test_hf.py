@@ -261,6 +261,19 @@ def test_text_classification_gated_on_accuracy_saves_a_transformers_version(
              if isinstance(m, torch.nn.Linear)]
     assert all(z > 0 for z in zeros)  # every layer's pruned weights are in the file
 
+    # chained: that version (modelRef, its own tokenizer) quantized under a top-1 gate
+    doc2 = _job(str(tiny_bert["dir"]), "sequence-classification", doc["spec"]["data"],
+                [{"quantize": {"method": "dynamicInt8", "granularity": "perChannel"}}],
+                {"metric": "top1Agreement", "mode": "absolute", "tolerableLoss": 0.1},
+                tmp_path / "store")
+    doc2["spec"]["source"] = {"modelRef": {"name": "hf", "version": 1}}
+    second = run_job(doc2, tmp_path / "out2")
+    rep2 = second["report"]
+    assert rep2["baseline"]["top1Agreement"] == 1.0
+    assert rep2["passed"] is (rep2["compressed"]["top1Agreement"] >= 0.9 - 1e-12)
+    assert second["model"]["version"] == 2
+    assert second["trials"][0]["stats"]["kl"] >= 0.0
+
 
 def test_minilm_int8_cosine_gate_and_version_reads_back(tmp_path: Path) -> None:
     """The real sentence embedder: int8 passes a cosine gate; the report states mean and p5;
@@ -328,20 +341,3 @@ def test_text_data_pairs_labels_and_tokens(tiny_bert: dict[str, Any], tmp_path: 
     assert sorted(ds.train_y.tolist() + ds.val_y.tolist()) == [0] * 4 + [1] * 4
     assert len(ds.val_y) == 4
     assert sorted(ds.val_y.tolist()) == [0, 0, 1, 1]  # stratified
-
-
-def test_fine_tuning_without_labels_is_refused_before_any_work(
-    tiny_bert: dict[str, Any], tmp_path: Path
-) -> None:
-    from torchyard_trainer.env import ConfigError
-
-    data = tmp_path / "texts.txt"
-    data.write_text("the film was great\nthe meal was dull\nthe trip was lovely\nthe day\n")
-    doc = _job(str(tiny_bert["dir"]), "sequence-classification",
-               {"uri": f"file://{data}", "format": "text"},
-               [{"prune": {"method": "magnitude", "sparsity": 0.5, "fineTuneEpochs": 1}}],
-               {"metric": "top1Agreement", "mode": "absolute", "tolerableLoss": 0.1},
-               tmp_path / "store")
-    with pytest.raises(ConfigError, match="fineTuneEpochs 1: fine-tuning a sequence-class"):
-        run_job(doc, tmp_path / "out")
-    assert not (tmp_path / "store").exists()

@@ -46,8 +46,9 @@ class Context:
     """Warnings for the report."""
     backends: dict[str, str] = field(default_factory=dict)
     """Which implementation ran each method."""
-    reference: torch.Tensor | None = None
-    """Fidelity gates: the original model's outputs on the held-out inputs, computed once."""
+    reference: torch.Tensor | nn.Module | None = None
+    """Fidelity gates: the original model's outputs on the held-out inputs, computed once (a
+    causal LM's: the original model itself, run per batch — see fidelity.reference_outputs)."""
     output_kind: str = "classification"
     """What the outputs are (fidelity.scores): classification logits, lm token logits or an
     embedding."""

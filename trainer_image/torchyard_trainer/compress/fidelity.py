@@ -87,42 +87,90 @@ def perplexity(logits: torch.Tensor, x: torch.Tensor) -> float:
     return math.exp(float(nll) / max(count, 1))
 
 
-def scores(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, metric: str, task: str,
-           percentile: int) -> dict[str, Any]:
-    """ModelStats fields for outputs ``out`` of inputs ``x``: ``accuracy`` is the gate's
-    metric; the others as they apply to ``task`` (lm, classification, embedding)."""
+def item_values(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, metric: str,
+                task: str) -> dict[str, torch.Tensor]:
+    """Per-item figures of one batch (cosine, top-1 agreement, KL) and the summed next-token
+    NLL with its token count: batches are scored one at a time, so a causal LM's (N, L, V)
+    logits never need to be held for the whole held-out set."""
     mask = token_mask(x, out)
-    stats: dict[str, Any] = {}
+    vals: dict[str, torch.Tensor] = {}
     if metric == "cosine" or task == "embedding":
-        cos = cosine(out, ref, mask)
-        stats["fidelityMean"] = round(float(cos.double().mean()), 6)
-        stats["fidelityWorst"] = round(worst(cos, percentile), 6)
+        vals["cos"] = cosine(out, ref, mask).double()
     if task != "embedding":
-        stats["top1Agreement"] = round(top1_agreement(out, ref, mask), 6)
-        stats["kl"] = round(kl(out, ref, mask), 8)
+        a, b = _rows(out, mask), _rows(ref, mask)
+        vals["agree"] = (a.argmax(-1) == b.argmax(-1)).double()
+        logq, logp = F.log_softmax(a.double(), -1), F.log_softmax(b.double(), -1)
+        vals["kl"] = (logp.exp() * (logp - logq)).sum(-1)
     if task == "lm":
-        stats["perplexity"] = round(perplexity(out, x), 6)
-    key = {"cosine": "fidelityMean", "top1Agreement": "top1Agreement", "kl": "kl",
-           "perplexity": "perplexity"}[metric]
-    stats["accuracy"] = stats[key]
+        ids, m = x[:, 0], x[:, 1]
+        target = torch.where(m[:, 1:] > 0, ids[:, 1:], -100)
+        vals["nll"] = F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]).double(),
+                                      target.reshape(-1), ignore_index=-100,
+                                      reduction="sum").reshape(1)
+        vals["tokens"] = (target != -100).sum().double().reshape(1)
+    return vals
+
+
+GATED = {"cosine": "fidelityMean", "top1Agreement": "top1Agreement", "kl": "kl",
+         "perplexity": "perplexity"}
+"""The stats field each fidelity metric gates on."""
+
+
+def combine(parts: list[dict[str, torch.Tensor]], metric: str, percentile: int
+            ) -> dict[str, Any]:
+    """ModelStats fields from the batches' :func:`item_values`; ``accuracy`` is the gated
+    one."""
+    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    stats: dict[str, Any] = {}
+    if "cos" in cat:
+        stats["fidelityMean"] = round(float(cat["cos"].mean()), 6)
+        stats["fidelityWorst"] = round(worst(cat["cos"], percentile), 6)
+    if "agree" in cat:
+        stats["top1Agreement"] = round(float(cat["agree"].mean()), 6)
+        stats["kl"] = round(max(0.0, float(cat["kl"].mean())), 8)
+    if "nll" in cat:
+        stats["perplexity"] = round(
+            math.exp(float(cat["nll"].sum()) / max(1.0, float(cat["tokens"].sum()))), 6)
+    stats["accuracy"] = stats[GATED[metric]]
     return stats
 
 
-def reference_outputs(model: nn.Module, ctx: Context) -> torch.Tensor:
-    """The original model's held-out outputs, the yardstick of every candidate."""
+def scores(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, metric: str, task: str,
+           percentile: int) -> dict[str, Any]:
+    """ModelStats fields for outputs ``out`` of inputs ``x`` (one batch): ``accuracy`` is
+    the gate's metric; the others as they apply to ``task`` (lm, classification,
+    embedding)."""
+    return combine([item_values(out, ref, x, metric, task)], metric, percentile)
+
+
+def reference_outputs(model: nn.Module, ctx: Context) -> torch.Tensor | nn.Module:
+    """The yardstick of every candidate: the original's held-out outputs, computed once — or,
+    for a causal LM, whose (N, L, vocab) logits would not fit in memory for a real
+    vocabulary, the original model itself (run beside each candidate, batch by batch)."""
+    if ctx.output_kind == "lm":
+        return model
     return predict(model, ctx.ds.val_x, batch=ctx.batch_size).detach()
 
 
+@torch.no_grad()
 def gate_scores(model: nn.Module, ctx: Context) -> dict[str, Any]:
     """ModelStats' metric fields of ``model``: ``accuracy`` (the gate's metric) and, for a
-    fidelity gate, every fidelity figure that applies."""
+    fidelity gate, every fidelity figure that applies; in batches of ``batchSize``."""
     if not is_fidelity(ctx.metric):
         return {"accuracy": round(evaluate(model, ctx), 6)}
-    if ctx.reference is None:
+    ref_all = ctx.reference
+    if ref_all is None:
         raise RuntimeError("a fidelity gate needs the original's outputs (ctx.reference)")
-    out = predict(model, ctx.ds.val_x, batch=ctx.batch_size)
-    return scores(out, ctx.reference, ctx.ds.val_x, ctx.metric, ctx.output_kind,
-                  ctx.percentile)
+    if isinstance(ref_all, nn.Module):
+        ref_all.eval()
+    model.eval()
+    x, bs = ctx.ds.val_x, ctx.batch_size
+    parts = []
+    for i in range(0, len(x), bs):
+        xb = x[i : i + bs]
+        ref = ref_all(xb) if isinstance(ref_all, nn.Module) else ref_all[i : i + bs]
+        parts.append(item_values(model(xb), ref, xb, ctx.metric, ctx.output_kind))
+    return combine(parts, ctx.metric, ctx.percentile)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,11 +237,14 @@ def summary(baseline: dict[str, Any], compressed: dict[str, Any], ratios: dict[s
 
 
 __all__ = [
+    "GATED",
     "better",
+    "combine",
     "cosine",
     "gate_passes",
     "gate_scores",
     "is_fidelity",
+    "item_values",
     "kl",
     "lower_is_better",
     "miss_message",
