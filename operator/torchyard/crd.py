@@ -32,7 +32,7 @@ Schema = dict[str, Any]
 # so a `cj` of ours could never be reached), and a name another operator of the same cluster
 # also claims makes kubectl pick one of the two. Checked against, and found in none of:
 # Kubernetes 1.37's built-in resources (`kubectl api-resources`: short names, plurals,
-# singulars), Kueue (cq, lq, queue(s), rf, flavor(s), wl, wpc...), Volcano (vcjob, vj, vcj,
+# singulars), Kueue (cq, lq, queue(s), rf, flavor(s), kwl, wl...), Volcano (vcjob, vj, vcj,
 # pg, q, jf, jt, hn, numatopo...), Kubeflow (TFJob, PyTorchJob, MPIJob, JAXJob, TrainJob,
 # (Cluster)TrainingRuntime, Katib, Pipelines), Argo (Workflows: wf, cwf, wftmpl, cwftmpl...;
 # CD: app, appset, appproj; Rollouts: ro, at, ar, exp; Events: es, sn, eb) and KubeRay

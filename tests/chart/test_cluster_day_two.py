@@ -302,7 +302,8 @@ def _notes(helm: str, cluster: Any, *sets: str) -> str:
     """NOTES.txt as `helm install` prints it (a client-side dry run: Helm only asks the API
     server its version; nothing is created)."""
     argv = ["install", "ty", str(CHART), "--dry-run=client", "-n", "torchyard-system"]
-    for s in sets:
+    # even a dry run refuses to take over the cluster fixture's (unowned) CRDs
+    for s in ("crds.install=false", *sets):
         argv += ["--set", s]
     res = _helm(helm, cluster, *argv)
     assert res.returncode == 0, res.stderr

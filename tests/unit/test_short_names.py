@@ -25,8 +25,9 @@ BUILTIN = {
 
 # Short names of the schedulers and operators a training cluster runs alongside torchyard.
 ECOSYSTEM = {
-    # Kueue (kueue.x-k8s.io, v0.17: config/components/crd/bases)
-    "kueue": {"cq", "lq", "queue", "queues", "rf", "flavor", "flavors", "wl"},
+    # Kueue (kueue.x-k8s.io, v0.17's config/components/crd/bases; `wl` before it)
+    "kueue": {"cq", "lq", "queue", "queues", "rf", "flavor", "flavors", "kwl", "kueueworkload",
+              "kueueworkloads", "wl"},
     # Volcano (batch/scheduling/flow/topology/nodeinfo .volcano.sh)
     "volcano": {"vcjob", "vj", "vcronjob", "vcj", "q", "queue-v1beta1", "pg",
                 "podgroup-v1beta1", "jf", "jt", "hn", "numatopo"},
