@@ -34,7 +34,7 @@ Schema = dict[str, Any]
 # Kubernetes 1.37's built-in resources (`kubectl api-resources`: short names, plurals,
 # singulars), Kueue (cq, lq, queue(s), rf, flavor(s), kwl, wl...), Volcano (vcjob, vj, vcj,
 # pg, q, jf, jt, hn, numatopo...), Kubeflow (TFJob, PyTorchJob, MPIJob, JAXJob, TrainJob,
-# (Cluster)TrainingRuntime, Katib, Pipelines), Argo (Workflows: wf, cwf, wftmpl, cwftmpl...;
+# (Cluster)TrainingRuntime), Argo (Workflows: wf, cwf, wftmpl, cwftmpl...;
 # CD: app, appset, appproj; Rollouts: ro, at, ar, exp; Events: es, sn, eb) and KubeRay
 # (RayCluster, RayJob, RayService). tests/unit/test_short_names.py holds that list and the
 # cluster tier compares it with the live API server's.

@@ -28,18 +28,20 @@ ECOSYSTEM = {
     # Kueue (kueue.x-k8s.io, v0.17's config/components/crd/bases; `wl` before it)
     "kueue": {"cq", "lq", "queue", "queues", "rf", "flavor", "flavors", "kwl", "kueueworkload",
               "kueueworkloads", "wl"},
-    # Volcano (batch/scheduling/flow/topology/nodeinfo .volcano.sh)
+    # Volcano (batch/scheduling/flow/topology/nodeinfo .volcano.sh): vcjob, vj and jf read in
+    # its kubebuilder markers; the rest from its docs and kept as a margin (the module proxy
+    # does not serve volcano.sh to check)
     "volcano": {"vcjob", "vj", "vcronjob", "vcj", "q", "queue-v1beta1", "pg",
                 "podgroup-v1beta1", "jf", "jt", "hn", "numatopo"},
     # Kubeflow: training-operator v1.8 (TFJob, PyTorchJob, MPIJob, XGBoostJob, PaddleJob,
-    # MXJob) and Trainer v2.0 (TrainJob, (Cluster)TrainingRuntime) declare none; Katib's
-    # Experiment/Suggestion/Trial none either. Their resource names are in RESOURCES.
+    # MXJob) and Trainer v2.0 (TrainJob, (Cluster)TrainingRuntime) declare none (read in
+    # their CRDs). Their resource names are in RESOURCES.
     "kubeflow": set(),
-    # Argo Workflows, CD, Rollouts, Events
+    # Argo Workflows (wf, wfeb read in its markers), CD, Rollouts, Events
     "argo": {"wf", "cwf", "cronwf", "wftmpl", "cwftmpl", "clusterwftmpl", "wfeb", "wfts",
              "wftr", "wfat", "app", "apps", "appset", "appsets", "appproj", "appprojs", "ro",
              "at", "cat", "ar", "exp", "es", "sn", "eb"},
-    # KubeRay 1.5 (RayCluster, RayJob, RayService, RayCronJob): none.
+    # KubeRay (RayCluster, RayJob, RayService: none in its 1.5.0 CRDs).
     "kuberay": set(),
 }  # fmt: skip
 
