@@ -144,8 +144,10 @@ def test_structured_removes_neurons_physically(teacher: dict, digits: Any, tmp_p
 def test_binarize_weight_bytes(teacher: dict, digits: Any, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
+    # about the stored form, not the gate: a wide one, since only a passing model is written
     doc = manifest(teacher, tmp_path / "store",
-                   [{"quantize": {"method": "binarize", "qatEpochs": 2}}])
+                   [{"quantize": {"method": "binarize", "qatEpochs": 2}}],
+                   accuracyCriterion={"mode": "absolute", "tolerableLoss": 0.5})
     result = run_job(doc, tmp_path / "out")
     again = _check_report_matches_saved_model(result, digits)
     stored = load_file(str(again["dir"] / "model.safetensors"))
@@ -154,7 +156,7 @@ def test_binarize_weight_bytes(teacher: dict, digits: Any, tmp_path: Path) -> No
     bin_bytes = sum(t.numel() * t.element_size() for k, t in stored.items()
                     if k.endswith((".weight_bits", ".weight_scale")))
     assert float_weight_bytes / bin_bytes >= 20
-    assert result["report"]["passed"] == _gate(teacher["accuracy"], again["accuracy"], 0.02)
+    assert result["report"]["passed"] is _gate(teacher["accuracy"], again["accuracy"], 0.5)
 
 
 @pytest.mark.parametrize("method", ["staticInt8", "qat"])
@@ -173,12 +175,14 @@ def test_distill_then_quantize_chain(teacher: dict, digits: Any, tmp_path: Path)
     doc = manifest(teacher, tmp_path / "store",
                    [{"distill": {"student": {"builtin": "mlp", "args": {"hidden": [32]}},
                                  "epochs": 15}},
-                    {"quantize": {"method": "dynamicInt8"}}])
+                    {"quantize": {"method": "dynamicInt8"}}],
+                   # the chain's stored form is tested, not the gate (only a pass is written)
+                   accuracyCriterion={"mode": "absolute", "tolerableLoss": 0.5})
     result = run_job(doc, tmp_path / "out")
     again = _check_report_matches_saved_model(result, digits)
     assert again["card"]["model"]["args"] == {"hidden": [32]}
     assert again["params"] == 64 * 32 + 32 + 32 * 10 + 10
-    assert result["report"]["passed"] == _gate(teacher["accuracy"], again["accuracy"], 0.02)
+    assert result["report"]["passed"] is _gate(teacher["accuracy"], again["accuracy"], 0.5)
 
 
 # ---------------------------------------------------------------------------------------------
