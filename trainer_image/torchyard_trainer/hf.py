@@ -184,6 +184,9 @@ def from_spec(spec: HuggingFaceModel, pvc_root: Path, cache_dir: Path
     root = resolve_path(spec.path, pvc_root, cache_dir)
     tokenizer = load_tokenizer(root)
     model = load_pretrained(root, spec.task)
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        # GPT-2-style classifiers find each text's last token by the pad id: give them ours
+        model.config.pad_token_id = tokenizer.pad_token_id
     conv = conv1d_to_linear(model)
     return HFModel(model, spec.task, spec.pooling, spec.normalize, conv).eval(), tokenizer, root
 
