@@ -429,6 +429,9 @@ def run_job(job: AnyJob, base_dir: Path, output: OutputFormat = "human") -> int:
         name,
         compression=isinstance(job, CompressionJob),
         command=job.spec.command if isinstance(job, TrainingJob) else None,
+        metric=(
+            job.spec.accuracy_criterion.metric if isinstance(job, CompressionJob) else "accuracy"
+        ),
     )
     try:
         with progress_view(state) as view:

@@ -58,6 +58,15 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def metric_text(metric: str, value: float) -> str:
+    """A gate metric as people read it: shares as percentages, the rest as numbers."""
+    if metric == "accuracy":
+        return f"acc {value:.2%}"
+    if metric in ("f1", "top1Agreement"):
+        return f"{metric} {value:.2%}"
+    return f"{metric} {value:.4f}"
+
+
 @dataclass
 class ProgressState:
     """What rank 0 has reported so far, in words that fit the kind of job."""
@@ -73,6 +82,8 @@ class ProgressState:
     loss: float | None = None
     samples_per_second: float | None = None
     accuracy: float | None = None
+    metric: str = "accuracy"
+    """What ``accuracy`` holds: a CompressionJob's gate metric (cosine, perplexity…)."""
     trial: str | None = None
     passed: bool | None = None
     note: str = ""
@@ -132,8 +143,8 @@ class ProgressState:
             if self.samples_per_second is not None:
                 parts.append(f"{self.samples_per_second:.0f} samples/s")
         if self.accuracy is not None:
-            baseline = self.compression and not self.trial
-            parts.append(f"{'baseline ' if baseline else ''}acc {self.accuracy:.2%}")
+            baseline = "baseline " if self.compression and not self.trial else ""
+            parts.append(baseline + metric_text(self.metric, self.accuracy))
         return " · ".join(parts)
 
     def summary(self) -> dict[str, Any]:

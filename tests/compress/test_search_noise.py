@@ -89,3 +89,25 @@ def test_size_objective_is_not_re_timed(
     result = run_job(doc, tmp_path / "out")
     assert result["status"] == "Succeeded"
     assert not [w for w in result["report"]["warnings"] if w.startswith("objective latency")]
+
+
+def _trial(name: str, metric: float, size: int, passed: bool) -> Any:
+    from torch import nn
+
+    from torchyard_trainer.compress.search import Candidate, TrialResult
+
+    stats = {"accuracy": metric, "bytes": size, "latencyMs": 1.0}
+    return TrialResult(Candidate((("q", name),)), nn.Identity(), {}, stats, passed, [], 0.0)
+
+
+def test_pick_follows_the_metric_direction() -> None:
+    """Perplexity and kl: lower is better, both for the tie-break among passing candidates of
+    one size and for the closest candidate when none passes."""
+    from torchyard_trainer.compress.search import pick
+
+    low, high = _trial("a", 10.0, 100, True), _trial("b", 12.0, 100, True)
+    assert pick([high, low], "size", lower_is_better=True) is low
+    assert pick([high, low], "size") is high  # accuracy-like: higher wins the tie
+    low.passed = high.passed = False
+    assert pick([high, low], "size", lower_is_better=True) is low
+    assert pick([high, low], "size") is high

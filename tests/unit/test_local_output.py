@@ -168,3 +168,15 @@ def test_logs_rotate_per_run_and_the_oldest_go(tmp_path: Path) -> None:
     for n in range(1, KEEP_LOGS + 1):
         assert (pod / f"log.{n}.txt").read_text() == f"run {last - n}\n"
     assert not (pod / f"log.{KEEP_LOGS + 1}.txt").exists()
+
+
+def test_progress_names_the_gate_metric_of_a_compression_job() -> None:
+    from torchyard.local_output import ProgressState
+
+    state = ProgressState("x", compression=True, metric="cosine")
+    state.apply({"event": "eval", "accuracy": 0.97651})
+    assert state.info() == "baseline cosine 0.9765"
+    state = ProgressState("x", compression=True, metric="perplexity")
+    state.apply({"event": "eval", "accuracy": 31.5})
+    assert "perplexity 31.5000" in state.info()
+    assert "acc " not in state.info()

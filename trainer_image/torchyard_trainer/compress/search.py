@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from torchyard.api.compression import LOWER_IS_BETTER
 from torchyard_trainer.compress import distill, prune, quantize, timing
 from torchyard_trainer.compress.context import Context, clone
 from torchyard_trainer.compress.report import latency_batch, measure, passes
@@ -146,17 +147,23 @@ def run_search(source: nn.Module, steps: list[CompressionStep], ctx: Context,
         if on_trial is not None:
             on_trial(len(results), len(cands), res)
     ctx.model_spec = base_spec
-    return pick(results, objective), results, warnings
+    return pick(results, objective, criterion.metric in LOWER_IS_BETTER), results, warnings
 
 
-def pick(results: list[TrialResult], objective: str) -> TrialResult:
-    """Best passing by objective (ties: higher accuracy); else the most accurate candidate.
+def pick(results: list[TrialResult], objective: str, lower_is_better: bool = False) -> TrialResult:
+    """Best passing by objective (ties: the better gate metric); else the candidate with the
+    best gate metric. ``lower_is_better`` for perplexity and kl, where a rise is the loss.
     For ``latency`` this is the one-shot pick; the job refines it with :func:`settle_latency`."""
+    sign = 1.0 if lower_is_better else -1.0  # sign * metric: smaller is better either way
+
+    def worse(r: TrialResult) -> float:
+        return sign * float(r.stats["accuracy"])
+
     passing = [r for r in results if r.passed]
     if passing:
         key = "bytes" if objective == "size" else "latencyMs"
-        return min(passing, key=lambda r: (r.stats[key], -r.stats["accuracy"]))
-    return max(results, key=lambda r: (r.stats["accuracy"], -r.stats["bytes"]))
+        return min(passing, key=lambda r: (r.stats[key], worse(r)))
+    return min(results, key=lambda r: (worse(r), r.stats["bytes"]))
 
 
 @dataclass
