@@ -1080,6 +1080,8 @@ def render(data: dict[str, Any]) -> str:
         "speedupX",
         "latency1Ms",
         "speedup1X",
+        "latency1MsT1",
+        "speedup1XT1",
         "cosine",
         "cosineP5",
         "compressSeconds",
@@ -1272,7 +1274,10 @@ NOTES = [
     "(ln_structured / l1_unstructured on the feed-forward weights, no fine-tune, like the "
     "job's prune row) on the same model. Cosine = mean and p5 per-sentence cosine to the fp32 "
     "embeddings over the docs' sentences (never trained or gated on); latencyMs = a batch of "
-    "16 of them, latency1Ms = one sentence, interleaved rounds at 2 threads; bytes = the "
+    "16 of them, latency1Ms = one sentence, interleaved rounds at 2 threads, latency1MsT1 the "
+    "same at 1 thread (one query at 2 threads on this loaded 2-core box is dominated by "
+    "OpenMP spin-waits: in a trial the same fp32 model measured 92 and 148 ms in one run, "
+    "so read batch-1 speed from the T1 columns); bytes = the "
     "version's model.safetensors for ours, torch.save / safetensors of the state dict for "
     "plain; compressSeconds = the whole job (load, baseline, search, save). The untrained "
     "layer-drop row is hf_student.student_from alone (the distill step's starting point), "
