@@ -447,6 +447,9 @@ def test_the_queue_label_on_the_trainingjob_alone_queues_it_in_kueue(
         tj = poll(queued, what="TrainingJob queued by Kueue")
         assert tj["status"]["phase"] == Phase.PENDING
         assert "LocalQueue team" in tj["status"]["message"]
+        # The operator knows Kueue holds it (not just Kueue, from the label kopf's adopt also
+        # copies onto the Job): no startTime before admission, so a deadline waits for it.
+        assert "startTime" not in tj["status"]
         assert kube.batch.read_namespaced_job("labelled", namespace).spec.suspend is True
         assert not worker_pods(kube, namespace, "labelled")
 
@@ -510,62 +513,58 @@ def test_the_priority_class_label_reaches_the_workload(
         wait_phase(kube, namespace, "TrainingJob", "urgent", Phase.SUCCEEDED)
 
 
-def test_a_group_restart_queues_again_behind_a_waiting_job(
+def test_a_group_restart_loses_its_admission_and_queues_again(
     kube: Kube, kueue: Kueue, namespace: str, queue: Any, tmp_path: Path
 ) -> None:
     """What a group restart under Kueue looks like (docs/operator.md): the failed Job's
     Workload finishes with it and its quota is released; the next attempt is a new Job, hence
-    a new Workload, queued behind the job that was already waiting for that quota. The job
-    says Restarting (queued) meanwhile and runs once Kueue admits the new Workload."""
-    first_m = held(_labelled_job("first", {Label.KUEUE_QUEUE_NAME: "team"}))
-    second_m = held(_labelled_job("second", {Label.KUEUE_QUEUE_NAME: "team"}))
-    queue(_gpus(first_m))  # room for one job at a time
-    workers = first_m["spec"]["workers"]
+    a new Workload that must be admitted again. Here the ClusterQueue's GPU quota is taken away
+    while the first attempt runs (Kueue leaves an admitted Workload alone), so the restarted
+    group cannot start until the quota is back: the job says Restarting (queued) meanwhile."""
+    manifest = held(_labelled_job("first", {Label.KUEUE_QUEUE_NAME: "team"}))
+    queue(_gpus(manifest))
+    workers = manifest["spec"]["workers"]
     with running_operator(kube, namespace, tmp_path):
-        create(kube, namespace, first_m)
+        create(kube, namespace, manifest)
         pods = wait_running_pods(kube, namespace, "first", workers)
         wait_phase(kube, namespace, "TrainingJob", "first", Phase.RUNNING)
         old_uid = _batch_job(kube, namespace, "first").metadata.uid
         old_wl = _wait_workload(kube, namespace, old_uid, "Admitted", "True", "first admitted")
-        create(kube, namespace, second_m)
-        second_uid = _batch_job(kube, namespace, "second").metadata.uid
-        poll(lambda: _workload_of(kube, namespace, second_uid), what="second's Workload")
+        _set_gpu_quota(kube, namespace, 0)
 
-        # Rank 1 of the first job is OOM-killed (137: retryable): the whole group restarts.
+        # A rank is OOM-killed (137: retryable): the whole group restarts.
         set_pod_exit(kube.api_client, pods[1].metadata.name, namespace, 137, reason="OOMKilled")
 
         def new_attempt() -> Any:
             j = _batch_job(kube, namespace, "first")
             return j if j.metadata.uid != old_uid else None
 
-        new_uid = poll(new_attempt, what="the first job's next worker Job").metadata.uid
-        new_wl = poll(lambda: _workload_of(kube, namespace, new_uid), what="its new Workload")
+        new_uid = poll(new_attempt, what="the next worker Job").metadata.uid
+        new_wl = _wait_workload(
+            kube, namespace, new_uid, "QuotaReserved", "False", "the new Workload pending"
+        )
         assert new_wl["metadata"]["name"] != old_wl["metadata"]["name"]
-        # The quota went to the job that was waiting; the restarted one waits behind it.
-        second_pods = wait_running_pods(kube, namespace, "second", workers)
-        _wait_workload(kube, namespace, second_uid, "Admitted", "True", "second admitted")
 
         def restarting_queued() -> dict[str, Any] | None:
             tj = get(kube, namespace, "TrainingJob", "first")
             c = _cond(tj or {}, ConditionType.SUSPENDED)
             return tj if c and c["reason"] == Reason.QUEUED_BY_KUEUE else None
 
-        tj = poll(restarting_queued, what="first TrainingJob restarting, queued by Kueue")
+        tj = poll(restarting_queued, what="TrainingJob restarting, queued by Kueue")
         assert tj["status"]["phase"] == Phase.RESTARTING
         assert tj["status"]["message"].startswith("restarting: queued by Kueue in LocalQueue")
         assert tj["status"]["restarts"] == 1
         assert condition(tj, ConditionType.RESTARTING)["status"] == "True"
-        assert (_cond(_workload_of(kube, namespace, new_uid) or {}, "Admitted") or {}).get(
-            "status"
-        ) != "True"
+        assert kube.batch.read_namespaced_job("first", namespace).spec.suspend is True
         assert not live_pods(kube, namespace, "first")
 
-        release(kube, namespace, second_pods)
-        wait_phase(kube, namespace, "TrainingJob", "second", Phase.SUCCEEDED)
-        _wait_workload(kube, namespace, new_uid, "Admitted", "True", "first admitted again")
+        _set_gpu_quota(kube, namespace, _gpus(manifest))
+        _wait_workload(kube, namespace, new_uid, "Admitted", "True", "admitted again")
         again = wait_running_pods(kube, namespace, "first", workers)
         running = wait_phase(kube, namespace, "TrainingJob", "first", Phase.RUNNING)
         assert condition(running, ConditionType.RESTARTING)["status"] == "False"
+        back = condition(running, ConditionType.SUSPENDED)
+        assert (back["status"], back["reason"]) == ("False", Reason.ADMITTED_BY_KUEUE)
         release(kube, namespace, again)
         done = wait_phase(kube, namespace, "TrainingJob", "first", Phase.SUCCEEDED)
         assert done["status"]["restarts"] == 1
