@@ -371,7 +371,8 @@ def test_suspend_deactivates_the_workload_and_resume_requeues_it(
         assert kube.batch.read_namespaced_job("first", namespace).spec.suspend is True
         assert not live_pods(kube, namespace, "first")
         assert (_workload_of(kube, namespace, uid) or {})["spec"]["active"] is False
-        assert get(kube, namespace, "TrainingJob", "first")["status"]["phase"] == Phase.SUSPENDED
+        still = get(kube, namespace, "TrainingJob", "first") or {}
+        assert still["status"]["phase"] == Phase.SUSPENDED
 
         patch_spec(kube, namespace, "TrainingJob", "first", {"runPolicy": {"suspend": False}})
         readmitted = poll(
