@@ -198,10 +198,11 @@ def minilm_jobs(bench: Any, sents: list[str], latencies: Latencies, threads: int
         one = dict(tok(sents[:1], return_tensors="pt"))
         models = {k: v[0] for k, v in variants.items()}
         lat16 = latencies(models, batch, rounds=5, repeats=8, threads=threads)
+        lat16_t1 = latencies(models, batch, rounds=5, repeats=5, threads=1)
         lat1 = latencies(models, one, rounds=7, repeats=20, threads=threads)
         # one query at 2 threads on the shared 2-core box is dominated by OpenMP spin-waits
         # when the other core is busy (a trial: the same fp32 model 92 vs 148 ms in one run);
-        # at 1 thread the same rounds agree within ~15%: the control column
+        # at 1 thread the same rounds agree within ~15%: the control columns (both batches)
         lat1_t1 = latencies(models, one, rounds=7, repeats=20, threads=1)
         ref = embed(fp32, every)
         for name, (m, nbytes, seconds, note) in variants.items():
@@ -218,6 +219,8 @@ def minilm_jobs(bench: Any, sents: list[str], latencies: Latencies, threads: int
                 "sizeX": round(variants["fp32"][1] / nbytes, 3),
                 "latencyMs": round(lat16[name], 2),
                 "speedupX": round(lat16["fp32"] / lat16[name], 3),
+                "latencyMsT1": round(lat16_t1[name], 2),
+                "speedupXT1": round(lat16_t1["fp32"] / lat16_t1[name], 3),
                 "latency1Ms": round(lat1[name], 2),
                 "speedup1X": round(lat1["fp32"] / lat1[name], 3),
                 "latency1MsT1": round(lat1_t1[name], 2),
