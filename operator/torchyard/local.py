@@ -72,7 +72,12 @@ from torchyard.local_output import (
     stderr,
     summary,
 )
-from torchyard.local_prepare import LOG_FILE, precheck, prepare_run_dir
+from torchyard.local_prepare import (
+    LOG_FILE,
+    precheck,
+    prepare_run_dir,
+    with_manifest_relative_inputs,
+)
 
 RUNS_DIR = "torchyard-runs"
 LOCAL_NAMESPACE = "default"
@@ -462,6 +467,7 @@ def run_manifest(
     Progress and messages on stderr; the result on stdout (``output``: human or json)."""
     try:
         job = with_overrides(load_manifest(path), workers, procs_per_worker)
+        job = with_manifest_relative_inputs(job, path)
     except (ManifestError, OSError) as exc:
         if isinstance(exc, ManifestError):
             stderr.print(f"{exc.source}: invalid manifest", markup=False, style="red")

@@ -13,9 +13,12 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from torchyard.api import AnyJob, CompressionJob
+from torchyard.api.base import dump
 from torchyard.api.contract import StorageURIError, local_path
+from torchyard.api.manifest import parse_job
 from torchyard.local_output import stderr
 
 TRAINING_JOB = "TrainingJob"
@@ -115,4 +118,43 @@ def prepare_run_dir(job: AnyJob, run_dir: Path, ckpt: Path | None) -> None:
         stale.unlink()
 
 
-__all__ = ["KEEP_LOGS", "LOG_FILE", "precheck", "prepare_run_dir", "rotate_logs"]
+# Where a job writes (its model store, its checkpoints): relative paths there stay relative to
+# the directory `torchyard run` starts in, where torchyard-runs/ is.
+OUTPUT_KEYS = frozenset({"output", "checkpoint"})
+
+
+def _resolve_inputs(node: Any, manifest_dir: Path, key: str = "") -> Any:
+    if isinstance(node, dict):
+        return {
+            k: v if k in OUTPUT_KEYS else _resolve_inputs(v, manifest_dir, k)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_resolve_inputs(v, manifest_dir, key) for v in node]
+    if isinstance(node, str) and node.startswith("file://") and not node[7:].startswith("/"):
+        beside = manifest_dir / node[7:]
+        if beside.exists():
+            return f"file://{beside.resolve()}"
+    return node
+
+
+def with_manifest_relative_inputs(job: AnyJob, manifest: Path) -> AnyJob:
+    """A relative ``file://`` input (data, weights, a model directory) is looked up beside the
+    manifest first, as docker compose and kustomize resolve theirs, then in the directory the
+    run starts in: `torchyard run examples/minilm-int8.yaml` finds examples/data/ from
+    anywhere. Outputs (``output``, ``checkpoint``) stay where the run starts."""
+    doc = dump(job)
+    resolved = _resolve_inputs(doc["spec"], manifest.absolute().parent)
+    if resolved == doc["spec"]:
+        return job
+    return parse_job({**doc, "spec": resolved}, str(manifest))
+
+
+__all__ = [
+    "KEEP_LOGS",
+    "LOG_FILE",
+    "precheck",
+    "prepare_run_dir",
+    "rotate_logs",
+    "with_manifest_relative_inputs",
+]

@@ -50,3 +50,35 @@ def test_each_process_serves_on_its_own_port_recorded_for_prometheus(
     assert int(pods[0].env[Env.MASTER_PORT]) not in served
     groups = json.loads((tmp_path / METRICS_TARGETS_FILE).read_text())
     assert [t for g in groups for t in g["targets"]] == [f"127.0.0.1:{p}" for p in served]
+
+
+def test_relative_inputs_resolve_beside_the_manifest_and_outputs_stay(tmp_path: Path) -> None:
+    """`torchyard run some/dir/job.yaml` from anywhere: a relative file:// input found beside
+    the manifest is taken from there; one that is not stays relative to the run's directory;
+    outputs (the model store, checkpoints) always stay where the run starts."""
+    from torchyard.api.manifest import parse_job
+    from torchyard.local_prepare import with_manifest_relative_inputs
+
+    folder = tmp_path / "examples"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "sentences.txt").write_text("a sentence\n")
+    (folder / "store").mkdir()
+    doc = {
+        "apiVersion": "torchyard.io/v1alpha1",
+        "kind": "CompressionJob",
+        "metadata": {"name": "rel"},
+        "spec": {
+            "source": {"model": {"huggingface": {"path": "file://missing-model"}}},
+            "data": {"uri": "file://data/sentences.txt", "format": "text"},
+            "steps": [{"quantize": {"method": "dynamicInt8"}}],
+            "accuracyCriterion": {"metric": "cosine"},
+            "output": {"modelName": "m", "storage": "file://store"},
+        },
+    }
+    job = with_manifest_relative_inputs(parse_job(doc), folder / "job.yaml")
+    spec = job.spec
+    assert spec.data.uri == f"file://{(folder / 'data' / 'sentences.txt').resolve()}"
+    assert spec.source.model is not None
+    assert spec.source.model.huggingface is not None
+    assert spec.source.model.huggingface.path == "file://missing-model"
+    assert spec.output.storage == "file://store"

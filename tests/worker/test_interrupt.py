@@ -34,6 +34,13 @@ def _workers_of(run_dir: Path) -> list[int]:
     return pids
 
 
+def _ctrl_c_as_on_a_terminal() -> None:
+    """A shell starts background jobs (`make test &`, nohup) with SIGINT ignored, and the
+    child inherits that: Python then never raises KeyboardInterrupt. A user's Ctrl-C reaches a
+    foreground process whose SIGINT is the default one, so that is what the run gets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(predicate, what: str, limit: float = 300.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + limit
     while not predicate():
@@ -59,7 +66,13 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_checkpoint(tmp_path: Path) -> N
     progress = run_dir / "pod-0" / "progress.jsonl"
     cmd = [sys.executable, "-m", "torchyard.local", str(manifest)]
     proc = subprocess.Popen(
-        cmd, env=base_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        env=base_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ctrl_c_as_on_a_terminal,
     )
 
     def checkpointed() -> bool:
@@ -79,7 +92,13 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_checkpoint(tmp_path: Path) -> N
     last = int(ckpts[-1].name.split("-")[1])
     # the next run resumes from it (and is stopped again right away: we only check the resume)
     proc = subprocess.Popen(
-        cmd, env=base_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        env=base_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ctrl_c_as_on_a_terminal,
     )
 
     def restarted() -> bool:
