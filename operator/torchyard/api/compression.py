@@ -204,6 +204,28 @@ class AccuracyCriterion(KubeModel):
     )
 
 
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def _metric_needs_task(metrics: tuple[str, ...], tasks: tuple[str, ...], message: str) -> Rule:
+    """A gate metric that only some huggingface tasks can be scored on (checked when the
+    source is a huggingface model; other sources are checked by the worker)."""
+
+    def check(s: CompressionJobSpec) -> bool:
+        hf = s.source.model.huggingface if s.source.model is not None else None
+        return hf is None or s.accuracy_criterion.metric not in metrics or hf.task in tasks
+
+    return Rule(
+        cel="!has(self.source.model) || !has(self.source.model.huggingface) || "
+        f"!(self.accuracyCriterion.metric in {_cel_list(metrics)}) || "
+        f"self.source.model.huggingface.task in {_cel_list(tasks)}",
+        message=message,
+        field_path=".accuracyCriterion.metric",
+        check=check,
+    )
+
+
 class CompressionJobSpec(KubeModel):
     """Desired state of a CompressionJob."""
 
@@ -245,52 +267,22 @@ class CompressionJobSpec(KubeModel):
 
     rules = (
         ENV_RULE,
-        Rule(
-            cel="!has(self.source.model) || !has(self.source.model.huggingface) || "
-            "!(self.accuracyCriterion.metric in ['perplexity', 'kl']) || "
-            "self.source.model.huggingface.task != 'feature-extraction'",
-            message="perplexity and kl compare output distributions: a feature-extraction "
-            "model has none (use metric: cosine)",
-            field_path=".accuracyCriterion.metric",
-            check=lambda s: (
-                not (
-                    s.source.model is not None
-                    and s.source.model.huggingface is not None
-                    and s.accuracy_criterion.metric in LOWER_IS_BETTER
-                    and s.source.model.huggingface.task == "feature-extraction"
-                )
-            ),
-        ),
-        Rule(
-            cel="!has(self.source.model) || !has(self.source.model.huggingface) || "
-            "self.accuracyCriterion.metric != 'perplexity' || "
-            "self.source.model.huggingface.task == 'causal-lm'",
-            message="perplexity needs a causal-lm model (use kl or top1Agreement for a classifier)",
-            field_path=".accuracyCriterion.metric",
-            check=lambda s: (
-                not (
-                    s.source.model is not None
-                    and s.source.model.huggingface is not None
-                    and s.accuracy_criterion.metric == "perplexity"
-                    and s.source.model.huggingface.task != "causal-lm"
-                )
-            ),
-        ),
-        Rule(
-            cel="!has(self.source.model) || !has(self.source.model.huggingface) || "
-            "self.accuracyCriterion.metric != 'top1Agreement' || "
-            "self.source.model.huggingface.task != 'feature-extraction'",
-            message="top1Agreement compares predicted classes: a feature-extraction model has "
+        _metric_needs_task(
+            ("perplexity", "kl"),
+            ("sequence-classification", "causal-lm"),
+            "perplexity and kl compare output distributions: a feature-extraction model has "
             "none (use metric: cosine)",
-            field_path=".accuracyCriterion.metric",
-            check=lambda s: (
-                not (
-                    s.source.model is not None
-                    and s.source.model.huggingface is not None
-                    and s.accuracy_criterion.metric == "top1Agreement"
-                    and s.source.model.huggingface.task == "feature-extraction"
-                )
-            ),
+        ),
+        _metric_needs_task(
+            ("perplexity",),
+            ("causal-lm",),
+            "perplexity needs a causal-lm model (use kl or top1Agreement for a classifier)",
+        ),
+        _metric_needs_task(
+            ("top1Agreement",),
+            ("sequence-classification", "causal-lm"),
+            "top1Agreement compares predicted classes: a feature-extraction model has none "
+            "(use metric: cosine)",
         ),
         Rule(
             cel="self.workers <= 1 || self.steps.exists(s, has(s.distill))",

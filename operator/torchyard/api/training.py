@@ -26,6 +26,15 @@ from torchyard.api.common import (
 )
 from torchyard.api.constants import TRAINING_JOB_KIND
 
+# On the teacher and on the trained model alike (both have a `model`).
+NO_HUGGINGFACE_MODEL = Rule(
+    cel="!has(self.model) || !has(self.model.huggingface)",
+    message="a TrainingJob does not run huggingface models yet: compress or distill one with a "
+    "CompressionJob (source.model.huggingface)",
+    field_path=".model.huggingface",
+    check=lambda owner: owner.model is None or owner.model.huggingface is None,
+)
+
 
 class LRScheduleSpec(KubeModel):
     """Learning-rate schedule, stepped once per optimizer step."""
@@ -117,13 +126,7 @@ class TeacherSpec(KubeModel):
             field_path=".model.checkpoint",
             check=lambda t: t.model is None or t.model.checkpoint is not None,
         ),
-        Rule(
-            cel="!has(self.model) || !has(self.model.huggingface)",
-            message="a TrainingJob does not run huggingface models yet: compress or distill "
-            "one with a CompressionJob (source.model.huggingface)",
-            field_path=".model.huggingface",
-            check=lambda t: t.model is None or t.model.huggingface is None,
-        ),
+        NO_HUGGINGFACE_MODEL,
     )
 
 
@@ -211,13 +214,7 @@ class TrainingJobSpec(KubeModel):
     """Placement and gang scheduling."""
 
     rules = (
-        Rule(
-            cel="!has(self.model) || !has(self.model.huggingface)",
-            message="a TrainingJob does not train huggingface models yet: compress or distill "
-            "one with a CompressionJob (source.model.huggingface)",
-            field_path=".model.huggingface",
-            check=lambda s: s.model is None or s.model.huggingface is None,
-        ),
+        NO_HUGGINGFACE_MODEL,
         Rule(
             cel="(self.strategy == 'pipeline') == has(self.pipeline)",
             message="pipeline is required for strategy pipeline and only allowed with it",
