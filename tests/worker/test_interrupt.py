@@ -41,6 +41,18 @@ def _ctrl_c_as_on_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _start(cmd: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        cmd,
+        env=base_env(),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ctrl_c_as_on_a_terminal,
+    )
+
+
 def _wait_for(predicate, what: str, limit: float = 300.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + limit
     while not predicate():
@@ -65,15 +77,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_checkpoint(tmp_path: Path) -> N
     run_dir = tmp_path / "torchyard-runs" / "interrupt"
     progress = run_dir / "pod-0" / "progress.jsonl"
     cmd = [sys.executable, "-m", "torchyard.local", str(manifest)]
-    proc = subprocess.Popen(
-        cmd,
-        env=base_env(),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_ctrl_c_as_on_a_terminal,
-    )
+    proc = _start(cmd, tmp_path)
 
     def checkpointed() -> bool:
         return progress.exists() and any(e["event"] == "checkpoint" for e in events(progress))
@@ -91,15 +95,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_checkpoint(tmp_path: Path) -> N
     assert ckpts, "the checkpoint must survive Ctrl-C"
     last = int(ckpts[-1].name.split("-")[1])
     # the next run resumes from it (and is stopped again right away: we only check the resume)
-    proc = subprocess.Popen(
-        cmd,
-        env=base_env(),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_ctrl_c_as_on_a_terminal,
-    )
+    proc = _start(cmd, tmp_path)
 
     def restarted() -> bool:
         return len([e for e in events(progress) if e["event"] == "start"]) >= 2
