@@ -35,7 +35,9 @@ def _tiny(name: str, workers: int, procs: int) -> dict[str, Any]:
         procsPerWorker=procs,
         model={"builtin": "mlp", "args": {"hidden": [32]}},
         data={"builtin": "digits"},
-        epochs=2,
+        # long enough (seconds, not a fraction of one) that every rank is scraped while it
+        # serves: with 2 epochs a rank could end between two polls on a loaded box
+        epochs=30,
         batchSize=32,
         checkpoint={"everySteps": 1000, "keep": 1, "asyncSave": False},
     )
