@@ -57,6 +57,14 @@ from torchyard.api.contract import (
     is_retryable,
 )
 from torchyard.builders import SPEC_FILE, build_children
+from torchyard.local_env import (
+    SHIM_DIR,
+    WORK_DIR,
+    launcher_command,
+    pod_process_env,
+    with_start_dir_paths,
+    write_interpreter_shims,
+)
 from torchyard.local_output import (
     OUTPUT_FORMATS,
     OutputFormat,
@@ -183,23 +191,28 @@ class PodPlan:
     out_dir: Path
     metrics_ports: list[int] = field(default_factory=list)
     """The port each local rank serves its metrics on (index = local rank)."""
+    process_env: dict[str, str] = field(default_factory=dict)
+    """The process's whole environment (``env`` over this machine's, see local_env)."""
+
+    @property
+    def work_dir(self) -> Path:
+        """The pod's own working directory (the image's WORKDIR in a cluster)."""
+        return self.out_dir / WORK_DIR
 
 
-def plan_pods(job: AnyJob, run_dir: Path, pvc_root: Path, attempt: int) -> list[PodPlan]:
-    """The worker pods of one attempt, from the operator's builders."""
+def plan_pods(
+    job: AnyJob, run_dir: Path, pvc_root: Path, attempt: int, import_dirs: list[Path] | None = None
+) -> list[PodPlan]:
+    """The worker pods of one attempt, from the operator's builders; ``import_dirs`` go first on
+    the pods' PYTHONPATH (the run's start and manifest directories, see local_env)."""
+    shims = write_interpreter_shims(run_dir / SHIM_DIR)
+    import_dirs = import_dirs or []
     children = build_children(job, namespace=LOCAL_NAMESPACE, restart_count=attempt)
     spec_path = run_dir / SPEC_FILE
     spec_path.write_text(children.configmap["data"][SPEC_FILE])
     template = children.job["spec"]["template"]["spec"]
     container = template["containers"][0]
-    command = [*container.get("command", []), *container.get("args", [])]
-    if command[:3] == ["python", "-m", "torchyard_trainer.launch"]:
-        # The image's interpreter is this machine's interpreter.
-        command = [sys.executable, *command[1:]]
-    elif command and command[0] == "torchrun":
-        # The same launcher, but keeping the workers' exit codes: plain torchrun exits 1 for
-        # any failed rank, which would make every kill look permanent.
-        command = [sys.executable, "-m", "torchyard_trainer.launch", *command[1:]]
+    command = launcher_command([*container.get("command", []), *container.get("args", [])])
     workers = int(children.job["spec"]["parallelism"])
     procs = job.spec.procs_per_worker if isinstance(job, TrainingJob) else 1
     # the rendezvous port, then one block of procsPerWorker metrics ports per pod
@@ -229,7 +242,8 @@ def plan_pods(job: AnyJob, run_dir: Path, pvc_root: Path, attempt: int) -> list[
             }
         )
         ports = [base_metrics + r for r in range(procs)]
-        pods.append(PodPlan(index, command, env, out_dir, ports))
+        process_env = pod_process_env(env, shims, import_dirs)
+        pods.append(PodPlan(index, command, env, out_dir, ports, process_env))
     write_metrics_targets(run_dir / METRICS_TARGETS_FILE, pods)
     return pods
 
@@ -279,10 +293,12 @@ class AttemptProcesses:
             log.write(f"{gap}===== attempt {attempt} · started {started} =====\n".encode())
             log.flush()
             self.logs.append(log)
+            pod.work_dir.mkdir(parents=True, exist_ok=True)
             self.procs.append(
                 subprocess.Popen(
                     pod.command,
-                    env={**os.environ, **pod.env},
+                    cwd=pod.work_dir,
+                    env=pod.process_env or {**os.environ, **pod.env},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: we can end the whole tree
@@ -382,12 +398,14 @@ def run_group(
     return code, failed, procs.exit_codes()
 
 
-def run_attempts(job: AnyJob, run_dir: Path, pvc_root: Path, view: ProgressView) -> RunOutcome:
+def run_attempts(
+    job: AnyJob, run_dir: Path, pvc_root: Path, view: ProgressView, import_dirs: list[Path]
+) -> RunOutcome:
     """The first attempt and the group restarts ``runPolicy`` allows."""
     backoff = job.spec.run_policy.backoff_limit
     attempt = 0
     while True:
-        pods = plan_pods(job, run_dir, pvc_root, attempt)
+        pods = plan_pods(job, run_dir, pvc_root, attempt, import_dirs)
         view.message(
             f"metrics: {metrics_summary(pods)} "
             f"(Prometheus file_sd: {run_dir / METRICS_TARGETS_FILE})"
@@ -413,11 +431,16 @@ def run_attempts(job: AnyJob, run_dir: Path, pvc_root: Path, view: ProgressView)
         view.update(force=True)
 
 
-def run_job(job: AnyJob, base_dir: Path, output: OutputFormat = "human") -> int:
-    """Run ``job`` locally under ``base_dir/torchyard-runs``; returns the job's exit code."""
+def run_job(
+    job: AnyJob, base_dir: Path, output: OutputFormat = "human", manifest_dir: Path | None = None
+) -> int:
+    """Run ``job`` locally under ``base_dir/torchyard-runs``; returns the job's exit code.
+    Relative paths resolve against ``base_dir`` (command arguments beside ``manifest_dir``
+    first): each pod runs in a directory of its own (local_env)."""
     runs = (base_dir / RUNS_DIR).absolute()
     pvc_root = runs / "pvc"
-    job = with_local_storage(job, runs / "models")
+    job = with_start_dir_paths(with_local_storage(job, runs / "models"), base_dir, manifest_dir)
+    import_dirs = [d.absolute() for d in (base_dir, manifest_dir) if d is not None]
     kind, name = job.kind, job.metadata.name
     problem = precheck(job, pvc_root)
     if problem is not None:
@@ -440,7 +463,7 @@ def run_job(job: AnyJob, base_dir: Path, output: OutputFormat = "human") -> int:
     )
     try:
         with progress_view(state) as view:
-            outcome = run_attempts(job, run_dir, pvc_root, view)
+            outcome = run_attempts(job, run_dir, pvc_root, view, import_dirs)
     except KeyboardInterrupt:
         stderr.print(
             "interrupted: all workers stopped; the last checkpoint is kept"
@@ -490,7 +513,7 @@ def run_manifest(
     # Ctrl-C reaches our process only (children have their own sessions); SIGTERM likewise.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return run_job(job, Path.cwd(), output)
+        return run_job(job, Path.cwd(), output, path.absolute().parent)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
