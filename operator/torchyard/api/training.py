@@ -178,10 +178,11 @@ class TrainingJobSpec(KubeModel):
     """Extra environment of the worker container."""
     pod_metadata: PodMetadata = sub(PodMetadata)
     """Extra labels and annotations of the worker pods."""
-    model: ModelSpec
-    """The model to train (the student for distillation)."""
-    data: DataSpec
-    """Training and evaluation data."""
+    model: ModelSpec | None = None
+    """The model to train (the student for distillation). Required unless `command` is set:
+    the built-in trainer needs it; a user's own script may leave it out."""
+    data: DataSpec | None = None
+    """Training and evaluation data. Required unless `command` is set (as `model`)."""
     optimizer: OptimizerSpec = sub(OptimizerSpec)
     """Optimizer."""
     lr_schedule: LRScheduleSpec = sub(LRScheduleSpec)
@@ -215,6 +216,18 @@ class TrainingJobSpec(KubeModel):
 
     rules = (
         NO_HUGGINGFACE_MODEL,
+        Rule(
+            cel="has(self.command) || has(self.model)",
+            message="model is required unless command is set (the built-in trainer needs it)",
+            field_path=".model",
+            check=lambda s: s.command is not None or s.model is not None,
+        ),
+        Rule(
+            cel="has(self.command) || has(self.data)",
+            message="data is required unless command is set (the built-in trainer needs it)",
+            field_path=".data",
+            check=lambda s: s.command is not None or s.data is not None,
+        ),
         Rule(
             cel="(self.strategy == 'pipeline') == has(self.pipeline)",
             message="pipeline is required for strategy pipeline and only allowed with it",

@@ -90,7 +90,13 @@ def workload_of(job: TrainingJob | CompressionJob, namespace: str = "default") -
     spec = job.spec
     uris = [spec.output.storage]
     if isinstance(job, TrainingJob):
-        uris += [job.spec.checkpoint.storage, job.spec.data.uri, job.spec.model.checkpoint]
+        # A user's own command may leave model and data out (the API allows it).
+        data, model = job.spec.data, job.spec.model
+        uris += [
+            job.spec.checkpoint.storage,
+            data.uri if data else None,
+            model.checkpoint if model else None,
+        ]
         procs, command = job.spec.procs_per_worker, job.spec.command
     else:
         uris += [job.spec.data.uri]

@@ -20,6 +20,7 @@ from torchyard_trainer.metrics import WorkerMetrics
 from torchyard_trainer.parallel import ParallelDims
 
 if TYPE_CHECKING:
+    from torchyard.api.common import DataSpec, ModelSpec
     from torchyard.api.training import (
         DistillationSpec,
         PipelineSpec,
@@ -58,6 +59,20 @@ class Runtime:
     @property
     def spec(self) -> TrainingJobSpec:
         return self.job.spec
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """``spec.model``, which the API requires unless a custom command replaces this trainer."""
+        if self.spec.model is None:
+            raise ConfigError("spec.model is required by the built-in trainer")
+        return self.spec.model
+
+    @property
+    def data_spec(self) -> DataSpec:
+        """``spec.data``, which the API requires unless a custom command replaces this trainer."""
+        if self.spec.data is None:
+            raise ConfigError("spec.data is required by the built-in trainer")
+        return self.spec.data
 
     @property
     def pipeline(self) -> PipelineSpec:

@@ -27,10 +27,10 @@ class DDPStrategy:
         self.rt = rt
         spec = rt.spec
         torch.manual_seed(spec.seed)  # identical initial weights on every rank
-        raw = build_model(spec.model, ds.info)
-        if spec.model.checkpoint:
+        raw = build_model(rt.model_spec, ds.info)
+        if rt.model_spec.checkpoint:
             load_weights(
-                fetch(spec.model.checkpoint, rt.env.pvc_root, rt.env.output_dir / "cache"), raw
+                fetch(rt.model_spec.checkpoint, rt.env.pvc_root, rt.env.output_dir / "cache"), raw
             )
         self.raw = raw.to(rt.device)
         self.model: nn.Module = self.raw  # what gets checkpointed (no DDP prefix)

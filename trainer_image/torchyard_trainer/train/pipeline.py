@@ -78,12 +78,12 @@ class PipelineStrategy:
         self.pp_group = mesh["pp"].get_group()
         self.dp_group = mesh["dp"].get_group() if dims.dp > 1 else None
         torch.manual_seed(spec.seed)
-        full = build_model(spec.model, ds.info)
-        if spec.model.checkpoint:
+        full = build_model(rt.model_spec, ds.info)
+        if rt.model_spec.checkpoint:
             load_weights(
-                fetch(spec.model.checkpoint, rt.env.pvc_root, rt.env.output_dir / "cache"), full
+                fetch(rt.model_spec.checkpoint, rt.env.pvc_root, rt.env.output_dir / "cache"), full
             )
-        self.bounds = split_boundaries(full, dims.num_stages, list(spec.model.split_points))
+        self.bounds = split_boundaries(full, dims.num_stages, list(rt.model_spec.split_points))
         self.stage_ids = local_stage_ids(dims, self.pp_rank)
         self.stage_mods = [stage_module(full, self.bounds[i]).to(rt.device) for i in self.stage_ids]
         # One module holding this rank's blocks under their original names: checkpoint + optim.

@@ -140,7 +140,7 @@ def finish(
                 "steps": step,
                 "restarts": rt.env.restart_count,
                 "worldSize": rt.env.world_size,
-                "initCheckpoint": spec.model.checkpoint,
+                "initCheckpoint": rt.model_spec.checkpoint,
                 **strategy.lineage(),
             },
         }
@@ -178,4 +178,4 @@ def finish(
 
 
 def setup_data(rt: Runtime) -> Dataset:
-    return load_dataset(rt.spec.data, rt.spec.seed, rt.env.pvc_root, rt.env.output_dir / "cache")
+    return load_dataset(rt.data_spec, rt.spec.seed, rt.env.pvc_root, rt.env.output_dir / "cache")
