@@ -31,8 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from torchyard_trainer import __version__
 from torchyard_trainer.env import ConfigError
+from torchyard_trainer.result import write_result as write_result  # torch-free: report/ too
 from torchyard_trainer.storage import (
-    atomic_write_text,
     fsync_dir,
     fsync_tree,
     is_remote,
@@ -170,15 +170,3 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
         load_model_weights(path, model)
     else:
         raise ConfigError(f"{path}: not a model version, safetensors file or DCP checkpoint")
-
-
-def write_result(path: Path, result: dict[str, Any]) -> None:
-    """The result file ``torchyard run`` and the operator read: an atomic replace where the
-    directory is writable, else written in place (``/dev/termination-log`` in a pod, where
-    Kubernetes copies at most 4 KiB of it into the pod status: keep it compact)."""
-    text = json.dumps(result, sort_keys=True, separators=(",", ":")) + "\n"
-    try:
-        atomic_write_text(path, text)
-    except OSError:
-        with path.open("w") as fh:
-            fh.write(text)
