@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from torchyard_devcluster import build, cluster, nodes, paths
+from torchyard_devcluster import build, cluster, nodes, paths, realnode
 
 app = typer.Typer(
     name="dev-cluster",
@@ -31,6 +31,15 @@ def up(
     ),
     build_: bool = typer.Option(True, "--build/--no-build", help="Build missing binaries first."),
     timeout: float = typer.Option(180.0, "--timeout", help="Seconds to wait for each component."),
+    real_nodes: int = typer.Option(
+        0, "--real-nodes", min=0, help="Real nodes (kubelet + containerd) to add; needs root."
+    ),
+    real_node_gpus: int = typer.Option(
+        4, "--real-node-gpus", min=0, help="nvidia.com/gpu each real node advertises (runs on CPU)."
+    ),
+    real_node_taint: bool = typer.Option(
+        False, "--real-node-taint", help="Taint real nodes so only pods tolerating it land there."
+    ),
 ) -> None:
     """Start the cluster (or reuse the running one); builds the binaries on first use."""
     t0 = time.monotonic()
@@ -42,7 +51,8 @@ def up(
             build_binaries=build_,
             timeout=timeout,
         )
-    except (cluster.DevClusterError, FileNotFoundError) as e:
+        realnode.up(c, n=real_nodes, gpus=real_node_gpus, taint=real_node_taint)
+    except (cluster.DevClusterError, realnode.RealNodeError, FileNotFoundError) as e:
         typer.echo(f"dev-cluster up failed: {e}", err=True)
         raise typer.Exit(1) from e
     verb = "started" if c.started else "already running, reused"

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import yaml
 
-from torchyard_devcluster import build, certs, paths, procs, stages
+from torchyard_devcluster import build, certs, paths, procs, realnode, stages
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
@@ -168,8 +168,7 @@ def healthy(state: ClusterState, *, wait: float = 0.0) -> bool:
     With ``wait`` > 0, a slow /readyz (a loaded machine) is retried for that long as long as
     every process is alive, so a busy but healthy cluster is never mistaken for a crashed one.
     """
-    names = {p.name for p in state.processes}
-    if not set(COMPONENTS) <= names:
+    if not set(COMPONENTS) <= {p.name for p in state.processes}:
         return False
     deadline = time.monotonic() + wait
     while True:
@@ -265,6 +264,7 @@ def _check_ours(state_dir: Path) -> None:
 def _cleanup(state_dir: Path, state: ClusterState | None) -> None:
     """Stop recorded processes (exactly those pids) and remove the state; keep the logs."""
     _check_ours(state_dir)
+    realnode.teardown(state_dir)  # first: its pods' mounts live under state_dir
     if state is not None:
         for p in reversed(state.processes):
             procs.stop(p)
@@ -359,6 +359,7 @@ def _start(
             "--delete-collection-workers=4",
             "--event-ttl=30m",
             "--profiling=false",
+            *realnode.apiserver_flags(state_dir / "pki"),  # logs/exec on real nodes
             v,
         ],
     )
@@ -572,9 +573,7 @@ def current(*, state_dir: Path | None = None) -> DevCluster | None:
     state = ClusterState.load(sdir)
     if state is None or not healthy(state):
         return None
-    return DevCluster(
-        state_dir=sdir, kubeconfig=state.kubeconfig, server=state.server, started=False
-    )
+    return DevCluster(sdir, state.kubeconfig, state.server, started=False)
 
 
 def status(*, state_dir: Path | None = None) -> dict[str, Any]:

@@ -1,0 +1,116 @@
+"""Fixtures for the ``real`` tier: pods run by a real kubelet + containerd on this machine
+(``torchyard dev-cluster up --real-nodes N``, see docs/dev-cluster.md "Real nodes").
+
+Opt-in for now: every test here is skipped unless ``TORCHYARD_REAL=1`` (needs root, Debian's
+containerd/runc/containernetworking-plugins and busybox-static, and builds kubelet, kube-proxy
+and CoreDNS on first use).
+
+- ``real_cluster`` (session): its own dev cluster (state ``~/.cache/torchyard/dev-cluster-real``,
+  or ``TORCHYARD_REAL_CLUSTER_DIR``) with no KWOK nodes and one real node, reused when running;
+  stopped at the end, real node and all, unless this session did not start it or
+  ``TORCHYARD_KEEP_CLUSTER=1``.
+- ``busybox_image`` (session): ``torchyard.local/busybox:1`` - Debian's static busybox in a
+  ``FROM scratch`` OCI image, imported into the real nodes' containerd (no registry, no Docker).
+- ``namespace`` (function): a fresh namespace, deleted after.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import torchyard_devcluster as devcluster
+from torchyard_devcluster import cluster as cluster_mod
+from torchyard_devcluster import ociimage, paths, realnode
+from torchyard_devcluster.testing import Kube
+
+BUSYBOX_REF = "torchyard.local/busybox:1"
+BUSYBOX = Path("/bin/busybox")
+REAL_NODES = int(os.environ.get("TORCHYARD_TEST_REAL_NODES", "1"))
+REAL_GPUS = 4
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real: pods on a real node (kubelet + containerd)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    mine = [i for i in items if here in Path(str(i.fspath)).parents]
+    for item in mine:
+        item.add_marker(pytest.mark.real)
+    if os.environ.get("TORCHYARD_REAL") == "1":
+        return
+    skip = pytest.mark.skip(reason="real-node tier is opt-in: set TORCHYARD_REAL=1 (needs root)")
+    for item in mine:
+        item.add_marker(skip)
+
+
+def real_state_dir() -> Path:
+    override = os.environ.get("TORCHYARD_REAL_CLUSTER_DIR")
+    return Path(override) if override else paths.cache_dir() / "dev-cluster-real"
+
+
+@pytest.fixture(scope="session")
+def real_cluster() -> Iterator[devcluster.DevCluster]:
+    sdir = real_state_dir()
+    c = devcluster.up(nodes=0, state_dir=sdir)
+    mark = cluster_mod.register_user(sdir)
+    try:
+        realnode.up(c, n=REAL_NODES, gpus=REAL_GPUS)
+        yield c
+    finally:
+        cluster_mod.unregister_user(mark)
+        keep = os.environ.get("TORCHYARD_KEEP_CLUSTER") or cluster_mod.other_users(sdir)
+        if c.started and not keep:
+            devcluster.down(state_dir=sdir)
+
+
+@pytest.fixture(scope="session")
+def kube(real_cluster: devcluster.DevCluster) -> Iterator[Kube]:
+    k = Kube.connect(real_cluster)
+    yield k
+    k.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(
+    real_cluster: devcluster.DevCluster, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    if not BUSYBOX.is_file() or shutil.which("busybox") is None:
+        pytest.fail("needs Debian's busybox-static (/bin/busybox): apt-get install busybox-static")
+    archive = tmp_path_factory.mktemp("images") / "busybox.oci.tar"
+    ociimage.write_archive(
+        archive,
+        BUSYBOX_REF,
+        [ociimage.ImageFile("bin/busybox", BUSYBOX.read_bytes())],
+        entrypoint=["/bin/busybox"],
+        cmd=["sh"],
+    )
+    realnode.import_image(real_cluster.state_dir, archive)
+    return BUSYBOX_REF
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    from kubernetes import client
+
+    name = f"real-{uuid.uuid4().hex[:8]}"
+    kube.core.create_namespace({"metadata": {"name": name}})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            kube.core.read_namespaced_service_account("default", name)
+            break
+        except client.ApiException as e:
+            if e.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    yield name
+    kube.core.delete_namespace(name, propagation_policy="Background")

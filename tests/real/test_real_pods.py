@@ -1,0 +1,95 @@
+"""Pods on a real node: a real kubelet + containerd + runc run them, the CNI bridge gives them
+addresses, CoreDNS resolves Service names, kube-proxy routes ClusterIPs."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+
+import pytest
+
+import torchyard_devcluster as devcluster
+from torchyard_devcluster import realconfig
+from torchyard_devcluster.testing import Kube
+
+from .podkit import http_client, http_server, pod, wait_phase, wait_ready
+
+pytestmark = pytest.mark.real
+
+
+def test_pod_runs_on_the_real_node_and_logs_reach_kubectl(
+    real_cluster: devcluster.DevCluster, kube: Kube, busybox_image: str, namespace: str
+) -> None:
+    line = f"hello from a real pod {uuid.uuid4().hex}"
+    kube.core.create_namespaced_pod(namespace, pod("hello", busybox_image, f"echo '{line}'"))
+    done = wait_phase(kube, "hello", namespace, {"Succeeded", "Failed"})
+    assert done.status.phase == "Succeeded"
+    assert done.spec.node_name.startswith(realconfig.NODE_PREFIX)
+    assert ipaddress.ip_address(done.status.pod_ip) in ipaddress.ip_network(realconfig.CLUSTER_CIDR)
+    logs = real_cluster.kubectl("logs", "-n", namespace, "hello").stdout
+    assert logs.strip() == line
+
+
+def test_gpu_pod_schedules_on_the_real_node(kube: Kube, busybox_image: str, namespace: str) -> None:
+    manifest = pod("gpu", busybox_image, "echo running on CPU", gpus=1)
+    kube.core.create_namespaced_pod(namespace, manifest)
+    done = wait_phase(kube, "gpu", namespace, {"Succeeded", "Failed"})
+    assert done.status.phase == "Succeeded"
+    assert done.spec.node_name.startswith(realconfig.NODE_PREFIX)
+
+
+def test_two_pods_talk_through_a_headless_service_dns_name(
+    real_cluster: devcluster.DevCluster, kube: Kube, busybox_image: str, namespace: str
+) -> None:
+    labels = {"app": "talk"}
+    kube.core.create_namespaced_service(
+        namespace,
+        {
+            "metadata": {"name": "talk"},
+            "spec": {"clusterIP": "None", "selector": labels, "ports": [{"port": 8080}]},
+        },
+    )
+    server = http_server(
+        "server",
+        busybox_image,
+        labels=labels,
+        reply="pong-headless",
+        hostname="server",
+        subdomain="talk",
+    )
+    kube.core.create_namespaced_pod(namespace, server)
+    wait_ready(kube, "server", namespace)
+    url = f"http://server.talk.{namespace}.svc.{realconfig.CLUSTER_DOMAIN}:8080/"
+    kube.core.create_namespaced_pod(namespace, http_client("client", busybox_image, url))
+    done = wait_phase(kube, "client", namespace, {"Succeeded", "Failed"})
+    logs = real_cluster.kubectl("logs", "-n", namespace, "client").stdout
+    assert done.status.phase == "Succeeded", logs
+    assert "pong-headless" in logs
+
+
+def test_a_cluster_ip_service_reaches_a_pod(
+    real_cluster: devcluster.DevCluster, kube: Kube, busybox_image: str, namespace: str
+) -> None:
+    labels = {"app": "web"}
+    svc = kube.core.create_namespaced_service(
+        namespace,
+        {
+            "metadata": {"name": "web"},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
+    cluster_ip = svc.spec.cluster_ip
+    assert cluster_ip not in (None, "", "None")
+    server = http_server("web-0", busybox_image, labels=labels, reply="pong-clusterip")
+    kube.core.create_namespaced_pod(namespace, server)
+    wait_ready(kube, "web-0", namespace)
+    # By address (kube-proxy's DNAT) and by the Service's name (CoreDNS -> the ClusterIP).
+    for name, url in (
+        ("by-ip", f"http://{cluster_ip}:80/"),
+        ("by-name", f"http://web.{namespace}.svc.{realconfig.CLUSTER_DOMAIN}/"),
+    ):
+        kube.core.create_namespaced_pod(namespace, http_client(name, busybox_image, url))
+        done = wait_phase(kube, name, namespace, {"Succeeded", "Failed"})
+        logs = real_cluster.kubectl("logs", "-n", namespace, name).stdout
+        assert done.status.phase == "Succeeded", logs
+        assert "pong-clusterip" in logs
