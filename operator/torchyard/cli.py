@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -181,6 +182,42 @@ def run(
         err.print(f"--output: {output!r} is not one of {', '.join(OUTPUT_FORMATS)}", markup=False)
         raise typer.Exit(code=2)
     raise typer.Exit(code=run_manifest(manifest, workers, procs_per_worker, fmt))
+
+
+@app.command()
+def convert(
+    source: Annotated[
+        str, typer.Argument(help="A Kubeflow PyTorchJob/TrainJob manifest file, or - for stdin.")
+    ],
+    entrypoint: Annotated[
+        str | None,
+        typer.Option(
+            "--entrypoint",
+            help="The image's ENTRYPOINT, for a container that gives only args "
+            "(e.g. 'python /opt/mnist.py'): a manifest does not say it.",
+        ),
+    ] = None,
+) -> None:
+    """Turn Kubeflow PyTorchJob (v1) / TrainJob (v2, torch runtimes) manifests into
+    TrainingJobs: YAML on stdout, what was dropped or changed (and why) on stderr."""
+    from torchyard.convert import ConvertError, convert_text, render
+
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        _say_bad(f"{source}: cannot read: {exc}")
+        raise typer.Exit(code=1) from None
+    try:
+        conversions = convert_text(text, shlex.split(entrypoint) if entrypoint else None)
+    except ConvertError as exc:
+        _say_bad(f"{source}: {exc}")
+        raise typer.Exit(code=1) from None
+    sys.stdout.write(render(conversions))
+    for c in conversions:
+        name = c.manifest["metadata"]["name"]
+        err.print(f"# {c.source} -> TrainingJob {name}: {len(c.notes)} note(s)", markup=False)
+        for note in c.notes:
+            err.print(f"#   {note.line()}", markup=False)
 
 
 register_cluster_commands(app)  # operator, get, describe, logs
