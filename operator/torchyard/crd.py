@@ -114,6 +114,10 @@ def structural(node: Schema, defs: dict[str, Schema], path: str = "") -> Schema:
         else:
             # dict[str, Any]: free-form object kept as written.
             out["x-kubernetes-preserve-unknown-fields"] = True
+    if out.get("type") == "object" and "properties" in out and extra is True:
+        # A model with extra="allow" (a core/v1 object typed only where a rule reads it):
+        # its other fields are kept as written, for the API server to judge in the pod.
+        out["x-kubernetes-preserve-unknown-fields"] = True
     if "type" not in out and not out.get("x-kubernetes-int-or-string"):
         if set(out) - {"description", "default"}:
             raise StructuralError(f"{path or '(root)'}: untyped schema {sorted(out)}")

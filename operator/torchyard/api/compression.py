@@ -24,6 +24,7 @@ from torchyard.api.common import (
     SchedulingSpec,
 )
 from torchyard.api.constants import COMPRESSION_JOB_KIND
+from torchyard.api.podtemplate import PodTemplateOverride
 
 
 class CompressionSource(KubeModel):
@@ -260,6 +261,12 @@ class CompressionJobSpec(KubeModel):
     """Extra environment of the worker container."""
     pod_metadata: PodMetadata = sub(PodMetadata)
     """Extra labels and annotations of the worker pods."""
+    pod_template: PodTemplateOverride | None = None
+    """A core/v1 PodTemplateSpec merged into the worker pods: serviceAccountName, volumes,
+    imagePullSecrets, initContainers, sidecars, a container named ``worker`` patching the
+    worker (env valueFrom/envFrom, volumeMounts, securityContext, resources), nodeSelector,
+    tolerations, affinity... It wins over the job's own fields; fields the operator owns are
+    rejected by name (docs/api.md "Pod template")."""
     run_policy: RunPolicy = sub(RunPolicy)
     """Retries, deadlines, cleanup, suspension."""
     scheduling: SchedulingSpec = sub(SchedulingSpec)

@@ -110,6 +110,17 @@ RESERVED_ENV_NAMES: Final = (
 RESERVED_ENV_PREFIXES: Final = ("PET_", "TORCHYARD_")
 
 DEFAULT_MASTER_PORT: Final = 29500
+
+# The worker pod's parts a pod template override may not take over (api/podtemplate.py).
+WORKER_CONTAINER: Final = "worker"
+"""The name of the training container in every worker pod."""
+SPEC_MOUNT_DIR: Final = "/etc/torchyard"
+"""Where the worker container mounts the job's spec ConfigMap."""
+SHM_MOUNT_PATH: Final = "/dev/shm"
+OPERATOR_MOUNT_PATHS: Final = (SPEC_MOUNT_DIR, SHM_MOUNT_PATH)
+OPERATOR_VOLUME_NAMES: Final = ("spec", "dshm")
+OPERATOR_VOLUME_PREFIX: Final = "storage-"
+"""The operator's volume of the n-th pvc:// claim is storage-<n>."""
 DEFAULT_METRICS_PORT: Final = 9400
 
 # Where the operator mounts every PersistentVolumeClaim a job names (pvc://<claim>/… is

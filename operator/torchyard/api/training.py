@@ -25,6 +25,7 @@ from torchyard.api.common import (
     StorageUri,
 )
 from torchyard.api.constants import TRAINING_JOB_KIND
+from torchyard.api.podtemplate import PodTemplateOverride
 
 # On the teacher and on the trained model alike (both have a `model`).
 NO_HUGGINGFACE_MODEL = Rule(
@@ -178,6 +179,12 @@ class TrainingJobSpec(KubeModel):
     """Extra environment of the worker container."""
     pod_metadata: PodMetadata = sub(PodMetadata)
     """Extra labels and annotations of the worker pods."""
+    pod_template: PodTemplateOverride | None = None
+    """A core/v1 PodTemplateSpec merged into the worker pods: serviceAccountName, volumes,
+    imagePullSecrets, initContainers, sidecars, a container named ``worker`` patching the
+    worker (env valueFrom/envFrom, volumeMounts, securityContext, resources), nodeSelector,
+    tolerations, affinity... It wins over the job's own fields; fields the operator owns are
+    rejected by name (docs/api.md "Pod template")."""
     model: ModelSpec | None = None
     """The model to train (the student for distillation). Required unless `command` is set:
     the built-in trainer needs it; a user's own script may leave it out."""

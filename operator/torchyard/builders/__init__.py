@@ -1,11 +1,11 @@
 """Pure functions from a job spec to the Kubernetes objects that run it."""
 
+from torchyard.api.contract import SPEC_MOUNT_DIR
 from torchyard.builders.workers import (
     DEFAULT_COMMAND,
     METRICS_PORT_NAME_PREFIX,
     METRICS_PORT_NAME_REGEX,
     SPEC_FILE,
-    SPEC_MOUNT_DIR,
     Children,
     GangMode,
     Workload,

@@ -25,6 +25,7 @@ from torchyard.api.contract import (
     DEFAULT_MASTER_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_PVC_ROOT,
+    SPEC_MOUNT_DIR,
     TERMINATION_MESSAGE_PATH,
     VOLCANO_GROUP,
     Annotation,
@@ -33,11 +34,11 @@ from torchyard.api.contract import (
     permanent_exit_codes,
     pvc_claim,
 )
+from torchyard.builders.podtemplate import apply_pod_template
 
 Manifest = dict[str, Any]
 GangMode = Literal["volcano", "coscheduling", "kueue", "none"]
 
-SPEC_MOUNT_DIR = "/etc/torchyard"
 SPEC_FILE = "spec.yaml"
 # torchrun itself, through a wrapper that keeps the failed rank's exit code (plain torchrun
 # exits 1 for any failure, which would make an OOM kill look like a permanent user error).
@@ -72,6 +73,8 @@ class Workload:
     ``kueue.x-k8s.io/queue-name`` label (:func:`kueue_queue_of`)."""
     kueue_priority_class: str | None = None
     """The job's ``kueue.x-k8s.io/priority-class`` label (a WorkloadPriorityClass)."""
+    pod_template: dict[str, Any] | None = None
+    """``spec.podTemplate`` as a PodTemplateSpec dict, merged last (builders.podtemplate)."""
 
     @property
     def world_size(self) -> int:
@@ -118,6 +121,7 @@ def workload_of(job: TrainingJob | CompressionJob, namespace: str = "default") -
         storage_uris=[u for u in uris if u],
         kueue_queue=kueue_queue_of(job),
         kueue_priority_class=job.metadata.labels.get(Label.KUEUE_PRIORITY_CLASS) or None,
+        pod_template=spec.pod_template.wire() if spec.pod_template else None,
     )
 
 
@@ -293,6 +297,11 @@ def build_spec_configmap(job: TrainingJob | CompressionJob, w: Workload) -> Mani
     """The resolved manifest (defaults filled in) that every worker reads from TORCHYARD_SPEC."""
     resolved = dump(job)
     resolved.pop("status", None)
+    # Readable by whoever may read ConfigMaps: no env values (secrets reach the pods through
+    # valueFrom/envFrom only), and no pod template (it is the pod's, not the trainer's).
+    spec = resolved["spec"]
+    spec["env"] = [{"name": e["name"]} for e in spec.get("env") or []]
+    spec.pop("podTemplate", None)
     meta = resolved["metadata"]
     resolved["metadata"] = {"name": meta["name"], "namespace": w.namespace}
     return {
@@ -347,19 +356,30 @@ def _gang_placement(w: Workload, gang: GangMode, restart_count: int) -> _GangPla
     return placement
 
 
+SHM_PER_GPU_PROCESS_GI = 2
+"""Default /dev/shm per process of a multi-process GPU pod: NCCL's intra-node buffers and
+DataLoader workers' batches both live there, and the container runtime's 64 MiB is too small."""
+
+
+def shared_memory(w: Workload) -> str | None:
+    """Size of /dev/shm: ``resources.sharedMemory``, else 2 GiB × procsPerWorker for a GPU pod
+    running several processes (docs/gpu.md), else none (the runtime's 64 MiB)."""
+    if w.resources.shared_memory is not None:
+        return str(w.resources.shared_memory)
+    if w.resources.gpu > 0 and w.procs_per_worker > 1:
+        return f"{SHM_PER_GPU_PROCESS_GI * w.procs_per_worker}Gi"
+    return None
+
+
 def _volumes(w: Workload) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(pod volumes, worker volumeMounts): the spec ConfigMap, /dev/shm, every pvc:// claim."""
     volumes: list[dict[str, Any]] = [
         {"name": "spec", "configMap": {"name": configmap_name(w.kind, w.name)}},
     ]
     mounts: list[dict[str, Any]] = [{"name": "spec", "mountPath": SPEC_MOUNT_DIR, "readOnly": True}]
-    if w.resources.shared_memory is not None:
-        volumes.append(
-            {
-                "name": "dshm",
-                "emptyDir": {"medium": "Memory", "sizeLimit": str(w.resources.shared_memory)},
-            }
-        )
+    shm = shared_memory(w)
+    if shm is not None:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     for i, (claim, path) in enumerate(pvc_mounts(w.storage_uris)):
         volumes.append({"name": f"storage-{i}", "persistentVolumeClaim": {"claimName": claim}})
@@ -448,13 +468,16 @@ def build_worker_job(
             "backoffLimit": 0,
             "podFailurePolicy": {"rules": exit_code_rules(w.run_policy)},
             "suspend": placement.suspend,
-            "template": {
-                "metadata": {
-                    "labels": placement.pod_labels,
-                    "annotations": placement.pod_annotations,
+            "template": apply_pod_template(
+                {
+                    "metadata": {
+                        "labels": placement.pod_labels,
+                        "annotations": placement.pod_annotations,
+                    },
+                    "spec": _pod_spec(w, container, volumes, placement.scheduler_name),
                 },
-                "spec": _pod_spec(w, container, volumes, placement.scheduler_name),
-            },
+                w.pod_template,
+            ),
         },
     }
 
