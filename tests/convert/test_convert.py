@@ -33,7 +33,7 @@ from tests.worker.helpers import run_local
 from torchyard.api import check_manifests
 from torchyard.cli import app
 from torchyard.convert import ConvertError, convert_text
-from torchyard.convert.job import pod_template_supported
+from torchyard.convert.job import cpu_count, pod_template_supported, procs_per_worker
 from torchyard.convert.launch import strip_launch_flags
 from torchyard.convert.notes import Notes
 
@@ -488,9 +488,39 @@ def test_kubeflow_python_m_torch_distributed_run_example_runs(tmp_path: Path) ->
 @pytest.mark.worker
 def test_converted_trainjob_inline_script_runs(tmp_path: Path) -> None:
     """runtime-patches: a TrainJob whose trainer runs `torchrun --no-python python3 -c …` on
-    2 nodes with an env var of its own."""
+    2 nodes with an env var of its own. Its runtime's numProcPerNode is auto, which Kubeflow
+    resolves from resourcesPerNode's 4 CPUs: 2 pods × 4 processes, every rank in one group."""
     logs = _run_converted("trainjob-runtime-patches.yaml", None, tmp_path)
     text = "".join(logs)
-    assert sorted(re.findall(r"RANK: (\d)", text)) == ["0", "1"], text[-3000:]
-    assert text.count("WORLD_SIZE: 2") == 2
-    assert text.count("CUSTOM_VAR: custom-value") == 2
+    assert sorted(int(r) for r in re.findall(r"^RANK: (\d+)$", text, re.M)) == list(range(8))
+    assert text.count("WORLD_SIZE: 8") == 8, text[-3000:]
+    assert text.count("CUSTOM_VAR: custom-value") == 8
+
+
+@pytest.mark.parametrize(
+    ("value", "gpus", "cpus", "expected"),
+    [
+        ("4", 0, None, 4),
+        (2, 8, None, 2),
+        ("auto", 8, 16, 8),
+        ("gpu", 2, None, 2),
+        ("auto", 0, 6, 6),
+        ("cpu", 4, 6, 6),
+        ("auto", 0, None, 1),
+        (None, 4, 4, None),
+    ],
+)
+def test_procs_per_node_words_resolve_as_kubeflow_trainer_does(
+    value: Any, gpus: int, cpus: int | None, expected: int | None
+) -> None:
+    notes = Notes()
+    assert procs_per_worker(value, gpus, cpus, "p", notes) == expected
+    assert len(notes.items) == (isinstance(value, str) and not value.isdigit())
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"),
+    [("500m", 1), ("2500m", 3), ("4", 4), (3, 3), ("1.5", 2), (None, None)],
+)
+def test_cpu_quantities_round_up_to_whole_cpus(quantity: Any, expected: int | None) -> None:
+    assert cpu_count(quantity) == expected

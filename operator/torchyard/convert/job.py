@@ -3,6 +3,7 @@ command and its launch flags, Kueue labels, the limits of the API, the pod templ
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,8 @@ class Shape:
     workers: int
     procs: Any = None
     procs_path: str = ""
+    cpus: int | None = None
+    """CPUs of a pod, where the manifest says (for procs auto|cpu)."""
 
 
 def pod_template_supported() -> bool:
@@ -74,21 +77,39 @@ def metadata_of(meta: dict[str, Any], notes: Notes) -> dict[str, Any]:
     return out
 
 
-def procs_per_worker(value: Any, gpus: int, path: str, notes: Notes) -> int | None:
-    """Kubeflow's nprocPerNode/numProcPerNode (a number, or auto|gpu|cpu) as a number."""
+def procs_per_worker(
+    value: Any, gpus: int, cpus: int | None, path: str, notes: Notes
+) -> int | None:
+    """Kubeflow's nprocPerNode/numProcPerNode (a number, or auto|gpu|cpu) as a number, the
+    way Kubeflow Trainer resolves the words: one per GPU, else one per CPU of the pod (`cpus`:
+    known only from a TrainJob's resourcesPerNode); torchrun itself counts the node's."""
     if value is None:
         return None
     if isinstance(value, int) or str(value).isdigit():
         return int(value)
     word = str(value)
+    if word not in ("auto", "gpu", "cpu"):
+        raise ConvertError(f"{path}: {word!r} is not a number, auto, gpu or cpu")
     if word in ("auto", "gpu") and gpus:
         chosen, why = gpus, f"one process per GPU (resources.gpu = {gpus})"
-    elif word in ("auto", "gpu", "cpu"):
-        chosen, why = 1, "no GPU requested; Kubeflow would start one per CPU of the node"
+    elif word in ("auto", "cpu") and cpus:
+        chosen, why = cpus, f"one process per CPU of the pod ({cpus})"
     else:
-        raise ConvertError(f"{path}: {word!r} is not a number, auto, gpu or cpu")
+        chosen, why = 1, "the pod's GPUs/CPUs are not known from the manifest"
     notes.changed(path, f"{word!r} -> procsPerWorker {chosen}: {why}; set it explicitly")
     return chosen
+
+
+def cpu_count(quantity: Any) -> int | None:
+    """A CPU quantity rounded up to whole CPUs ("500m" is 1), as Kubeflow Trainer counts."""
+    if quantity is None:
+        return None
+    text = str(quantity)
+    try:
+        value = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        return None
+    return max(1, math.ceil(value))
 
 
 def command_of(parts: PodParts, entrypoint: list[str] | None, path: str) -> list[str]:
@@ -110,9 +131,11 @@ def shape_from_launch(
 ) -> tuple[list[str], int, int]:
     """The command without operator-owned torchrun flags, workers and procsPerWorker."""
     launch = strip_launch_flags(command, path, notes)
-    procs = procs_per_worker(shape.procs, gpus, shape.procs_path, notes)
+    procs = procs_per_worker(shape.procs, gpus, shape.cpus, shape.procs_path, notes)
     if launch.nproc_per_node is not None:
-        flag = procs_per_worker(launch.nproc_per_node, gpus, f"{path}: --nproc-per-node", notes)
+        flag = procs_per_worker(
+            launch.nproc_per_node, gpus, shape.cpus, f"{path}: --nproc-per-node", notes
+        )
         if procs is not None and flag != procs:
             notes.changed(
                 shape.procs_path,

@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from torchyard.api.contract import Label
-from torchyard.convert.job import Shape, assemble, command_of, metadata_of, shape_from_launch
+from torchyard.convert.job import (
+    Shape,
+    assemble,
+    command_of,
+    cpu_count,
+    metadata_of,
+    shape_from_launch,
+)
 from torchyard.convert.notes import ConvertError, Notes
 from torchyard.convert.pod import (
     PodParts,
@@ -82,6 +89,29 @@ def _trainer(spec: dict[str, Any], parts: PodParts, notes: Notes) -> dict[str, A
             "not a field of a TrainJob's trainer (Kubeflow's API server drops it too)",
         )
     return trainer
+
+
+def _num_proc_per_node(trainer: dict[str, Any], notes: Notes) -> Any:
+    """numProcPerNode; unset, the torch runtimes' default: auto."""
+    if "numProcPerNode" in trainer:
+        return trainer["numProcPerNode"]
+    if "resourcesPerNode" not in trainer:
+        return None  # Kubeflow passes auto to torchrun, which counts the node: not known here
+    notes.changed(
+        "spec.trainer.numProcPerNode",
+        "not set: Kubeflow's torch runtimes default to auto, resolved from resourcesPerNode",
+    )
+    return "auto"
+
+
+def _cpus(trainer: dict[str, Any]) -> int | None:
+    """The pod's CPUs as Kubeflow Trainer counts them: limits, else requests."""
+    res = trainer.get("resourcesPerNode") or {}
+    for kind in ("limits", "requests"):
+        cpus = cpu_count((res.get(kind) or {}).get("cpu"))
+        if cpus:
+            return cpus
+    return None
 
 
 def _override_containers(
@@ -198,7 +228,9 @@ def convert(doc: dict[str, Any], notes: Notes, entrypoint: list[str] | None) -> 
     command = command_of(parts, entrypoint, "spec.trainer")
     gpus = int(parts.spec.get("resources", {}).get("gpu", 0))
     workers = int(trainer.get("numNodes", 1))
-    shape = Shape(workers, trainer.get("numProcPerNode"), "spec.trainer.numProcPerNode")
+    shape = Shape(
+        workers, _num_proc_per_node(trainer, notes), "spec.trainer.numProcPerNode", _cpus(trainer)
+    )
     launch = shape_from_launch(command, shape, gpus, "spec.trainer.command", notes)
     extra = {"runPolicy": _job_policy(spec, metadata, notes)}
     return assemble(metadata, parts, launch, extra, notes)
