@@ -10,6 +10,7 @@ global). Nothing here touches the machine; :mod:`torchyard_devcluster.realnode` 
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,31 @@ def gpu_capacity_patch(resource: str, gpus: int) -> list[dict[str, Any]]:
     return [
         {"op": "add", "path": f"/status/capacity/{key}", "value": str(gpus)},
     ]
+
+
+def kubeconfig(server: str, ca: bytes, cert: bytes, key: bytes, user: str) -> dict[str, Any]:
+    """A kubeconfig with embedded CA, client certificate and key."""
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "torchyard-dev",
+                "cluster": {"server": server, "certificate-authority-data": b64(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)},
+            }
+        ],
+        "contexts": [
+            {"name": "torchyard-dev", "context": {"cluster": "torchyard-dev", "user": user}}
+        ],
+        "current-context": "torchyard-dev",
+    }
