@@ -278,3 +278,44 @@ def test_a_compression_job_takes_a_pod_template() -> None:
     )
     pod = build_children(job).job["spec"]["template"]
     assert pod["spec"]["serviceAccountName"] == "compressor"
+
+
+# The API server's warning on creating a Job whose pod template violates a level (verbatim
+# from the dev cluster's kube-apiserver, header value as urllib3 returns it).
+PSA_WARNING = (
+    '299 - "would violate PodSecurity \\"restricted:latest\\": privileged (container '
+    '\\"worker\\" must not set securityContext.privileged=true), hostPath volumes (volume '
+    '\\"host\\")"'
+)
+
+
+def test_pod_security_refusal_names_policy_and_fields() -> None:
+    from torchyard.state.podsecurity import pod_security_refusal
+
+    refusal = pod_security_refusal(
+        [PSA_WARNING], "team-a", {"pod-security.kubernetes.io/enforce": "restricted"}
+    )
+    assert refusal is not None
+    assert refusal.reason == "PodSecurityRejected"
+    assert not refusal.temporary
+    assert '"restricted:latest"' in refusal.message
+    assert 'container "worker" must not set securityContext.privileged=true' in refusal.message
+    assert 'hostPath volumes (volume "host")' in refusal.message
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {},  # nothing enforced
+        {"pod-security.kubernetes.io/enforce": "baseline"},  # another level enforced
+        {"pod-security.kubernetes.io/warn": "restricted"},  # only warned about: pods start
+        {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "v1.30",  # another version
+        },
+    ],
+)
+def test_a_warning_for_a_level_not_enforced_is_no_refusal(labels: dict[str, str]) -> None:
+    from torchyard.state.podsecurity import pod_security_refusal
+
+    assert pod_security_refusal([PSA_WARNING], "team-a", labels) is None

@@ -85,6 +85,9 @@ class Reason:
     # adopted, changed or deleted; retried with backoff until the name is free.
     NAME_CONFLICT: Final = "NameConflict"
     ACCURACY_GATE_FAILED: Final = "AccuracyGateFailed"
+    # The namespace's enforced Pod Security level refuses the worker pods (a privileged or
+    # hostPath pod template in a restricted namespace): the job fails, naming the fields.
+    POD_SECURITY_REJECTED: Final = "PodSecurityRejected"
 
 
 DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/torchyard/trainer:0.1.0"

@@ -37,6 +37,7 @@ from torchyard.state import (
     JobView,
     classify_existing,
     classify_refusal,
+    pod_security_refusal,
     workload_step,
 )
 
@@ -151,7 +152,33 @@ class Children:
                 read=partial(batch.read_namespaced_job, name, ns, **RAW),
             )
             if created is not None:
+                self._refuse_if_pod_security_forbids(ns, name, created)
                 self.cache.observe_job(json.loads(created.data), "ADDED")
+
+    def _refuse_if_pod_security_forbids(self, ns: str, name: str, created: Any) -> None:
+        """A Job whose pods the namespace's enforced Pod Security level refuses (the API
+        server's warning on the Job says so) is deleted and the job refused: otherwise the Job
+        controller retries the pods forever and the job sits Pending (state.podsecurity)."""
+        warnings = list(created.headers.getlist("Warning")) if created.headers else []
+        if not any("PodSecurity" in w for w in warnings):
+            return
+        namespaces = self.kube.call(
+            "list",
+            "namespaces",
+            self.kube.core.list_namespace,
+            field_selector=f"metadata.name={ns}",
+            **RAW,
+        )
+        items = json.loads(namespaces.data).get("items") or [{}]
+        labels = (items[0].get("metadata") or {}).get("labels") or {}
+        refusal = pod_security_refusal(warnings, ns, labels)
+        if refusal is None:
+            return
+        delete = client.V1DeleteOptions(propagation_policy="Background")
+        self.kube.call(
+            "delete", "jobs", self.kube.batch.delete_namespaced_job, name, ns, body=delete, **RAW
+        )
+        raise Refused(refusal)
 
     def _create_or_exists(
         self,

@@ -50,6 +50,7 @@ from torchyard.state.ownership import (
     controlled_by,
     controller_ref,
 )
+from torchyard.state.podsecurity import pod_security_refusal
 from torchyard.state.results import attempt_is_retryable, parse_result, result_status
 
 __all__ = [
@@ -83,6 +84,7 @@ __all__ = [
     "lifetime_due",
     "parse_result",
     "parse_time",
+    "pod_security_refusal",
     "result_status",
     "rfc3339",
     "set_condition",
