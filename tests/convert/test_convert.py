@@ -346,7 +346,8 @@ PYTORCHJOB_TABLE = [
     ("runPolicy.backoffLimit", "spec.runPolicy.backoffLimit", 7),
     ("runPolicy.ttlSecondsAfterFinished", "spec.runPolicy.ttlSecondsAfterFinished", 600),
     ("runPolicy.activeDeadlineSeconds", "spec.runPolicy.activeDeadlineSeconds", 3600),
-    ("runPolicy.suspend", "spec.runPolicy.suspend", True),
+    # A Kueue job is created suspended for Kueue; the operator suspends its worker Job itself.
+    ("runPolicy.suspend of a Kueue job", "spec.runPolicy.suspend", None),
     ("schedulingPolicy.queue", "spec.scheduling.queue", "lq"),
     ("schedulingPolicy.priorityClass", "spec.scheduling.priorityClassName", "high"),
     ("nodeSelector", "spec.scheduling.nodeSelector", {"gpu": "a100"}),
@@ -390,7 +391,7 @@ TRAINJOB_TABLE = [
     ("trainer.env", "spec.env", [{"name": "A", "value": "1"}]),
     ("resourcesPerNode gpu", "spec.resources.gpu", 2),
     ("resourcesPerNode memory", "spec.resources.memory", "8Gi"),
-    ("spec.suspend", "spec.runPolicy.suspend", True),
+    ("spec.suspend of a Kueue job", "spec.runPolicy.suspend", None),
     ("spec.activeDeadlineSeconds", "spec.runPolicy.activeDeadlineSeconds", 100),
     ("override pod label kueue queue", "metadata.labels.kueue.x-k8s.io/queue-name", "q"),
     ("override tolerations", "spec.scheduling.tolerations", [{"operator": "Exists"}]),
@@ -424,6 +425,13 @@ def test_trainjob_mapping(table_trainjob: dict, source: str, target: str, value:
     assert _lookup(table_trainjob, target) == value, source
 
 
+def test_suspend_is_kept_for_a_job_outside_kueue() -> None:
+    text = TRAINJOB.replace("kueue.x-k8s.io/queue-name: q", "team: a")
+    (conversion,) = convert_text(text)
+    assert conversion.manifest["spec"]["runPolicy"]["suspend"] is True
+    assert "kueue.x-k8s.io/queue-name" not in conversion.manifest["metadata"].get("labels", {})
+
+
 def test_what_is_not_carried_over_is_named() -> None:
     (pj,) = convert_text(PYTORCHJOB)
     lines = [n.line() for n in pj.notes]
@@ -435,6 +443,7 @@ def test_what_is_not_carried_over_is_named() -> None:
         r"^changed: .*--nnodes=4: moved to spec.workers",
         r"^changed: spec\.pytorchReplicaSpecs\.Master: folded into the workers",
         r"^moved: .*dshm.*sharedMemory",
+        r"^dropped: suspend: true: .*Kueue",
     ]
     for pattern in expected:
         assert any(re.search(pattern, line) for line in lines), (pattern, lines)

@@ -163,8 +163,18 @@ def kueue_labels(metadata: dict[str, Any], spec: dict[str, Any], notes: Notes) -
             notes.moved(
                 f"pod label {key}", "to the TrainingJob's labels, where the operator reads it"
             )
+    if not pod_labels and "labels" in spec.get("podMetadata", {}):
+        del spec["podMetadata"]["labels"]
     queue = spec.get("scheduling", {}).get("queue")
     label = metadata.get("labels", {}).get(Label.KUEUE_QUEUE_NAME)
+    if (queue or label) and spec.get("runPolicy", {}).get("suspend") is True:
+        del spec["runPolicy"]["suspend"]
+        notes.dropped(
+            "suspend: true",
+            "a Kubeflow job is created suspended for Kueue to admit it; the operator creates "
+            "its worker Job suspended for Kueue itself, and runPolicy.suspend: true would hold "
+            "the job until you resume it",
+        )
     if queue and label and queue != label:
         del spec["scheduling"]["queue"]
         notes.dropped(
