@@ -127,7 +127,8 @@ def test_user_script_example_reports_status_metrics_and_a_model_version(tmp_path
 
     # progress: rank 0's events, which `torchyard run` showed
     kinds = [e["event"] for e in events(run_dir / "pod-0" / "progress.jsonl")]
-    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert kinds[0] == "start"
+    assert kinds[-1] == "end"
     assert {"step", "eval"} <= set(kinds)
     assert f"step {result['totalSteps']}/{result['totalSteps']}" in run.stderr
 
@@ -222,7 +223,9 @@ def _check_reported(tmp_path: Path, name: str) -> dict[str, Any]:
     assert card["lineage"]["job"] == name
     assert result["model"]["sha256"] == card["sha256"]
     kinds = [e["event"] for e in events(tmp_path / "out" / "progress.jsonl")]
-    assert kinds[0] == "start" and kinds[-1] == "end" and "step" in kinds
+    assert kinds[0] == "start"
+    assert kinds[-1] == "end"
+    assert "step" in kinds
     return result
 
 
@@ -259,10 +262,12 @@ def test_hugging_face_trainer_callback(tmp_path: Path) -> None:
     )  # fmt: skip
     trainer.train()
     result = _check_reported(tmp_path, "hf-job")
-    assert result["totalSteps"] == 8 and result["step"] == 8
+    assert result["totalSteps"] == 8
+    assert result["step"] == 8
     assert {"loss", "valLoss", "accuracy"} <= set(result["metrics"])
     evals = [e for e in events(tmp_path / "out" / "progress.jsonl") if e["event"] == "eval"]
-    assert evals and "accuracy" in evals[-1]
+    assert evals
+    assert "accuracy" in evals[-1]
 
 
 def test_lightning_callback(tmp_path: Path) -> None:
@@ -303,6 +308,7 @@ def test_lightning_callback(tmp_path: Path) -> None:
     )  # fmt: skip
     trainer.fit(Classifier(), DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
     result = _check_reported(tmp_path, "pl-job")
-    assert result["totalSteps"] == 12 and result["step"] == 12  # 3 epochs × 4 batches
+    assert result["totalSteps"] == 12
+    assert result["step"] == 12
     assert result["epoch"] == 3
     assert {"loss", "valLoss", "accuracy"} <= set(result["metrics"])
