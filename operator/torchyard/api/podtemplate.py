@@ -5,7 +5,7 @@ The schema is typed only where a rule must read it (the fields the operator owns
 else is kept as written (``x-kubernetes-preserve-unknown-fields``) and judged by the API server
 when the pod is created, as for any pod: a user's typo fails there, with the server's message.
 
-Precedence, highest first (docs/api.md, docs/gpu.md):
+Precedence, highest first (docs/gpu.md):
 1. fields the operator owns: rejected here, naming the field (:data:`OWNED_POD_FIELDS`,
    the worker container's command/args/termination message, the contract env, the operator's
    volumes and mount paths, labels/annotations under ``torchyard.io/``);
@@ -241,7 +241,7 @@ def _metadata_rule(field: str) -> Rule:
 
 
 class PodTemplateOverride(KubeModel):
-    """A core/v1 PodTemplateSpec merged into every worker pod (precedence: docs/api.md)."""
+    """A core/v1 PodTemplateSpec merged into every worker pod (precedence: docs/gpu.md)."""
 
     metadata: PodTemplateMetadata | None = None
     """Labels and annotations added to the worker pods."""

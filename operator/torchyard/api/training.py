@@ -180,11 +180,16 @@ class TrainingJobSpec(KubeModel):
     pod_metadata: PodMetadata = sub(PodMetadata)
     """Extra labels and annotations of the worker pods."""
     pod_template: PodTemplateOverride | None = None
-    """A core/v1 PodTemplateSpec merged into the worker pods: serviceAccountName, volumes,
-    imagePullSecrets, initContainers, sidecars, a container named ``worker`` patching the
-    worker (env valueFrom/envFrom, volumeMounts, securityContext, resources), nodeSelector,
-    tolerations, affinity... It wins over the job's own fields; fields the operator owns are
-    rejected by name (docs/api.md "Pod template")."""
+    """A core/v1 PodTemplateSpec merged into every worker pod: serviceAccountName (of the
+    job's own namespace), volumes, imagePullSecrets, initContainers, sidecars, a container
+    named ``worker`` patching the worker (env valueFrom/envFrom, volumeMounts,
+    securityContext, resources such as MIG, amd.com/gpu or rdma devices), nodeSelector,
+    tolerations, affinity... Precedence: fields the operator owns are rejected, naming the
+    field; then this template; then the job's own fields (env, podMetadata, resources,
+    scheduling); then the operator's defaults. Merge: containers, initContainers, volumes,
+    imagePullSecrets and env by name, volumeMounts by mountPath, tolerations and envFrom
+    appended, maps key by key, anything else replaced. The namespace's Pod Security level
+    judges the result (docs/gpu.md)."""
     model: ModelSpec | None = None
     """The model to train (the student for distillation). Required unless `command` is set:
     the built-in trainer needs it; a user's own script may leave it out."""

@@ -16,8 +16,10 @@ from typing import Any
 import kopf
 from kubernetes import client
 
+from torchyard.api.constants import Reason
 from torchyard.api.contract import KUEUE_GROUP, Label
 from torchyard.builders import build_children, kueue_queue_of
+from torchyard.builders.podtemplate import PodTemplateConflict
 from torchyard.controller.cache import Cache
 from torchyard.controller.gang import GangResolver
 from torchyard.controller.kube import (
@@ -35,6 +37,7 @@ from torchyard.state import (
     Action,
     ActionKind,
     JobView,
+    Refusal,
     classify_existing,
     classify_refusal,
     pod_security_refusal,
@@ -91,13 +94,17 @@ class Children:
         requested = job_model.spec.scheduling.gang
         gang = self.gang.resolve(job_model.spec.scheduling, kueue_queue_of(job_model))
         gang_text = requested if requested == gang else f"{requested} (resolved to {gang})"
-        children = build_children(
-            job_model,
-            namespace=view.namespace,
-            gang=gang,
-            restart_count=restart_count,
-            default_image=self.settings.default_image,
-        )
+        try:
+            children = build_children(
+                job_model,
+                namespace=view.namespace,
+                gang=gang,
+                restart_count=restart_count,
+                default_image=self.settings.default_image,
+            )
+        except PodTemplateConflict as exc:
+            # The API's rules refuse these overrides first; this is the merge's second check.
+            raise Refused(Refusal(Reason.INVALID_SPEC, str(exc), temporary=False)) from exc
         objs = children.all()
         kopf.adopt(objs, owner=body)  # type: ignore[arg-type]
         uid = str((body.get("metadata") or {}).get("uid") or "")
