@@ -1,10 +1,26 @@
-# syntax=docker/dockerfile:1
 # The operator image: the `torchyard` package WITHOUT extras (no torch), a non-root user and
 # nothing else. Build from the repository root:
 #   docker build -t ghcr.io/torchyard/operator:0.1.0 .
+# Air-gapped (no package index at build time): put the wheels in ./wheelhouse (see
+# docs/deploy.md, "Images") and add  --build-arg PIP_SOURCE=wheelhouse
+# `make images` (hack/images.sh) builds it that way, on a locally made base when the upstream
+# one cannot be pulled:  --build-arg PYTHON_IMAGE=<stand-in>.
+# No `# syntax=` line: that would make BuildKit fetch the Dockerfile frontend from Docker Hub,
+# which an air-gapped builder cannot reach; the builder's own frontend understands this file.
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+# index: pip installs from PyPI (or PIP_INDEX_URL); wheelhouse: only from ./wheelhouse, offline.
+ARG PIP_SOURCE=index
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE} AS wheels-index
+RUN mkdir /wheels
+
+FROM ${PYTHON_IMAGE} AS wheels-wheelhouse
+COPY wheelhouse/ /wheels/
+
+# BuildKit builds only the wheels-* stage PIP_SOURCE names.
+# hadolint ignore=DL3006
+FROM wheels-${PIP_SOURCE} AS build
+ARG PIP_SOURCE
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -17,7 +33,9 @@ COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY trainer_image/torchyard_trainer/ trainer_image/torchyard_trainer/
 # `.` = the package's own pinned ranges in pyproject.toml; no [trainer] extra, so no torch.
+# With the wheelhouse, the build backend (setuptools, wheel) comes from it too.
 RUN rm -rf operator/torchyard_devcluster \
+    && if [ "$PIP_SOURCE" = wheelhouse ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
     && /opt/torchyard/bin/pip install --no-cache-dir . \
     && /opt/torchyard/bin/python -c "import torchyard.cli" \
     && ! /opt/torchyard/bin/python -c "import torch" 2>/dev/null \

@@ -57,3 +57,14 @@ docs: crds
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Both images (operator; trainer CUDA default + `-cpu` variant) built with the Docker engine from
+# a wheelhouse the host downloads, pushed to the local OCI registry (CNCF Distribution, built from
+# the Go module proxy, on 127.0.0.1:5000), sizes printed. Everything is cached in
+# $(TORCHYARD_CACHE); a second run with nothing changed only re-checks. Not part of `make test`.
+.PHONY: images registry
+images:
+	@bash hack/images.sh
+
+registry:
+	@bash hack/registry.sh

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# `make images`: build the operator image and the trainer image (CPU and CUDA variants) with the
+# Docker engine, push them to the local registry (hack/registry.sh) and print their sizes.
+#
+#   hack/images.sh                 # everything; a second run with nothing changed is fast
+#   hack/images.sh --no-push       # build only
+#
+# Environment:
+#   TORCHYARD_CACHE       cache root (default ~/.cache/torchyard); nothing is written in the clone
+#   IMAGE_TAG             tag of the images (default dev; the CPU trainer is <tag>-cpu)
+#   TRAINER_VARIANTS      trainer variants to build (default "cpu cuda")
+#   TORCHYARD_REGISTRY_ADDR  the registry to push to (default 127.0.0.1:5000, started here)
+#
+# What it does, each step skipped when its stamp/cache already matches:
+#  1. Docker: installs Debian's docker.io when dockerd is missing and starts dockerd when it does
+#     not answer (a stand-alone process: pidfile /var/run/docker.pid, log in the cache).
+#  2. Base image: the Dockerfiles' upstream FROMs (python:3.12-slim-bookworm, nvidia/cuda) stay
+#     their defaults. When Docker Hub cannot be reached (this project's CI: only package registries
+#     are), a stand-in base is made locally: `mmdebstrap` of Debian bookworm + python3 (the
+#     tarball is cached) -> `docker import`, and passed by build arg.
+#  3. Wheelhouse: the host resolves (uv) and downloads (pip) every Python dependency of each image
+#     for the base's Python (linux x86_64) into $TORCHYARD_CACHE/wheelhouse/<image>; the builds
+#     install only from it (PIP_SOURCE=wheelhouse -> pip --no-index): no network inside
+#     `docker build`, the same path air-gapped users take (docs/deploy.md).
+#  4. Build context: the allow-listed sources + the wheelhouse (hard links) in
+#     $TORCHYARD_CACHE/images/context; BuildKit sends only what changed.
+#  5. Builds, pushes to the registry, prints sizes.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${TORCHYARD_CACHE:-$HOME/.cache/torchyard}"
+IMAGES="$CACHE/images"
+WHEELHOUSE="$CACHE/wheelhouse"
+CONTEXT="$IMAGES/context"
+TAG="${IMAGE_TAG:-dev}"
+VARIANTS="${TRAINER_VARIANTS:-cpu cuda}"
+PUSH=1
+[[ "${1:-}" == "--no-push" ]] && PUSH=0
+
+# The stand-in base: the Debian release and Python of python:3.12-slim-bookworm's distribution
+# (bookworm ships Python 3.11). Bump STANDIN_REV to rebuild it.
+SUITE=bookworm
+STANDIN_PACKAGES="python3,python3-venv,python-is-python3,ca-certificates,passwd"
+STANDIN_REV=1
+STANDIN_IMAGE="torchyard/stand-in-python:3-$SUITE"
+UPSTREAM_PROBE="python:3.12-slim-bookworm"
+
+# Debian's CLI (20.10) has BuildKit built in; a newer CLI elsewhere on PATH may lack buildx.
+DOCKER="$(command -v /usr/bin/docker || command -v docker || true)"
+export DOCKER_BUILDKIT=1
+
+log() { printf '[images %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+ensure_docker() {
+  if [[ ! -x /usr/sbin/dockerd ]] && ! command -v dockerd >/dev/null; then
+    log "installing Debian's docker.io"
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y \
+      --no-install-recommends docker.io >&2
+    DOCKER=/usr/bin/docker
+  fi
+  if "$DOCKER" info >/dev/null 2>&1; then return 0; fi
+  mkdir -p "$IMAGES"
+  log "starting dockerd (log $IMAGES/dockerd.log)"
+  (cd / && setsid nohup "$(command -v dockerd || echo /usr/sbin/dockerd)" \
+    --pidfile /var/run/docker.pid >>"$IMAGES/dockerd.log" 2>&1 </dev/null &)
+  for _ in $(seq 60); do
+    "$DOCKER" info >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  log "dockerd did not start; see $IMAGES/dockerd.log"
+  tail -n 20 "$IMAGES/dockerd.log" >&2
+  exit 1
+}
+
+# True when the Dockerfiles' own upstream bases can be used (already here or pullable).
+upstream_reachable() {
+  "$DOCKER" image inspect "$UPSTREAM_PROBE" >/dev/null 2>&1 && return 0
+  timeout 60 "$DOCKER" pull -q "$UPSTREAM_PROBE" >/dev/null 2>&1
+}
+
+ensure_standin() {
+  local key tarball
+  key="$(echo "$SUITE $STANDIN_PACKAGES $STANDIN_REV" | sha256sum | cut -c1-12)"
+  tarball="$IMAGES/stand-in-$SUITE-$key.tar"
+  if [[ "$("$DOCKER" image inspect -f '{{index .Config.Labels "io.torchyard.standin"}}' \
+      "$STANDIN_IMAGE" 2>/dev/null)" == "$key" ]]; then
+    return 0
+  fi
+  if [[ ! -s "$tarball" ]]; then
+    command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get \
+      -o DPkg::Lock::Timeout=600 install -y --no-install-recommends mmdebstrap >&2
+    log "making the stand-in base: mmdebstrap $SUITE + $STANDIN_PACKAGES (a few minutes, once)"
+    # Docs, man pages and apt lists are left out, as Debian's own slim images do.
+    mmdebstrap --variant=apt --include="$STANDIN_PACKAGES" \
+      --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+      --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+      --dpkgopt='path-exclude=/usr/share/locale/*' \
+      --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
+      --format=tar "$SUITE" "$tarball.part" \
+      "deb http://deb.debian.org/debian $SUITE main" \
+      "deb http://deb.debian.org/debian $SUITE-updates main" \
+      "deb http://deb.debian.org/debian-security $SUITE-security main" >&2
+    mv "$tarball.part" "$tarball"
+  fi
+  log "importing $tarball as $STANDIN_IMAGE"
+  "$DOCKER" import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change "LABEL io.torchyard.standin=$key" \
+    --change 'CMD ["python3"]' \
+    "$tarball" "$STANDIN_IMAGE" >/dev/null
+}
+
+# Python "X.Y" of an image (the wheelhouse is downloaded for it).
+python_of() { "$DOCKER" run --rm --entrypoint python3 "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+
+# $1: image name (operator|trainer), $2: extras ("" or "trainer"), $3: Python X.Y
+ensure_wheelhouse() {
+  local name="$1" extra="$2" py="$3" dir="$WHEELHOUSE/$1" uv key
+  key="$( (cat "$ROOT/pyproject.toml"; echo "$extra $py manylinux_2_36 v2") | sha256sum | cut -c1-16)"
+  if [[ "$(cat "$dir/.stamp" 2>/dev/null)" == "$key" ]]; then return 0; fi
+  uv="$CACHE/bootstrap/bin/uv"
+  if [[ ! -x "$uv" ]]; then  # the same bootstrap as hack/setup-venv.sh
+    python3 -m venv "$CACHE/bootstrap"
+    "$CACHE/bootstrap/bin/pip" install --quiet --disable-pip-version-check "uv>=0.4,<1"
+  fi
+  mkdir -p "$dir"
+  log "wheelhouse $name: resolving for CPython $py linux x86_64"
+  # The build backend ([build-system] requires) too: the image builds torchyard's wheel offline.
+  python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))
+    ["build-system"]["requires"]))' "$ROOT/pyproject.toml" >"$dir/build-system.in"
+  UV_CACHE_DIR="$CACHE/uv" "$uv" pip compile "$ROOT/pyproject.toml" "$dir/build-system.in" \
+    ${extra:+--extra "$extra"} --python-version "$py" --python-platform x86_64-manylinux_2_36 \
+    --no-header --no-annotate --quiet -o "$dir/requirements.txt"
+  # glibc 2.36 (bookworm) runs every manylinux_2_17 .. 2_36 wheel; pip wants them listed.
+  local plats=() v
+  for v in $(seq 36 -1 17); do plats+=(--platform "manylinux_2_${v}_x86_64"); done
+  log "wheelhouse $name: downloading into $dir"
+  "$CACHE/bootstrap/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: "${plats[@]}" --platform manylinux2014_x86_64 \
+    --python-version "$py" --implementation cp --abi "cp${py/./}" \
+    -d "$dir" -r "$dir/requirements.txt" >&2
+  echo "$key" >"$dir/.stamp.new" && mv "$dir/.stamp.new" "$dir/.stamp"
+  log "wheelhouse $name: $(find "$dir" -name '*.whl' | wc -l) wheels, $(du -sh "$dir" | cut -f1)"
+}
+
+# The build context of image $1: what .dockerignore allows, plus its wheelhouse as ./wheelhouse
+# (hard links, no copy). One context per image, so the operator's build never sees torch's wheels.
+sync_context() {
+  local name="$1" ctx="$CONTEXT/$1" f
+  mkdir -p "$ctx"
+  rm -rf "$ctx/src.new" && mkdir -p "$ctx/src.new"
+  (cd "$ROOT" && git ls-files -z -- pyproject.toml README.md .dockerignore operator \
+      trainer_image/torchyard_trainer \
+    | xargs -0 cp --parents -p -t "$ctx/src.new")
+  # Unchanged files keep their mtime (cp -p), so BuildKit's incremental transfer skips them.
+  for f in pyproject.toml README.md .dockerignore operator trainer_image; do
+    rm -rf "${ctx:?}/$f"
+    mv "$ctx/src.new/$f" "$ctx/$f"
+  done
+  rm -rf "$ctx/src.new"
+  [[ -f "$WHEELHOUSE/$name/.stamp" ]] || { mkdir -p "$ctx/wheelhouse"; return 0; }
+  if [[ "$(cat "$ctx/wheelhouse/.stamp" 2>/dev/null)" != "$(cat "$WHEELHOUSE/$name/.stamp")" ]]; then
+    rm -rf "$ctx/wheelhouse"
+    cp -al "$WHEELHOUSE/$name" "$ctx/wheelhouse" 2>/dev/null || cp -a "$WHEELHOUSE/$name" "$ctx/wheelhouse"
+    # The stamp is a copy, not a link: it must keep saying which wheelhouse the context holds.
+    rm -f "$ctx/wheelhouse/.stamp" && cp "$WHEELHOUSE/$name/.stamp" "$ctx/wheelhouse/.stamp"
+  fi
+}
+
+build() {  # $1: image (context name), $2: tag, rest: docker build arguments
+  local name="$1" tag="$2" start
+  shift 2
+  sync_context "$name"
+  start=$(date +%s)
+  log "building $tag"
+  "$DOCKER" build --progress=plain -t "$tag" "$@" "$CONTEXT/$name" >"$IMAGES/build-${tag//[\/:]/_}.log" 2>&1 \
+    || { tail -n 40 "$IMAGES/build-${tag//[\/:]/_}.log" >&2; log "build of $tag failed"; exit 1; }
+  log "built $tag in $(($(date +%s) - start))s"
+  BUILT+=("$tag")
+}
+
+main() {
+  ensure_docker
+  local registry py base_args=() op_args=() tr_args=()
+  registry="$(bash "$ROOT/hack/registry.sh" | tail -n1)"
+  if [[ "${TORCHYARD_IMAGES_UPSTREAM:-auto}" != 0 ]] && upstream_reachable; then
+    log "upstream bases are reachable: building with the Dockerfiles' defaults from the index"
+  else
+    log "upstream bases cannot be pulled here: stand-in base + wheelhouse"
+    ensure_standin
+    py="$(python_of "$STANDIN_IMAGE")"
+    ensure_wheelhouse operator "" "$py"
+    [[ -z "$VARIANTS" ]] || ensure_wheelhouse trainer trainer "$py"
+    base_args=(--build-arg PIP_SOURCE=wheelhouse)
+    op_args=(--build-arg "PYTHON_IMAGE=$STANDIN_IMAGE")
+    tr_args=(--build-arg "CUDA_IMAGE=$STANDIN_IMAGE" --build-arg "CPU_IMAGE=$STANDIN_IMAGE")
+  fi
+  BUILT=()
+  build operator "$registry/torchyard/operator:$TAG" -f "$ROOT/Dockerfile" "${base_args[@]}" "${op_args[@]}"
+  local variant suffix
+  for variant in $VARIANTS; do
+    suffix=""; [[ "$variant" == cpu ]] && suffix="-cpu"
+    build trainer "$registry/torchyard/trainer:$TAG$suffix" -f "$ROOT/trainer_image/Dockerfile" \
+      --build-arg "VARIANT=$variant" "${base_args[@]}" "${tr_args[@]}"
+  done
+  local tag
+  if [[ $PUSH == 1 ]]; then
+    for tag in "${BUILT[@]}"; do
+      log "pushing $tag"
+      "$DOCKER" push "$tag" | grep -E 'digest:|Pushed|Layer already exists' | tail -n 1
+    done
+  fi
+  echo "image sizes:"
+  for tag in "${BUILT[@]}"; do
+    "$DOCKER" image inspect -f "{{.Size}}" "$tag" \
+      | awk -v t="$tag" '{ printf "  %-52s %8.1f MB\n", t, $1 / 1e6 }'
+  done
+}
+
+main
