@@ -122,10 +122,15 @@ def test_multi_document_input_from_stdin_keeps_the_order() -> None:
             "spec: {pytorchReplicaSpecs: {Launcher: {replicas: 1}}}\n",
             "unknown replica type",
         ),
+        (
+            "apiVersion: kubeflow.org/v1\nkind: PyTorchJob\nmetadata: {name: a}\n"
+            "spec: {pytorchReplicaSpecs: {Worker: {replicas: two}}}\n",
+            "malformed PyTorchJob",
+        ),
         ("kind: [unclosed\n", "not valid YAML"),
         ("---\n", "no manifest"),
     ],
-    ids=["job", "tfjob", "deepspeed-runtime", "replica-type", "yaml", "empty"],
+    ids=["job", "tfjob", "deepspeed-runtime", "replica-type", "malformed", "yaml", "empty"],
 )
 def test_what_cannot_be_converted_is_one_line_and_exit_1(text: str, expected: str) -> None:
     result = runner.invoke(app, ["convert", "-"], input=text)

@@ -45,7 +45,14 @@ def convert_document(doc: Any, entrypoint: list[str] | None = None) -> Conversio
         known = ", ".join(f"{kind} ({version})" for version, kind in CONVERTERS)
         raise ConvertError(f"{key[1]} ({key[0]}) is not convertible: only {known}")
     notes = Notes()
-    manifest = converter(doc, notes, entrypoint)
+    try:
+        manifest = converter(doc, notes, entrypoint)
+    except ConvertError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        # A field of the wrong shape (a string where a mapping belongs, replicas: "two"):
+        # Kubeflow's API server would have refused it too; one line, no traceback.
+        raise ConvertError(f"malformed {key[1]}: {type(exc).__name__}: {exc}") from None
     try:
         parse_job(manifest, "converted")
     except ManifestError as exc:  # a value the API refuses: say which, on one line
