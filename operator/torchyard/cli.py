@@ -187,7 +187,10 @@ def run(
 @app.command()
 def convert(
     source: Annotated[
-        str, typer.Argument(help="A Kubeflow PyTorchJob/TrainJob manifest file, or - for stdin.")
+        str,
+        typer.Argument(
+            metavar="FILE|-", help="A Kubeflow PyTorchJob/TrainJob manifest file, or - for stdin."
+        ),
     ],
     entrypoint: Annotated[
         str | None,
