@@ -51,11 +51,21 @@ def http_server(name: str, image: str, *, labels: dict[str, str], reply: str, **
     return pod(name, image, script, labels=labels, port=8080, **kw)
 
 
-def http_client(name: str, image: str, url: str) -> dict[str, Any]:
-    """Fetches ``url`` until it answers (DNS and endpoints take a moment), prints the body."""
+def http_client(name: str, image: str, host: str, port: int) -> dict[str, Any]:
+    """Fetches ``http://host:port/`` until it answers (DNS and endpoints take a moment) and
+    prints the body. Names are resolved with busybox's own ``nslookup`` (a DNS client of its
+    own, asking the pod's nameserver): Debian's static busybox links glibc statically, and its
+    ``getaddrinfo`` of a DNS name crashes (no NSS modules in a static binary); so does its
+    ``wget -T`` (hence ``timeout 5 wget``)."""
+    resolve = (
+        f"ip={host}"
+        if host.replace(".", "").isdigit()
+        else f"ip=$(nslookup {host} | awk '/^Address: / {{print $2}}' | tail -n1)"
+    )
     script = (
-        f"for i in $(seq 60); do wget -q -T 2 -O - {url} && exit 0; sleep 1; done; "
-        f"echo 'no answer from {url}'; exit 1"
+        f"for i in $(seq 60); do {resolve}; "
+        f'[ -n "$ip" ] && timeout 5 wget -q -O - "http://$ip:{port}/" && exit 0; sleep 1; done; '
+        f"echo 'no answer from {host}:{port}'; exit 1"
     )
     return pod(name, image, script)
 

@@ -59,8 +59,8 @@ def test_two_pods_talk_through_a_headless_service_dns_name(
     )
     kube.core.create_namespaced_pod(namespace, server)
     wait_ready(kube, "server", namespace)
-    url = f"http://server.talk.{namespace}.svc.{realconfig.CLUSTER_DOMAIN}:8080/"
-    kube.core.create_namespaced_pod(namespace, http_client("client", busybox_image, url))
+    host = f"server.talk.{namespace}.svc.{realconfig.CLUSTER_DOMAIN}"
+    kube.core.create_namespaced_pod(namespace, http_client("client", busybox_image, host, 8080))
     done = wait_phase(kube, "client", namespace, {"Succeeded", "Failed"})
     logs = real_cluster.kubectl("logs", "-n", namespace, "client").stdout
     assert done.status.phase == "Succeeded", logs
@@ -84,11 +84,11 @@ def test_a_cluster_ip_service_reaches_a_pod(
     kube.core.create_namespaced_pod(namespace, server)
     wait_ready(kube, "web-0", namespace)
     # By address (kube-proxy's DNAT) and by the Service's name (CoreDNS -> the ClusterIP).
-    for name, url in (
-        ("by-ip", f"http://{cluster_ip}:80/"),
-        ("by-name", f"http://web.{namespace}.svc.{realconfig.CLUSTER_DOMAIN}/"),
+    for name, host in (
+        ("by-ip", cluster_ip),
+        ("by-name", f"web.{namespace}.svc.{realconfig.CLUSTER_DOMAIN}"),
     ):
-        kube.core.create_namespaced_pod(namespace, http_client(name, busybox_image, url))
+        kube.core.create_namespaced_pod(namespace, http_client(name, busybox_image, host, 80))
         done = wait_phase(kube, name, namespace, {"Succeeded", "Failed"})
         logs = real_cluster.kubectl("logs", "-n", namespace, name).stdout
         assert done.status.phase == "Succeeded", logs
