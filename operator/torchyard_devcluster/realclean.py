@@ -13,6 +13,7 @@ Ownership of global state: the machine has one real-node host at a time (a host 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import os
 import shlex
@@ -133,9 +134,17 @@ def delete_link(name: str) -> None:
         _run(["ip", "link", "del", name])
 
 
+def _hierarchies() -> list[str]:
+    """Names of the mounted cgroup hierarchies under /sys/fs/cgroup (cpu, memory, unified…)."""
+    if not CGROUP_FS.is_dir():
+        return list(CGROUP_V1_CONTROLLERS)
+    return sorted(d.name for d in CGROUP_FS.iterdir() if d.is_dir() and not d.is_symlink())
+
+
 def remove_cgroups(root: str) -> None:
-    """rmdir the node's cgroup folders, children first (cgroupfs folders hold no files)."""
-    for ctrl in CGROUP_V1_CONTROLLERS:
+    """rmdir the node's cgroup folders, children first, in every mounted hierarchy (the v1
+    controllers and the hybrid ``unified`` v2 one, where runc also makes them)."""
+    for ctrl in _hierarchies():
         base = CGROUP_FS / ctrl / root.lstrip("/")
         if not base.is_dir():
             continue
@@ -205,21 +214,76 @@ def clean_iptables(binaries: Iterable[str] = ("iptables", "ip6tables")) -> list[
 def leftovers(nodes: Iterable[RealNode]) -> list[str]:
     """What of the real nodes is still on the machine (empty when fully clean)."""
     out: list[str] = []
-    for node in nodes:
+    nodes_list = list(nodes)
+    for node in nodes_list:
         out += [f"mount {m}" for m in mounts_under(node.base)]
         out += [f"process {p}" for p in _pids_in_cgroup(node.cgroup_root) | _shims_of(node.socket)]
         if _run(["ip", "link", "show", node.bridge]).returncode == 0:
             out.append(f"link {node.bridge}")
         out += [
             f"cgroup {ctrl}{node.cgroup_root}"
-            for ctrl in CGROUP_V1_CONTROLLERS
+            for ctrl in _hierarchies()
             if (CGROUP_FS / ctrl / node.cgroup_root.lstrip("/")).exists()
         ]
     for table in ("nat", "filter"):
         _, owned = plan_iptables_cleanup(_run(["iptables", "-w", "-t", table, "-S"]).stdout)
         out += [f"iptables -t {table} chain {c}" for c in owned]
+    for node in nodes_list:
+        results = CNI_RESULTS.glob(f"{node.network}-*") if CNI_RESULTS.is_dir() else []
+        out += [f"file {r}" for r in results]
+    if (KUBELET_FIXED_DIR / "device-plugins" / "kubelet.sock").exists():
+        out.append(f"file {KUBELET_FIXED_DIR / 'device-plugins' / 'kubelet.sock'}")
     netns_dir = Path("/run/netns")
     for ns in netns_dir.iterdir() if netns_dir.is_dir() else []:
         if _in_cluster_cidr(_run(["ip", "-n", ns.name, "-4", "-o", "addr", "show"]).stdout):
             out.append(f"netns {ns.name}")
     return out
+
+
+# --- files outside the state folder -----------------------------------------------------------
+
+CONTAINERD_RUN = Path("/run/containerd")
+CNI_RESULTS = Path("/var/lib/cni/results")
+KUBELET_FIXED_DIR = Path("/var/lib/kubelet")
+
+
+def shim_socket(containerd_socket: Path, namespace: str, task_id: str) -> Path:
+    """Where containerd 1.6 puts a shim's socket: ``/run/containerd/s/<sha256(address/ns/id)>``
+    whatever the instance's state folder (runtime/v2/shim.SocketAddress)."""
+    digest = hashlib.sha256(f"{containerd_socket}/{namespace}/{task_id}".encode()).hexdigest()
+    return CONTAINERD_RUN / "s" / digest
+
+
+def _task_ids(node: RealNode) -> list[str]:
+    tasks = node.base / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
+    return [d.name for d in tasks.iterdir()] if tasks.is_dir() else []
+
+
+def _rmdir_empty(*dirs: Path) -> None:
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def remove_host_files(node: RealNode) -> None:
+    """What the node's kubelet, containerd and CNI write at fixed paths: shim sockets, libcni's
+    result cache, the kubelet's device-plugin socket; their folders go when left empty."""
+    for task in _task_ids(node):
+        shim_socket(node.socket, "k8s.io", task).unlink(missing_ok=True)
+    prefix = f"{node.network}-"
+    for result in CNI_RESULTS.glob(f"{prefix}*") if CNI_RESULTS.is_dir() else []:
+        container = result.name[len(prefix) :].rsplit("-", 1)[0]
+        (CNI_RESULTS / f"cni-loopback-{container}-lo").unlink(missing_ok=True)
+        result.unlink(missing_ok=True)
+    (KUBELET_FIXED_DIR / "device-plugins" / "kubelet.sock").unlink(missing_ok=True)
+    (KUBELET_FIXED_DIR / "device-plugins" / "DEPRECATION").unlink(missing_ok=True)
+    _rmdir_empty(
+        CONTAINERD_RUN / "s",
+        CONTAINERD_RUN / "runc" / "k8s.io",
+        CONTAINERD_RUN / "runc",
+        CONTAINERD_RUN,
+        CNI_RESULTS,
+        CNI_RESULTS.parent,
+        KUBELET_FIXED_DIR / "device-plugins",
+        KUBELET_FIXED_DIR,
+    )

@@ -117,6 +117,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       runtime_type = "io.containerd.runc.v2"
       [{cri}.containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "{node.base / "runc"}"
   [{cri}.cni]
     bin_dir = "{cni_bin_dir}"
     conf_dir = "{node.base / "net.d"}"

@@ -185,6 +185,7 @@ def teardown(state_dir: Path, *, drain_timeout: float = 60.0) -> list[str]:
     for node in state.nodes:
         realclean.kill_node_processes(node)
         realclean.unmount_under(node.base)
+        realclean.remove_host_files(node)
         realclean.remove_container_log_links(node.base / "pod-logs")
     realclean.delete_pod_netns()
     for node in state.nodes:

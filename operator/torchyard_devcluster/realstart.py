@@ -200,6 +200,7 @@ def start_kubelet(
         f"--hostname-override={node.name}",
         f"--node-ip={node.gateway}",
         f"--root-dir={node.base / 'kubelet'}",
+        f"--cert-dir={node.base / 'kubelet' / 'pki'}",
         f"--node-labels={REAL_NODE_LABEL}=true",
         "--v=1",
     ]
