@@ -11,7 +11,9 @@ kubelet would (completion index, namespace) and rewritten where a laptop differs
 * ``TORCHYARD_METRICS_PORT`` → the first of ``procsPerWorker`` consecutive free local ports per
   pod (local rank r serves base + r), picked afresh for every attempt like the rendezvous port,
   so that runs side by side (or anything else on 9400) never collide. Where each rank serves is
-  printed and written to ``<run dir>/metrics-targets.json``, a Prometheus ``file_sd`` file.
+  printed and written to ``<run dir>/metrics-targets.json``, a Prometheus ``file_sd`` file;
+* ``python``/``python3``/``torchrun`` → this interpreter (shims first on ``PATH``), the working
+  directory → ``<run dir>/pod-<i>/work``, relative paths → absolute (``local_env``).
 
 Like the operator, one failed worker restarts the *whole group* (all pods), counted against
 ``runPolicy.backoffLimit``; exit codes are classified by ``runPolicy.retryPolicy`` (ExitCode:
