@@ -319,3 +319,22 @@ def test_a_warning_for_a_level_not_enforced_is_no_refusal(labels: dict[str, str]
     from torchyard.state.podsecurity import pod_security_refusal
 
     assert pod_security_refusal([PSA_WARNING], "team-a", labels) is None
+
+
+def test_the_crd_types_what_the_rules_read_and_keeps_the_rest() -> None:
+    from torchyard.crd import all_crds
+
+    for crd in all_crds().values():
+        (version,) = crd["spec"]["versions"]
+        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        template = spec["properties"]["podTemplate"]
+        pod_spec = template["properties"]["spec"]
+        # Unknown PodSpec fields (volumes' sources, securityContext...) are kept, not pruned,
+        assert pod_spec["x-kubernetes-preserve-unknown-fields"] is True
+        container = pod_spec["properties"]["containers"]["items"]
+        assert container["x-kubernetes-preserve-unknown-fields"] is True
+        # while the fields a CEL rule reads are typed (CEL cannot see unknown fields).
+        assert container["properties"]["command"]["type"] == "array"
+        assert pod_spec["properties"]["restartPolicy"]["type"] == "string"
+        messages = [r["message"] for r in template["x-kubernetes-validations"]]
+        assert any("podTemplate.spec.restartPolicy" in m for m in messages)
