@@ -166,6 +166,7 @@ def remove_container_log_links(pod_logs: Path) -> int:
             if link.is_symlink() and os.readlink(link).startswith(str(pod_logs)):
                 link.unlink()
                 removed += 1
+    _rmdir_empty(links)  # the kubelet made it; it makes it again when needed
     return removed
 
 

@@ -196,5 +196,7 @@ def teardown(state_dir: Path, *, drain_timeout: float = 60.0) -> list[str]:
     if not any(line.startswith("mount ") for line in left):
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(state.run, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            state.run.parent.rmdir()  # /run/torchyard, when no other cluster uses it
     release_host(state_dir)
     return left

@@ -190,5 +190,4 @@ def release_host(state_dir: Path) -> None:
     with contextlib.suppress(OSError), HOST_LOCK.open("r+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         if fh.read().strip() == str(state_dir):
-            fh.seek(0)
-            fh.truncate()
+            HOST_LOCK.unlink()  # while holding it: the next claim makes a fresh one
