@@ -281,6 +281,13 @@ class RunPolicy(KubeModel):
     """Which pods to delete when the job finishes: none, the still-running ones, or all."""
     suspend: bool = False
     """Suspend the job: pods are deleted, state is kept; set back to false to resume."""
+    stall_timeout_seconds: int | None = Field(default=None, ge=1)
+    """A running job whose rank 0 reports no step for this long gets the Stalled condition
+    (and an Event). Unset: max(10 x the job's median interval between step reports, 300 s).
+    Counted from the first step of each attempt, so startup and compile never trip it."""
+    stall_action: Literal["None", "Restart"] = "None"
+    """What a stall does besides the condition: None (only report it) or Restart (restart
+    the whole group from the newest checkpoint, counted in restarts against backoffLimit)."""
 
 
 class SchedulingSpec(KubeModel):
