@@ -4,6 +4,7 @@
 #
 #   hack/images.sh                 # everything; a second run with nothing changed is fast
 #   hack/images.sh --no-push       # build only
+#   hack/images.sh --wheelhouse    # only the base image and the wheelhouses (then stop)
 #
 # Environment:
 #   TORCHYARD_CACHE       cache root (default ~/.cache/torchyard); nothing is written in the clone
@@ -35,7 +36,13 @@ CONTEXT="$IMAGES/context"
 TAG="${IMAGE_TAG:-dev}"
 VARIANTS="${TRAINER_VARIANTS:-cpu cuda}"
 PUSH=1
-[[ "${1:-}" == "--no-push" ]] && PUSH=0
+ONLY_WHEELHOUSE=0
+case "${1:-}" in
+  --no-push) PUSH=0 ;;
+  --wheelhouse) ONLY_WHEELHOUSE=1 ;;
+  "") ;;
+  *) echo "unknown argument: $1 (see the header of $0)" >&2; exit 2 ;;
+esac
 
 # The stand-in base: the Debian release and Python of python:3.12-slim-bookworm's distribution
 # (bookworm ships Python 3.11). Bump STANDIN_REV to rebuild it.
@@ -196,6 +203,7 @@ main() {
     op_args=(--build-arg "PYTHON_IMAGE=$STANDIN_IMAGE")
     tr_args=(--build-arg "CUDA_IMAGE=$STANDIN_IMAGE" --build-arg "CPU_IMAGE=$STANDIN_IMAGE")
   fi
+  [[ $ONLY_WHEELHOUSE == 0 ]] || return 0
   BUILT=()
   build operator "$registry/torchyard/operator:$TAG" -f "$ROOT/Dockerfile" "${base_args[@]}" "${op_args[@]}"
   local variant suffix
