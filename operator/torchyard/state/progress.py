@@ -161,7 +161,9 @@ class ProgressBook:
             if e is None or report.step < e.last[0]:
                 # First report, or a new attempt restarted from an older checkpoint: the rate
                 # is measured afresh.
-                self._jobs[key] = _Entry(report, point, point, now, True, e and e.last_write)
+                self._jobs[key] = _Entry(
+                    report, point, point, now, True, e.last_write if e else None
+                )
                 return
             if report.step > e.last[0]:
                 # The rate is measured between reports whose step advanced.
