@@ -25,6 +25,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/torchyard
+# Dependencies first, in a layer a source change does not invalidate: from the wheelhouse, its
+# requirements.txt (the pinned set it was downloaded for) when it has one.
+RUN if [ "$PIP_SOURCE" = wheelhouse ] && [ -f /wheels/requirements.txt ]; then \
+        grep -v -E '^(torch|nvidia-|triton)' /wheels/requirements.txt > /tmp/requirements.txt \
+        && /opt/torchyard/bin/pip install --no-cache-dir --no-index --find-links /wheels \
+            -r /tmp/requirements.txt; \
+    fi
 # Only what the wheel needs (see .dockerignore): metadata first, then the two source roots.
 # .dockerignore keeps operator/torchyard_devcluster/ (the dev control plane) out of the build
 # context, so the wheel built here has no dev-cluster code; the rm makes that hold even for a
