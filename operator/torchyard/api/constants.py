@@ -47,6 +47,8 @@ class ConditionType:
     SUSPENDED: Final = "Suspended"
     SUCCEEDED: Final = "Succeeded"
     FAILED: Final = "Failed"
+    # Rank 0 reported no step for longer than the stall window (state/stall.py).
+    STALLED: Final = "Stalled"
 
 
 class Reason:
@@ -88,6 +90,12 @@ class Reason:
     # The namespace's enforced Pod Security level refuses the worker pods (a privileged or
     # hostPath pod template in a restricted namespace): the job fails, naming the fields.
     POD_SECURITY_REJECTED: Final = "PodSecurityRejected"
+    # Stall detection (state/stall.py): the Stalled condition turns True with NoProgress and
+    # False with ProgressResumed; a group restart for runPolicy.stallAction Restart says
+    # Stalled (Restarting condition, Event, status message).
+    NO_PROGRESS: Final = "NoProgress"
+    PROGRESS_RESUMED: Final = "ProgressResumed"
+    STALLED: Final = "Stalled"
 
 
 DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/torchyard/trainer:0.1.0"

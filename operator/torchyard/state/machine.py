@@ -49,13 +49,15 @@ from torchyard.state.results import (
     failed_pod,
     result_of,
 )
+from torchyard.state.stall import StepTiming, attempt_started, judge_stall, note_stall
 
 
-def decide(view: JobView, obs: Observed) -> Decision:
+def decide(view: JobView, obs: Observed, timing: StepTiming | None = None) -> Decision:
     """The next step for one job. Pure: same inputs, same decision.
 
     The steps run in order; the first that returns a Decision settles it (a Decision is
-    always truthy, so ``or`` moves on only past a step that returned None).
+    always truthy, so ``or`` moves on only past a step that returned None). ``timing``: rank
+    0's step reports, for stall detection (:mod:`torchyard.state.stall`); None: not judged.
     """
     draft = StatusDraft(view, obs.now)
     job = obs.job
@@ -82,6 +84,7 @@ def decide(view: JobView, obs: Observed) -> Decision:
         or _succeed_if_complete(draft, job, obs.pods)
         or _handle_failed_attempt(draft, job, obs.pods)
         or _wait_for_admission(draft, job)
+        or _watch_for_stall(draft, job, timing)
         or _track_workers(draft, job)
     )
 
@@ -351,7 +354,34 @@ def _handle_failed_attempt(
     return _restart_group(draft, job, what)
 
 
-def _restart_group(draft: StatusDraft, job: JobInfo, what: str) -> Decision:
+def _watch_for_stall(
+    draft: StatusDraft, job: JobInfo, timing: StepTiming | None
+) -> Decision | None:
+    """A running job whose rank 0 stopped reporting steps: the Stalled condition (and, with
+    ``stallAction: Restart``, a group restart from the newest checkpoint, counted against
+    backoffLimit like a retryable failure)."""
+    if draft.old_phase != Phase.RUNNING or job.finished:
+        return None
+    policy = _parsed(draft).spec.run_policy
+    started = attempt_started(draft.status)
+    verdict = judge_stall(timing, policy.stall_timeout_seconds, started, draft.now)
+    note_stall(draft, verdict)
+    if verdict is None or not verdict.stalled or policy.stall_action != "Restart":
+        return None
+    what = f"{Reason.STALLED}: {verdict.message}"
+    if draft.restarts >= policy.backoff_limit:
+        return draft.fail(
+            Reason.BACKOFF_LIMIT_EXCEEDED,
+            f"{what}; backoffLimit {policy.backoff_limit} reached after {draft.restarts} "
+            "restart(s)",
+            job,
+        )
+    return _restart_group(draft, job, what, Reason.STALLED)
+
+
+def _restart_group(
+    draft: StatusDraft, job: JobInfo, what: str, reason: str = Reason.RETRYABLE_FAILURE
+) -> Decision:
     """Count the restart first (written before the failed Job is deleted), then delete it."""
     restarts, limit = draft.restarts, _parsed(draft).spec.run_policy.backoff_limit
     draft.status["restarts"] = restarts + 1
@@ -365,9 +395,9 @@ def _restart_group(draft: StatusDraft, job: JobInfo, what: str) -> Decision:
         # attempt is a new Job, so a new Workload that is admitted anew (docs/operator.md).
         message += f"; the new worker Job queues again in LocalQueue {queue}"
     draft.phase(Phase.RESTARTING, message)
-    draft.cond(ConditionType.RESTARTING, True, Reason.RETRYABLE_FAILURE, message)
-    draft.clear(ConditionType.RUNNING, Reason.RETRYABLE_FAILURE, "the worker group is restarting")
-    draft.event(Reason.RETRYABLE_FAILURE, message, warning=True)
+    draft.cond(ConditionType.RESTARTING, True, reason, message)
+    draft.clear(ConditionType.RUNNING, reason, "the worker group is restarting")
+    draft.event(reason, message, warning=True)
     draft.after(Action(ActionKind.DELETE_JOB, job_uid=job.uid))
     draft.status["workers"] = worker_counts(None)
     return draft.done()
