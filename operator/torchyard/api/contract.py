@@ -91,6 +91,12 @@ class Env:
     LOG_LEVEL: Final = "TORCHYARD_LOG_LEVEL"
     COLLECTIVE_TIMEOUT_SECONDS: Final = "TORCHYARD_COLLECTIVE_TIMEOUT_SECONDS"
     PEAK_FLOPS: Final = "TORCHYARD_PEAK_FLOPS"
+    # Live progress (docs/architecture.md, "Live progress"): where rank 0 POSTs its progress
+    # (absent: the worker does not post), the projected service-account token that
+    # authenticates the pod, and the PEM of the CA that signed the endpoint's certificate.
+    PROGRESS_URL: Final = "TORCHYARD_PROGRESS_URL"
+    PROGRESS_TOKEN_FILE: Final = "TORCHYARD_PROGRESS_TOKEN_FILE"
+    PROGRESS_CA: Final = "TORCHYARD_PROGRESS_CA"
     # Fault injection for the restart tests (never set by the operator).
     FAULT_KILL_AT_STEP: Final = "TORCHYARD_FAULT_KILL_AT_STEP"
     FAULT_KILL_RANK: Final = "TORCHYARD_FAULT_KILL_RANK"
@@ -117,8 +123,14 @@ WORKER_CONTAINER: Final = "worker"
 SPEC_MOUNT_DIR: Final = "/etc/torchyard"
 """Where the worker container mounts the job's spec ConfigMap."""
 SHM_MOUNT_PATH: Final = "/dev/shm"
-OPERATOR_MOUNT_PATHS: Final = (SPEC_MOUNT_DIR, SHM_MOUNT_PATH)
-OPERATOR_VOLUME_NAMES: Final = ("spec", "dshm")
+PROGRESS_TOKEN_DIR: Final = "/var/run/secrets/torchyard.io/progress"
+"""Where the worker container mounts its projected progress token (file ``token``)."""
+PROGRESS_TOKEN_AUDIENCE: Final = "torchyard.io/progress"
+"""The audience of that token: the progress endpoint accepts no other (a pod's API token is
+refused there, and this token is refused by the API server)."""
+PROGRESS_VOLUME: Final = "progress-token"
+OPERATOR_MOUNT_PATHS: Final = (SPEC_MOUNT_DIR, SHM_MOUNT_PATH, PROGRESS_TOKEN_DIR)
+OPERATOR_VOLUME_NAMES: Final = ("spec", "dshm", PROGRESS_VOLUME)
 OPERATOR_VOLUME_PREFIX: Final = "storage-"
 """The operator's volume of the n-th pvc:// claim is storage-<n>."""
 DEFAULT_METRICS_PORT: Final = 9400

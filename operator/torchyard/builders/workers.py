@@ -35,6 +35,7 @@ from torchyard.api.contract import (
     pvc_claim,
 )
 from torchyard.builders.podtemplate import apply_pod_template
+from torchyard.builders.progress import ProgressEndpoint, with_progress
 
 Manifest = dict[str, Any]
 GangMode = Literal["volcano", "coscheduling", "kueue", "none"]
@@ -446,6 +447,7 @@ def build_worker_job(
     gang: GangMode = "none",
     restart_count: int = 0,
     default_image: str = DEFAULT_TRAINER_IMAGE,
+    progress: ProgressEndpoint | None = None,
 ) -> Manifest:
     """The Indexed batch/v1 Job running the worker pods."""
     placement = _gang_placement(w, gang, restart_count)
@@ -474,7 +476,13 @@ def build_worker_job(
                         "labels": placement.pod_labels,
                         "annotations": placement.pod_annotations,
                     },
-                    "spec": _pod_spec(w, container, volumes, placement.scheduler_name),
+                    "spec": with_progress(
+                        _pod_spec(w, container, volumes, placement.scheduler_name),
+                        progress,
+                        kind=w.kind,
+                        namespace=w.namespace,
+                        name=w.name,
+                    ),
                 },
                 w.pod_template,
             ),
@@ -534,13 +542,18 @@ def build_children(
     gang: GangMode = "none",
     restart_count: int = 0,
     default_image: str = DEFAULT_TRAINER_IMAGE,
+    progress: ProgressEndpoint | None = None,
 ) -> Children:
     w = workload_of(job, namespace)
     return Children(
         configmap=build_spec_configmap(job, w),
         service=build_service(w),
         job=build_worker_job(
-            w, gang=gang, restart_count=restart_count, default_image=default_image
+            w,
+            gang=gang,
+            restart_count=restart_count,
+            default_image=default_image,
+            progress=progress,
         ),
         podgroup=build_podgroup(w, gang),
     )

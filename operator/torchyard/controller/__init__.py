@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +40,7 @@ from torchyard.api.constants import (
 )
 from torchyard.api.contract import Label
 from torchyard.controller.jobwatch import start_job_watches
+from torchyard.controller.progress_server import ProgressConfig, ProgressServer
 from torchyard.controller.reconciler import Reconciler, Settings
 from torchyard.metrics import OperatorMetrics
 from torchyard.state import lifetime_due
@@ -118,12 +120,19 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         r.observe_job,
         r.relist_jobs,
     )
+    config: ProgressConfig | None = getattr(memo, "progress", None)
+    if config is not None:
+        memo.progress_server = ProgressServer(r.kube, r.cache, r.metrics, config)
+        await memo.progress_server.start()
 
 
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     for w in getattr(memo, "job_watches", None) or []:
         w.stop()
+    server = getattr(memo, "progress_server", None)
+    if server is not None:
+        await server.stop()
 
 
 @kopf.on.probe(id="jobWatch")
@@ -217,11 +226,17 @@ def run_operator(opts: OperatorOptions) -> None:
     if opts.default_image:
         settings.default_image = opts.default_image
     settings.default_storage = opts.default_storage
+    progress = ProgressConfig.from_env(os.environ)  # live progress (controller/progress_server)
+    if progress is not None:
+        settings.progress = progress.endpoint()
+        settings.progress_write_seconds = progress.write_seconds
     reconciler = Reconciler(_api_client(), metrics, settings)
     if opts.metrics_port:
         metrics.serve(opts.metrics_port)
     liveness = f"http://0.0.0.0:{opts.health_port}/healthz" if opts.health_port else None
-    memo = kopf.Memo(reconciler=reconciler, peering=opts.peering, namespaces=opts.namespaces)
+    memo = kopf.Memo(
+        reconciler=reconciler, peering=opts.peering, namespaces=opts.namespaces, progress=progress
+    )
     kopf.run(
         standalone=opts.peering is None,
         peering_name=opts.peering,

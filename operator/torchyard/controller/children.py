@@ -101,6 +101,7 @@ class Children:
                 gang=gang,
                 restart_count=restart_count,
                 default_image=self.settings.default_image,
+                progress=self.settings.progress,
             )
         except PodTemplateConflict as exc:
             # The API's rules refuse these overrides first; this is the merge's second check.

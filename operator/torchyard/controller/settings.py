@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchyard.api.constants import DEFAULT_TRAINER_IMAGE
+from torchyard.builders.progress import ProgressEndpoint
+from torchyard.state.progress import DEFAULT_WRITE_INTERVAL
 
 
 @dataclass
@@ -21,6 +23,11 @@ class Settings:
     child_coalesce_seconds: float = 0.25
     """The same for events of a job's batch Job: pods becoming ready one by one change its
     counts in bursts; one status write per burst, not one per pod."""
+    progress: ProgressEndpoint | None = None
+    """The live-progress endpoint the workers post to (None: they do not post); set from the
+    operator's TORCHYARD_PROGRESS_* environment (controller/progress_server.py)."""
+    progress_write_seconds: float = DEFAULT_WRITE_INTERVAL
+    """Least time between two ``status.progress`` writes of one job (the newest report wins)."""
 
 
 __all__ = ["Settings"]
