@@ -9,6 +9,7 @@ import pytest
 
 from tests.unit.test_status import T0, cond, job, step, tj_body
 from torchyard.api.constants import ConditionType, Phase, Reason
+from torchyard.controller.stall_watch import StallWatch
 from torchyard.state import ActionKind, Decision, JobView, Observed, decide, get_condition
 from torchyard.state.stall import (
     DEFAULT_WINDOW_FLOOR_SECONDS,
@@ -156,3 +157,34 @@ def test_without_timing_nothing_changes() -> None:
     body = running({"stallTimeoutSeconds": 1})
     d = decide(JobView.from_body(body), Observed(now=at(3600), job=job(active=2, ready=2)))
     assert get_condition(d.status, ConditionType.STALLED) is None
+
+
+# ------------------------------------------------------------------------ the periodic check
+
+
+class Book:
+    """A progress book's one method stall detection reads."""
+
+    def __init__(self) -> None:
+        self.times: dict[tuple[str, str, str], float] = {}
+
+    def last_step_time(self, key: tuple[str, str, str]) -> float | None:
+        return self.times.get(key)
+
+
+def test_the_periodic_check_enqueues_only_flips() -> None:
+    key = ("TrainingJob", "ml", "digits")
+    objects = {key: running({"stallTimeoutSeconds": 30})}
+    queued: list[tuple[str, str, str]] = []
+    book = Book()
+    watch = StallWatch(objects, lambda k, delay: queued.append(k), book)
+    assert watch.check(at(3600)) == []  # no step reported: nothing judged
+    book.times[key] = at(5).timestamp()
+    assert watch.check(at(20)) == []
+    assert watch.check(at(40)) == [key]  # stalled, the condition is not True yet
+    objects[key] = step(objects[key], look(objects[key], 40, 5))
+    assert watch.check(at(50)) == []  # the condition says so already
+    book.times[key] = at(55).timestamp()
+    assert watch.check(at(56)) == [key]  # resumed: to clear
+    assert queued == [key, key]
+    assert watch.timing(key).last_step_time == at(55)

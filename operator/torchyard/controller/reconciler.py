@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -55,6 +56,7 @@ from torchyard.state import (
     decide_blocked,
     decide_failure,
 )
+from torchyard.state.stall import StepTiming
 
 log = logging.getLogger("torchyard.operator")
 
@@ -96,6 +98,8 @@ class Reconciler:
         # Own threads: the loop's default executor has only cpu+4 threads.
         self._pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="reconcile")
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Rank 0's step timing for stall detection (controller/stall_watch.py wires it).
+        self.step_timing: Callable[[Key], StepTiming | None] = lambda key: None
 
     # ------------------------------------------------------------------ the watches' side
 
@@ -250,13 +254,14 @@ class Reconciler:
             # its children are still being garbage-collected): never ours, wait it out.
             job = replace(job, deleting=True, restart_count=-1, owned=False)
         obs = Observed(now=now, job=job)
-        decision = decide(view, obs)
+        timing = self.step_timing(key)
+        decision = decide(view, obs, timing)
         if decision.needs_source:
             obs = replace(obs, source=self.cache.source(view, body))
-            decision = decide(view, obs)
+            decision = decide(view, obs, timing)
         if decision.needs_pods and obs.job is not None:
             obs = replace(obs, pods=self._pods(key, obs.job))
-            decision = decide(view, obs)
+            decision = decide(view, obs, timing)
         return obs, decision
 
     def _pods(self, key: Key, job: JobInfo) -> tuple[PodInfo, ...]:
