@@ -24,6 +24,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 
+from torchyard_trainer.progress_post import ProgressPoster
+
 log = logging.getLogger("torchyard_trainer")
 
 LABELS = ("job", "namespace", "rank")
@@ -35,9 +37,11 @@ class ProgressLog:
 
     def __init__(self, path: Path | None) -> None:
         self._fh = None
+        self._poster: ProgressPoster | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = path.open("a", buffering=1)
+            self._poster = ProgressPoster.from_env()  # live progress to the operator, if asked
 
     def event(self, event: str, **fields: Any) -> None:
         if self._fh is None:
@@ -48,8 +52,13 @@ class ProgressLog:
             **{k: v for k, v in fields.items() if v is not None},
         }
         self._fh.write(json.dumps(rec) + "\n")
+        if self._poster is not None:
+            self._poster.offer(rec)
 
     def close(self) -> None:
+        if self._poster is not None:
+            self._poster.close()
+            self._poster = None
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -99,6 +108,10 @@ class WorkerMetrics:
         )
         self.gpu_mem = gauge("torchyard_worker_gpu_memory_bytes", "Peak GPU memory allocated")
         self.step = gauge("torchyard_worker_step", "Optimizer steps done")
+        self.last_step_time = gauge(
+            "torchyard_worker_last_step_timestamp_seconds",
+            "Unix time of the last reported optimizer step (the TorchyardJobStalled alert)",
+        )
         self.epoch = gauge("torchyard_worker_epoch", "Current epoch")
         self.lr = gauge("torchyard_worker_learning_rate", "Current learning rate")
         self.ckpt = Histogram(
@@ -127,6 +140,9 @@ class WorkerMetrics:
     def set(self, gauge: Gauge, value: float | None) -> None:
         if value is not None:
             gauge.labels(**self.labels).set(value)
+        if gauge is self.step and value is not None:
+            # Every step report (built-in loop and the reporting helper) goes through here.
+            self.last_step_time.labels(**self.labels).set(time.time())
 
     def observe(self, hist: Histogram, value: float) -> None:
         hist.labels(**self.labels).observe(value)
