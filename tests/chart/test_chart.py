@@ -482,6 +482,7 @@ def test_alert_rules_check(promtool: str) -> None:
         "TorchyardJobFailed",
         "TorchyardRestartsLooping",
         "TorchyardThroughputCollapse",
+        "TorchyardJobStalled",
         "TorchyardOperatorDown",
     }
 
