@@ -141,9 +141,23 @@ def _printer_columns(kind: str) -> list[dict[str, Any]]:
             {"name": "Workers", "type": "integer", "jsonPath": ".spec.workers"},
             {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch"},
             {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
+            {"name": "Progress", "type": "number", "jsonPath": ".status.progress.percent"},
+            {"name": "ETA-Seconds", "type": "integer", "jsonPath": ".status.progress.etaSeconds"},
             {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
             {"name": "Accuracy", "type": "number", "jsonPath": ".status.progress.accuracy"},
             {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1},
+            {
+                "name": "Samples/s",
+                "type": "number",
+                "jsonPath": ".status.progress.samplesPerSecond",
+                "priority": 1,
+            },
+            {
+                "name": "Updated",
+                "type": "date",
+                "jsonPath": ".status.progress.lastUpdateTime",
+                "priority": 1,
+            },
             {"name": "Model", "type": "string", "jsonPath": ".status.model.uri", "priority": 1},
             age,
         ]

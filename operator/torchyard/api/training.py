@@ -314,7 +314,8 @@ class WorkerCounts(KubeModel):
 
 
 class Progress(KubeModel):
-    """Training progress as rank 0 last reported it."""
+    """Training progress as rank 0 last reported it: live while the job runs (at most one
+    write per job every few seconds, see docs/architecture.md), from its result at the end."""
 
     epoch: int | None = None
     """Current epoch (0-based)."""
@@ -328,6 +329,16 @@ class Progress(KubeModel):
     """Latest evaluation accuracy (0-1)."""
     samples_per_second: float | None = None
     """Training throughput over all ranks."""
+    percent: float | None = Field(default=None, ge=0, le=100)
+    """Share of totalSteps done (0-100)."""
+    eta_seconds: int | None = Field(default=None, ge=0)
+    """Estimated seconds left, at the step rate measured since the attempt's first report."""
+    estimated_completion_time: str | None = None
+    """When the run should end at that rate (RFC 3339)."""
+    metrics: dict[str, float] | None = None
+    """The newest values of the job's other reported metrics (learning rate, MFU, ...)."""
+    last_update_time: str | None = None
+    """When the operator received the report shown here (RFC 3339)."""
 
 
 class CheckpointStatus(KubeModel):
