@@ -40,8 +40,9 @@ from torchyard.api.constants import (
 )
 from torchyard.api.contract import Label
 from torchyard.controller.jobwatch import start_job_watches
-from torchyard.controller.progress_server import ProgressConfig, ProgressServer
+from torchyard.controller.progress_server import BOOK, ProgressConfig, ProgressServer
 from torchyard.controller.reconciler import Reconciler, Settings
+from torchyard.controller.stall_watch import start_stall_watch
 from torchyard.metrics import OperatorMetrics
 from torchyard.state import lifetime_due
 
@@ -124,12 +125,15 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     if config is not None:
         memo.progress_server = ProgressServer(r.kube, r.cache, r.metrics, config)
         await memo.progress_server.start()
+    memo.stall_watch = start_stall_watch(r, BOOK)  # reads the progress book (Stalled)
 
 
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     for w in getattr(memo, "job_watches", None) or []:
         w.stop()
+    if getattr(memo, "stall_watch", None) is not None:
+        memo.stall_watch.cancel()
     server = getattr(memo, "progress_server", None)
     if server is not None:
         await server.stop()
