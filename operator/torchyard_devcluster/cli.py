@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from torchyard_devcluster import build, cluster, nodes, paths, realnode
+from torchyard_devcluster import build, cluster, nodes, paths, procs, realnode
 
 app = typer.Typer(
     name="dev-cluster",
@@ -123,6 +123,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     """Show processes, ports, versions and whether the apiserver is ready."""
     info = cluster.status()
     info["binaries"] = {"dir": str(paths.bin_dir()), "built": build.binaries_ready()}
+    real = realnode.RealState.load(realnode.real_dir(paths.state_dir()))
+    if real is not None and "processes" in info:
+        info["processes"].update(
+            {p.name: {"pid": p.pid, "alive": procs.alive(p), "log": p.log} for p in real.processes}
+        )
     if as_json:
         typer.echo(json.dumps(info, indent=2))
     else:
