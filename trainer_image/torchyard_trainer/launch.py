@@ -39,6 +39,19 @@ def exit_code_of(failure_exitcode: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from torchyard_trainer.logtee import archived_output
+
+    # Every rank's output also goes to <output store>/.logs/…/attempt-<n>/rank-<r>.log
+    with archived_output(os.environ) as archive:
+        code = _launch(argv)
+        if archive is not None:
+            archive.ended(code, None if code == 0 else "failed")
+    return code
+
+
+def _launch(argv: list[str] | None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 

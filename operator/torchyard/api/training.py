@@ -25,6 +25,7 @@ from torchyard.api.common import (
     StorageUri,
 )
 from torchyard.api.constants import TRAINING_JOB_KIND
+from torchyard.api.logarchive import DEFAULT_MAX_BYTES_PER_RANK
 from torchyard.api.podtemplate import PodTemplateOverride
 
 # On the teacher and on the trained model alike (both have a `model`).
@@ -157,6 +158,16 @@ class CheckpointSpec(KubeModel):
     """Save asynchronously (training continues while the checkpoint is written)."""
 
 
+class LogsSpec(KubeModel):
+    """The worker log archive: each pod writes its output, as it runs, to
+    `<output store>/.logs/<namespace>/<job>/attempt-<n>/rank-<r>.log` (file:// or pvc:// output
+    stores only), so `torchyard logs --attempt N --rank R` reads it after the pods are gone."""
+
+    max_bytes_per_rank: int = Field(default=DEFAULT_MAX_BYTES_PER_RANK, ge=0)
+    """Bound of one pod's log per attempt; a longer log keeps its first half-bound (the head)
+    and its newest quarter to half (the tail). 0 turns the archive off."""
+
+
 class TrainingJobSpec(KubeModel):
     """Desired state of a TrainingJob."""
 
@@ -221,6 +232,8 @@ class TrainingJobSpec(KubeModel):
     """Checkpointing."""
     output: OutputSpec = sub(OutputSpec)
     """Where the trained model version goes."""
+    logs: LogsSpec = sub(LogsSpec)
+    """The worker log archive (outlives the pods)."""
     run_policy: RunPolicy = sub(RunPolicy)
     """Retries, deadlines, cleanup, suspension."""
     scheduling: SchedulingSpec = sub(SchedulingSpec)
@@ -352,6 +365,15 @@ class CheckpointStatus(KubeModel):
     """When it was completed (RFC 3339)."""
 
 
+class LogArchiveStatus(KubeModel):
+    """Where the workers' logs are archived (see spec.logs)."""
+
+    uri: str
+    """Archive root: attempt-<n>/rank-<r>.log under it."""
+    attempts: int = Field(default=0, ge=0)
+    """Attempts started so far (each has its folder attempt-0 … attempt-<attempts-1>)."""
+
+
 class TrainingJobStatus(KubeModel):
     """Observed state of a TrainingJob."""
 
@@ -380,6 +402,8 @@ class TrainingJobStatus(KubeModel):
     """Training progress."""
     last_checkpoint: CheckpointStatus | None = None
     """The newest complete checkpoint."""
+    logs: LogArchiveStatus | None = None
+    """Where the workers' logs are archived."""
     model: ModelVersionStatus | None = None
     """The model version the job produced."""
     message: str | None = None

@@ -12,9 +12,10 @@ from typing import Annotated
 
 import typer
 
-from torchyard.cli_cluster.describe import describe, logs
+from torchyard.cli_cluster.describe import describe
 from torchyard.cli_cluster.get import get
 from torchyard.cli_cluster.kube import err_usage, one_line_errors
+from torchyard.cli_cluster.logs import logs
 
 
 def operator(

@@ -1,21 +1,23 @@
-"""`torchyard describe` and `torchyard logs`: one job's story, one worker's log."""
+"""`torchyard describe`: one job's story — summary, progress, attempt history (from the job's
+log archive where it is reachable), timeline, conditions, pods and events."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from torchyard import logarchive
 from torchyard.api.constants import GROUP, VERSION
-from torchyard.api.contract import Annotation, Label
+from torchyard.api.contract import DEFAULT_PVC_ROOT, Annotation, Label
 from torchyard.cli_cluster.get import KIND_ALIASES, KIND_OF, Table, age
 from torchyard.cli_cluster.kube import (
     ContextOpt,
     Kube,
     KubeconfigOpt,
     NamespaceOpt,
-    api_error_message,
     connect,
     err_usage,
     fail,
@@ -82,7 +84,78 @@ def _summary(plural: str, obj: dict[str, Any]) -> None:
     _print(lines)
 
 
-def _worker_pods(kube: Kube, name: str, plural: str, rank: int | None = None) -> list[Any]:
+def _progress(obj: dict[str, Any]) -> None:
+    progress = (obj.get("status") or {}).get("progress") or {}
+    if progress:
+        _print(["Progress: " + "  ".join(f"{k} {_short(v)}" for k, v in progress.items())])
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _exit_codes(codes: dict[int, int | None]) -> str:
+    return " ".join(f"{r}:{'-' if c is None else c}" for r, c in sorted(codes.items())) or "-"
+
+
+def _attempts(obj: dict[str, Any], pvc_root: Path) -> list[logarchive.AttemptRecord]:
+    """The Attempts section, from the log archive: every attempt's start, end, the exit code
+    of each rank's pod, the reason, its log size. Where the archive is not reachable from here,
+    what the status knows (the number of attempts) and where the archive is."""
+    status = obj.get("status") or {}
+    uri, root = logarchive.archive_of(obj, pvc_root)
+    history = logarchive.history(root) if root is not None else []
+    if not history:
+        where = f"archive {uri} not reachable here (--pvc-root)" if uri else "no log archive"
+        started = status.get("restarts", 0) + 1 if status.get("startTime") else 0
+        _print([f"Attempts: {started} started, restarts {status.get('restarts', 0)}; {where}"])
+        return []
+    _section(
+        f"Attempts (log archive {uri})",
+        ["ATTEMPT", "START", "END", "EXIT (RANK:CODE)", "REASON", "LOG BYTES"],
+        [
+            [
+                str(a.attempt),
+                a.start or "-",
+                a.end or "-",
+                _exit_codes(a.exit_codes),
+                a.reason or "-",
+                str(a.log_bytes),
+            ]
+            for a in history
+        ],
+    )
+    return history
+
+
+def _timeline(obj: dict[str, Any], history: list[logarchive.AttemptRecord]) -> None:
+    """Conditions, attempt starts/ends and the last checkpoint and progress update, in time
+    order: how the job got where it is."""
+    status = obj.get("status") or {}
+    rows = [
+        (str(c["lastTransitionTime"]), f"{c['type']}={c['status']} {c.get('reason', '')}")
+        for c in status.get("conditions") or []
+        if c.get("lastTransitionTime")
+    ]
+    for a in history:
+        rows += [(a.start, f"attempt {a.attempt} started")] if a.start else []
+        rows += (
+            [(a.end, f"attempt {a.attempt} ended: {_exit_codes(a.exit_codes)}")] if a.end else []
+        )
+    ckpt = status.get("lastCheckpoint") or {}
+    if ckpt.get("time"):
+        rows.append((str(ckpt["time"]), f"checkpoint at step {ckpt.get('step')}"))
+    progress = status.get("progress") or {}
+    updated = progress.get("lastUpdateTime") or progress.get("lastUpdatedTime")
+    if updated:
+        rows.append((str(updated), f"progress: step {progress.get('step')}"))
+    for key, what in (("startTime", "workers started"), ("completionTime", "finished")):
+        if status.get(key):
+            rows.append((str(status[key]), what))
+    _section("Timeline", ["TIME", "WHAT"], [[t, w.strip()] for t, w in sorted(rows)])
+
+
+def worker_pods(kube: Kube, name: str, plural: str, rank: int | None = None) -> list[Any]:
     selector = f"{Label.JOB_NAME}={name},{Label.JOB_KIND}={KIND_OF[plural].lower()}"
     if rank is not None:
         selector += f",{Annotation.COMPLETION_INDEX}={rank}"
@@ -112,14 +185,24 @@ def _event_time(event: Any) -> str:
 def describe(
     name: Annotated[str, typer.Argument(help="Job name.")],
     kind: KindOpt = None,
+    pvc_root: Annotated[
+        Path,
+        typer.Option(
+            "--pvc-root", help="Where pvc:// claims are mounted here (for the log archive)."
+        ),
+    ] = Path(DEFAULT_PVC_ROOT),
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
     kubeconfig: KubeconfigOpt = None,
 ) -> None:
-    """Tell a job's story: spec summary, status, conditions, pods and events."""
+    """Tell a job's story: spec summary, progress, attempts, timeline, conditions, pods and
+    events."""
     kube = connect(kubeconfig, context, namespace)
     plural, obj = find(kube, name, kind)
     _summary(plural, obj)
+    _progress(obj)
+    history = _attempts(obj, pvc_root)
+    _timeline(obj, history)
     conditions = (obj.get("status") or {}).get("conditions") or []
     _section(
         "Conditions",
@@ -135,7 +218,7 @@ def describe(
             for c in conditions
         ],
     )
-    pods = sorted(_worker_pods(kube, name, plural), key=lambda p: p.metadata.name)
+    pods = sorted(worker_pods(kube, name, plural), key=lambda p: p.metadata.name)
     _section("Pods", ["NAME", "RANK", "PHASE", "NODE", "EXIT"], [_pod_row(p) for p in pods])
     uid = obj["metadata"]["uid"]
     events = kube.core.list_namespaced_event(
@@ -156,74 +239,4 @@ def describe(
     )
 
 
-def _pick_pod(pods: list[Any], previous: bool) -> tuple[Any, bool]:
-    """(pod, ask for the container's previous instance): the newest attempt's pod; with
-    --previous the attempt before it while its pod is still there, else the newest pod's
-    previous container (kubectl's --previous)."""
-    pods = sorted(pods, key=lambda p: p.metadata.creation_timestamp)
-    if not previous:
-        return pods[-1], False
-    if len(pods) > 1:
-        return pods[-2], False
-    return pods[-1], True
-
-
-def logs(
-    name: Annotated[str, typer.Argument(help="Job name.")],
-    rank: Annotated[int, typer.Option("--rank", "-r", help="Worker rank (completion index).")] = 0,
-    kind: KindOpt = None,
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Stream the log until the worker ends.")
-    ] = False,
-    previous: Annotated[
-        bool,
-        typer.Option(
-            "--previous",
-            "-p",
-            help="The attempt before the newest (its pod, while it is kept; else the "
-            "worker container's previous instance, as kubectl logs --previous).",
-        ),
-    ] = False,
-    tail: Annotated[
-        int | None, typer.Option("--tail", help="Last N lines only.", show_default=False)
-    ] = None,
-    namespace: NamespaceOpt = None,
-    context: ContextOpt = None,
-    kubeconfig: KubeconfigOpt = None,
-) -> None:
-    """Print the log of one worker (rank 0 by default) of the newest attempt."""
-    from kubernetes import client
-
-    kube = connect(kubeconfig, context, namespace)
-    plural, _ = find(kube, name, kind)
-    pods = _worker_pods(kube, name, plural, rank)
-    if not pods:
-        fail(f"no pod of rank {rank} for {name} (not started, or cleaned up)")
-    pod, previous_container = _pick_pod(pods, previous)
-    try:
-        resp = kube.core.read_namespaced_pod_log(
-            pod.metadata.name,
-            kube.namespace,
-            container="worker",
-            tail_lines=tail,
-            follow=follow,
-            previous=previous_container,
-            _preload_content=False,
-        )
-    except client.ApiException as exc:
-        # e.g. the container has not started, or the node's kubelet cannot be reached
-        attempt = (pod.metadata.annotations or {}).get(Annotation.RESTART_COUNT, "?")
-        fail(
-            f"no log of pod {pod.metadata.name} (rank {rank}, attempt {attempt}, "
-            f"{pod.status.phase}): {api_error_message(exc)}"
-        )
-    try:
-        # Chunks as they come: with -f the log streams until the container ends.
-        for chunk in resp.stream(64 * 1024, decode_content=True):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-    finally:
-        resp.release_conn()
-
-
-__all__ = ["describe", "find", "logs"]
+__all__ = ["KindOpt", "describe", "find", "worker_pods"]
