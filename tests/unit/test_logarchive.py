@@ -43,7 +43,8 @@ def test_a_short_log_is_kept_whole_and_recorded(tmp_path: Path) -> None:
     assert text.startswith(b"===== torchyard: attempt 2 rank 1 started ")
     assert text.endswith(b"hello\n")
     record = json.loads(layout.rank_record(tmp_path, 2, 1).read_text())
-    assert record["exitCode"] == 0 and record["dropped"] == 0
+    assert record["exitCode"] == 0
+    assert record["dropped"] == 0
     assert record["bytes"] == len(text)
     assert logarchive.read_log(tmp_path, 2, 1) == text
 
@@ -68,7 +69,8 @@ def test_a_long_log_keeps_head_and_newest_tail_within_the_bound(tmp_path: Path) 
     assert b"line 000000" in head  # the start of the output
     record = json.loads(layout.rank_record(tmp_path, 0, 0).read_text())
     assert record["bytes"] == len(head) + len(tail) + dropped
-    assert record["dropped"] == dropped and record["exitCode"] == 137
+    assert record["dropped"] == dropped
+    assert record["exitCode"] == 137
     # the pieces were joined and removed
     assert sorted(p.name for p in layout.attempt_dir(tmp_path, 0).iterdir()) == [
         "rank-0.json",
@@ -151,7 +153,9 @@ def test_the_tee_archives_the_process_and_its_children_and_keeps_the_console(
         assert line in text
     assert b"after the archive" not in text
     (rec,) = logarchive.history(root)
-    assert rec.attempt == 2 and rec.exit_codes == {1: 3} and rec.reason == "failed"
+    assert rec.attempt == 2
+    assert rec.exit_codes == {1: 3}
+    assert rec.reason == "failed"
 
 
 def test_without_a_job_or_with_a_zero_bound_nothing_is_archived(tmp_path: Path) -> None:
@@ -164,7 +168,8 @@ def test_without_a_job_or_with_a_zero_bound_nothing_is_archived(tmp_path: Path) 
     spec.write_text(json.dumps({"spec": {"output": out, "logs": {"maxBytesPerRank": 99}}}))
     assert archive_for({"TORCHYARD_SPEC": str(spec)}) is None
     sink = archive_for({"TORCHYARD_SPEC": str(spec), "TORCHYARD_JOB_NAME": "j"})
-    assert sink is not None and sink.max_bytes == 99
+    assert sink is not None
+    assert sink.max_bytes == 99
     spec.write_text(json.dumps({"spec": {"output": {"storage": "s3://b/x"}}}))
     assert archive_for({"TORCHYARD_SPEC": str(spec), "TORCHYARD_JOB_NAME": "j"}) is None
 
@@ -246,8 +251,11 @@ def test_logs_reads_a_gone_pods_attempt_from_the_archive(tmp_path: Path, where: 
         told = run(app, ["describe", "alpha", *kube])
         assert told.exit_code == 0, told.stderr
         rows = told.stdout.split("Attempts (log archive ")[1].splitlines()[2:4]
-        assert rows[0].split()[0] == "0" and "0:137 1:137" in rows[0] and "failed" in rows[0]
-        assert rows[1].split()[0] == "1" and "0:0 1:0" in rows[1]
+        assert rows[0].split()[0] == "0"
+        assert "0:137 1:137" in rows[0]
+        assert "failed" in rows[0]
+        assert rows[1].split()[0] == "1"
+        assert "0:0 1:0" in rows[1]
         assert "attempt 0 started" in told.stdout.split("Timeline:")[1]
 
 
