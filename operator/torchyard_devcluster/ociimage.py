@@ -87,6 +87,61 @@ def image_config(
     }
 
 
+def image_blobs(
+    files: Sequence[ImageFile],
+    *,
+    entrypoint: Sequence[str],
+    cmd: Sequence[str] = (),
+    user: str = "",
+) -> tuple[bytes, bytes, bytes]:
+    """(layer, config, manifest) of a one-layer ``FROM scratch`` image."""
+    layer = layer_tar(files)
+    config = _json(image_config(layer, entrypoint=entrypoint, cmd=cmd, user=user))
+    manifest = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {"mediaType": CONFIG_TYPE, "digest": _digest(config), "size": len(config)},
+            "layers": [{"mediaType": LAYER_TYPE, "digest": _digest(layer), "size": len(layer)}],
+        }
+    )
+    return layer, config, manifest
+
+
+def push(
+    registry: str,
+    repository: str,
+    tag: str,
+    files: Sequence[ImageFile],
+    *,
+    entrypoint: Sequence[str],
+    cmd: Sequence[str] = (),
+    user: str = "",
+) -> str:
+    """Push the image to a plain-HTTP registry (``127.0.0.1:5000``) with the distribution API
+    (monolithic blob uploads, then the manifest); returns the manifest digest."""
+    import httpx
+
+    layer, config, manifest = image_blobs(files, entrypoint=entrypoint, cmd=cmd, user=user)
+    base = f"http://{registry}/v2/{repository}"
+    with httpx.Client(timeout=60.0, trust_env=False) as c:
+        for blob in (layer, config):
+            start = c.post(f"{base}/blobs/uploads/")
+            start.raise_for_status()
+            location = httpx.URL(base).join(start.headers["Location"])
+            done = c.put(
+                location.copy_add_param("digest", _digest(blob)),
+                content=blob,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            done.raise_for_status()
+        put = c.put(
+            f"{base}/manifests/{tag}", content=manifest, headers={"Content-Type": MANIFEST_TYPE}
+        )
+        put.raise_for_status()
+    return _digest(manifest)
+
+
 def write_archive(
     out: Path,
     ref: str,
@@ -98,16 +153,7 @@ def write_archive(
 ) -> str:
     """Write the OCI archive of image ``ref`` (``repo:tag``) to ``out``; returns the manifest
     digest."""
-    layer = layer_tar(files)
-    config = _json(image_config(layer, entrypoint=entrypoint, cmd=cmd, user=user))
-    manifest = _json(
-        {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_TYPE,
-            "config": {"mediaType": CONFIG_TYPE, "digest": _digest(config), "size": len(config)},
-            "layers": [{"mediaType": LAYER_TYPE, "digest": _digest(layer), "size": len(layer)}],
-        }
-    )
+    layer, config, manifest = image_blobs(files, entrypoint=entrypoint, cmd=cmd, user=user)
     tag = ref.rsplit(":", 1)[1] if ":" in ref.rsplit("/", 1)[-1] else "latest"
     index = _json(
         {

@@ -81,7 +81,24 @@ def pause_ref(version: str) -> str:
     return f"{PAUSE_REPO}:{version}"
 
 
-def containerd_config(node: RealNode, *, cni_bin_dir: str, pause_image: str) -> str:
+#: Plain-HTTP registries on this machine the nodes pull from (the local OCI registry of
+#: ``make images``); a pull of ``127.0.0.1:5000/…`` then needs no TLS.
+LOCAL_REGISTRIES = ("127.0.0.1:5000", "localhost:5000")
+
+
+def _registry_mirrors(cri: str, registries: tuple[str, ...]) -> str:
+    return "".join(
+        f'  [{cri}.registry.mirrors."{r}"]\n    endpoint = ["http://{r}"]\n' for r in registries
+    )
+
+
+def containerd_config(
+    node: RealNode,
+    *,
+    cni_bin_dir: str,
+    pause_image: str,
+    registries: tuple[str, ...] = LOCAL_REGISTRIES,
+) -> str:
     """containerd 1.6 config (version 2): its own root/state/socket beside Docker's.
 
     ``restrict_oom_score_adj``: this VM refuses negative ``oom_score_adj`` even to root; the
@@ -122,7 +139,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     bin_dir = "{cni_bin_dir}"
     conf_dir = "{node.base / "net.d"}"
     max_conf_num = 1
-"""
+{_registry_mirrors(cri, registries)}"""
 
 
 def cni_conflist(node: RealNode) -> dict[str, Any]:

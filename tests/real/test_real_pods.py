@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
+from pathlib import Path
 
 import pytest
 
 import torchyard_devcluster as devcluster
-from torchyard_devcluster import realconfig
+from torchyard_devcluster import ociimage, realconfig
 from torchyard_devcluster.testing import Kube
 
 from .podkit import http_client, http_server, pod, wait_phase, wait_ready
@@ -93,3 +94,27 @@ def test_a_cluster_ip_service_reaches_a_pod(
         logs = real_cluster.kubectl("logs", "-n", namespace, name).stdout
         assert done.status.phase == "Succeeded", logs
         assert "pong-clusterip" in logs
+
+
+def test_a_pod_pulls_its_image_from_the_local_registry(
+    real_cluster: devcluster.DevCluster, kube: Kube, namespace: str
+) -> None:
+    """The flow users follow with their own registry: push, then the node pulls (containerd
+    reaches 127.0.0.1:5000 over plain HTTP, realconfig.LOCAL_REGISTRIES)."""
+    import httpx
+
+    registry = realconfig.LOCAL_REGISTRIES[0]
+    try:
+        httpx.get(f"http://{registry}/v2/", timeout=3.0, trust_env=False).raise_for_status()
+    except httpx.HTTPError:
+        pytest.skip(f"no OCI registry on {registry} (make images starts one)")
+    tag = uuid.uuid4().hex[:12]  # never pulled before: the node must fetch it
+    busybox = ociimage.ImageFile("bin/busybox", Path("/bin/busybox").read_bytes())
+    ociimage.push(registry, "torchyard-test/busybox", tag, [busybox], entrypoint=["/bin/busybox"])
+    image = f"{registry}/torchyard-test/busybox:{tag}"
+    manifest = pod("pulled", image, f"echo pulled {tag}")
+    manifest["spec"]["containers"][0]["imagePullPolicy"] = "Always"
+    kube.core.create_namespaced_pod(namespace, manifest)
+    done = wait_phase(kube, "pulled", namespace, {"Succeeded", "Failed"})
+    assert done.status.phase == "Succeeded"
+    assert real_cluster.kubectl("logs", "-n", namespace, "pulled").stdout.strip() == f"pulled {tag}"
