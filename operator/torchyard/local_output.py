@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from torchyard.api.contract import EXIT_CODE_MEANINGS, ExitCode, StorageURIError, local_path
+from torchyard.state.progress import eta_seconds, percent
 
 OutputFormat = Literal["human", "json"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("human", "json")
@@ -89,6 +90,10 @@ class ProgressState:
     note: str = ""
     """A restart in progress, shown until the next event."""
     events: int = 0
+    first_point: tuple[int, float] | None = None
+    last_point: tuple[int, float] | None = None
+    """(step, time) of the attempt's first and newest step events: the ETA's step rate (the
+    same estimate the operator writes to status.progress.etaSeconds)."""
 
     def apply(self, ev: dict[str, Any]) -> bool:
         """Take one event in; True when it deserves a line of its own (start, end)."""
@@ -97,12 +102,15 @@ class ProgressState:
         if kind == "start":
             self.total = ev.get("totalSteps")
             self.step = int(ev.get("startStep") or 0)
+            self.first_point = self.last_point = None
             self.epochs = ev.get("epochs")
             self.compression = self.compression or ev.get("kind") == "CompressionJob"
             self.note = ""
             return True
         if kind == "step":
             self.step = int(ev.get("step") or 0)
+            self.last_point = (self.step, float(ev.get("time") or 0.0))
+            self.first_point = self.first_point or self.last_point
             self.total = ev.get("totalSteps", self.total)
             self.epoch = ev.get("epoch")
             self.loss = ev.get("loss", self.loss)
@@ -127,7 +135,8 @@ class ProgressState:
             return f"trial {self.step}/{self.total}"
         if self.total is None:
             return "starting"
-        return f"step {self.step}/{self.total}"
+        done = percent(self.step, self.total)
+        return f"step {self.step}/{self.total}" + ("" if done is None else f" ({done:.0f}%)")
 
     def info(self) -> str:
         parts = [self.note] if self.note else []
@@ -142,6 +151,10 @@ class ProgressState:
                 parts.append(f"loss {self.loss:.4f}")
             if self.samples_per_second is not None:
                 parts.append(f"{self.samples_per_second:.0f} samples/s")
+            if self.first_point and self.last_point:
+                eta = eta_seconds(self.first_point, self.last_point, self.total)
+                if eta is not None:
+                    parts.append(f"ETA {_clock(eta)}")
         if self.accuracy is not None:
             baseline = "baseline " if self.compression and not self.trial else ""
             parts.append(baseline + metric_text(self.metric, self.accuracy))

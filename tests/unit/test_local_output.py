@@ -35,7 +35,7 @@ def test_training_progress_counts_steps_and_epochs() -> None:
     )
     state.apply({"event": "eval", "accuracy": 0.93})
     assert state.line(75) == (
-        "step 110/660 · epoch 5/30 · loss 0.5000 · 900 samples/s · acc 93.00% · 0:01:15"
+        "step 110/660 (17%) · epoch 5/30 · loss 0.5000 · 900 samples/s · acc 93.00% · 0:01:15"
     )
 
 
@@ -67,7 +67,7 @@ def test_custom_command_progress_names_the_command_until_it_reports() -> None:
     assert "?" not in state.line(5)
     # a script that writes progress events (the env contract allows it) gets the step counter
     state.apply({"event": "start", "totalSteps": 10, "startStep": 0})
-    assert state.counter() == "step 0/10"
+    assert state.counter() == "step 0/10 (0%)"
 
 
 def test_plain_progress_prints_the_first_state_and_forced_changes_only() -> None:

@@ -96,3 +96,15 @@ def test_book_restarts_the_rate_when_the_step_goes_back() -> None:
     status, _ = book.take(KEY, 30.0, 5.0) or ({}, -1.0)
     assert status["step"] == 30
     assert "etaSeconds" not in status  # one point of the new attempt: no rate yet
+
+
+def test_torchyard_run_shows_percent_and_the_same_eta() -> None:
+    from torchyard.local_output import ProgressState
+
+    state = ProgressState("digits")
+    state.apply({"event": "start", "totalSteps": 100, "epochs": 1, "startStep": 0})
+    state.apply({"event": "step", "epoch": 0, "step": 10, "time": 100.0})
+    state.apply({"event": "step", "epoch": 0, "step": 30, "time": 110.0})
+    # 20 steps in 10 s, 70 left: 35 s, as eta_seconds has it for the operator.
+    assert state.counter() == "step 30/100 (30%)"
+    assert "ETA 0:00:35" in state.info()
