@@ -154,8 +154,11 @@ def _leaf(
     return paths
 
 
-def generate(directory: Path, *, service_ip: str = "10.96.0.1") -> ClusterCerts:
-    """Write every certificate and key of a fresh cluster into ``directory``."""
+def generate(
+    directory: Path, *, service_ip: str = "10.96.0.1", extra_ips: tuple[str, ...] = ()
+) -> ClusterCerts:
+    """Write every certificate and key of a fresh cluster into ``directory``; ``extra_ips``
+    are more addresses the API server's serving certificate names."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     ca, ca_key, ca_cert = _ca(directory)
@@ -173,7 +176,7 @@ def generate(directory: Path, *, service_ip: str = "10.96.0.1") -> ClusterCerts:
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        ips=("127.0.0.1", service_ip),
+        ips=("127.0.0.1", service_ip, *extra_ips),
     )
     admin = _leaf(directory, "admin", ca_key, ca_cert, "torchyard-admin", orgs=("system:masters",))
     cm = _leaf(directory, "controller-manager", ca_key, ca_cert, "system:kube-controller-manager")

@@ -50,7 +50,14 @@ def up(
             pod_run_ms=pod_run_ms,
             build_binaries=build_,
             timeout=timeout,
+            pod_network=real_nodes > 0,
         )
+        if real_nodes and not c.pod_network:
+            typer.echo(
+                "warning: the running cluster was started without --real-nodes; its pods cannot "
+                "reach the API server (`torchyard dev-cluster down` and `up` again for that)",
+                err=True,
+            )
         realnode.up(c, n=real_nodes, gpus=real_node_gpus, taint=real_node_taint)
     except (cluster.DevClusterError, realnode.RealNodeError, FileNotFoundError) as e:
         typer.echo(f"dev-cluster up failed: {e}", err=True)

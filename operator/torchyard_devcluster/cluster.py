@@ -10,7 +10,6 @@ serialises concurrent ``up``/``down`` calls.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import json
@@ -27,17 +26,24 @@ from typing import Any
 import httpx
 import yaml
 
-from torchyard_devcluster import build, certs, paths, procs, realnode, stages
+from torchyard_devcluster import (
+    apiserver,
+    build,
+    certs,
+    kubeconfig,
+    paths,
+    procs,
+    realnode,
+    stages,
+)
 
-SERVICE_CIDR = "10.96.0.0/16"
-SERVICE_IP = "10.96.0.1"
-CONTEXT = "torchyard-dev"
+SERVICE_CIDR = apiserver.SERVICE_CIDR
+SERVICE_IP = apiserver.SERVICE_IP
+CONTEXT = kubeconfig.CONTEXT
 #: Order of start; ``down`` stops in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
-# Flags sized for 100+ fake nodes and ~1000 pods on a small machine.
-APISERVER_MAX_INFLIGHT = 3000
-APISERVER_MAX_MUTATING_INFLIGHT = 1000
+# Client rates sized for 100+ fake nodes and ~1000 pods on a small machine.
 CLIENT_QPS = 500
 CLIENT_BURST = 1000
 
@@ -53,6 +59,8 @@ class ClusterState:
     processes: list[procs.Proc] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
+    #: The API server is reachable from pods on real nodes (``apiserver.address_flags``).
+    pod_network: bool = False
 
     @property
     def kubeconfig(self) -> Path:
@@ -68,6 +76,7 @@ class ClusterState:
             "processes": [p.to_json() for p in self.processes],
             "versions": self.versions,
             "created": self.created,
+            "pod_network": self.pod_network,
             "kubeconfig": str(self.kubeconfig),
             "server": self.server,
         }
@@ -87,6 +96,7 @@ class ClusterState:
             processes=[procs.Proc.from_json(p) for p in data.get("processes", [])],
             versions={str(k): str(v) for k, v in data.get("versions", {}).items()},
             created=float(data.get("created", 0.0)),
+            pod_network=bool(data.get("pod_network", False)),
         )
 
 
@@ -98,6 +108,8 @@ class DevCluster:
     kubeconfig: Path
     server: str
     started: bool
+    #: Pods on real nodes reach the API server through the ``kubernetes`` Service.
+    pod_network: bool = False
 
     def api_client(self) -> Any:
         """A ``kubernetes.client.ApiClient`` for the admin user (pool sized for scale tests)."""
@@ -207,39 +219,6 @@ def _wait_http(
     )
 
 
-# --- config files --------------------------------------------------------------------------
-
-
-def _b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
-def _kubeconfig(path: Path, server: str, ca: Path, cert: certs.CertPaths, user: str) -> None:
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": CONTEXT,
-                "cluster": {"server": server, "certificate-authority-data": _b64(ca)},
-            }
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate-data": _b64(cert.cert),
-                    "client-key-data": _b64(cert.key),
-                },
-            }
-        ],
-        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": user}}],
-        "current-context": CONTEXT,
-    }
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    path.chmod(0o600)
-
-
 # --- up / down -----------------------------------------------------------------------------
 
 
@@ -283,6 +262,7 @@ def _start(
     pod_run_ms: int,
     timeout: float,
     verbosity: int,
+    pod_network: bool,
 ) -> ClusterState:
     _check_ours(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -290,10 +270,16 @@ def _start(
     (state_dir / MARKER).write_text("state of a torchyard dev cluster; removed by `down`\n")
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
-    pki = certs.generate(state_dir / "pki", service_ip=SERVICE_IP)
+    pki = certs.generate(
+        state_dir / "pki",
+        service_ip=SERVICE_IP,
+        extra_ips=apiserver.serving_ips(pod_network=pod_network),
+    )
     names = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")
     ports = dict(zip(names, procs.free_ports(len(names)), strict=True))
-    state = ClusterState(state_dir=state_dir, ports=ports, versions=paths.versions())
+    state = ClusterState(
+        state_dir=state_dir, ports=ports, versions=paths.versions(), pod_network=pod_network
+    )
     state.save()
     server = state.server
     bins = {b: str(paths.binary(b)) for b in COMPONENTS}
@@ -337,44 +323,28 @@ def _start(
     # kube-apiserver ---------------------------------------------------------------------
     api = launch(
         "kube-apiserver",
-        [
+        apiserver.argv(
             bins["kube-apiserver"],
-            "--advertise-address=127.0.0.1",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={ports['apiserver']}",
-            f"--cert-dir={state_dir / 'pki'}",
-            f"--tls-cert-file={pki.serving.cert}",
-            f"--tls-private-key-file={pki.serving.key}",
-            f"--client-ca-file={pki.ca.cert}",
-            f"--etcd-servers={etcd_url}",
-            "--authorization-mode=Node,RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki.sa_public}",
-            f"--service-account-signing-key-file={pki.sa_private}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--endpoint-reconciler-type=none",
-            "--allow-privileged=true",
-            f"--max-requests-inflight={APISERVER_MAX_INFLIGHT}",
-            f"--max-mutating-requests-inflight={APISERVER_MAX_MUTATING_INFLIGHT}",
-            "--delete-collection-workers=4",
-            "--event-ttl=30m",
-            "--profiling=false",
-            *realnode.apiserver_flags(state_dir / "pki"),  # logs/exec on real nodes
-            v,
-        ],
+            state_dir=state_dir,
+            pki=pki,
+            port=ports["apiserver"],
+            etcd_url=etcd_url,
+            pod_network=pod_network,
+            verbosity=verbosity,
+        ),
     )
     _wait_http(api, f"{server}/readyz", timeout=timeout, verify=_admin_tls(state_dir))
 
     admin_kc = state_dir / "kubeconfig"
-    _kubeconfig(admin_kc, server, pki.ca.cert, pki.admin, "torchyard-admin")
+    kubeconfig.write(admin_kc, server, pki.ca.cert, pki.admin, "torchyard-admin")
     cm_kc = state_dir / "controller-manager.kubeconfig"
-    _kubeconfig(
+    kubeconfig.write(
         cm_kc, server, pki.ca.cert, pki.controller_manager, "system:kube-controller-manager"
     )
     sched_kc = state_dir / "scheduler.kubeconfig"
-    _kubeconfig(sched_kc, server, pki.ca.cert, pki.scheduler, "system:kube-scheduler")
+    kubeconfig.write(sched_kc, server, pki.ca.cert, pki.scheduler, "system:kube-scheduler")
     kwok_kc = state_dir / "kwok.kubeconfig"
-    _kubeconfig(kwok_kc, server, pki.ca.cert, pki.kwok, "kwok-controller")
+    kubeconfig.write(kwok_kc, server, pki.ca.cert, pki.kwok, "kwok-controller")
 
     # kube-controller-manager ------------------------------------------------------------
     cm = launch(
@@ -483,10 +453,13 @@ def up(
     pod_run_ms: int = 1000,
     timeout: float = 180.0,
     verbosity: int = 0,
+    pod_network: bool = False,
 ) -> DevCluster:
     """Start the dev cluster, or reuse the healthy one already running (then a no-op but for
     creating missing nodes). A crashed previous run is cleaned up first. ``nodes`` fake GPU
-    nodes (``gpus_per_node`` each) exist when this returns; ``nodes=0`` creates none."""
+    nodes (``gpus_per_node`` each) exist when this returns; ``nodes=0`` creates none.
+    ``pod_network``: a new cluster's API server is reachable from real nodes' pods; a reused
+    one keeps what it was started with (see ``DevCluster.pod_network``)."""
     from torchyard_devcluster import nodes as nodes_mod
 
     sdir = state_dir or paths.state_dir()
@@ -501,13 +474,19 @@ def up(
             if state is not None or sdir.exists():
                 _cleanup(sdir, state)
             try:
-                state = _start(sdir, pod_run_ms=pod_run_ms, timeout=timeout, verbosity=verbosity)
+                state = _start(
+                    sdir,
+                    pod_run_ms=pod_run_ms,
+                    timeout=timeout,
+                    verbosity=verbosity,
+                    pod_network=pod_network,
+                )
             except BaseException:
                 _cleanup(sdir, ClusterState.load(sdir))
                 raise
             started = True
         cluster = DevCluster(
-            state_dir=sdir, kubeconfig=state.kubeconfig, server=state.server, started=started
+            sdir, state.kubeconfig, state.server, started, pod_network=state.pod_network
         )
         if nodes > 0:
             api = cluster.api_client()
@@ -573,7 +552,7 @@ def current(*, state_dir: Path | None = None) -> DevCluster | None:
     state = ClusterState.load(sdir)
     if state is None or not healthy(state):
         return None
-    return DevCluster(sdir, state.kubeconfig, state.server, started=False)
+    return DevCluster(sdir, state.kubeconfig, state.server, False, state.pod_network)
 
 
 def status(*, state_dir: Path | None = None) -> dict[str, Any]:
@@ -595,5 +574,6 @@ def status(*, state_dir: Path | None = None) -> dict[str, Any]:
         "ports": state.ports,
         "processes": procs_info,
         "versions": state.versions,
+        "pod_network": state.pod_network,
         "age_s": round(time.time() - state.created, 1),
     }

@@ -6,7 +6,8 @@ containerd/runc/containernetworking-plugins and busybox-static, and builds kubel
 and CoreDNS on first use).
 
 - ``real_cluster`` (session): its own dev cluster (state ``~/.cache/torchyard/dev-cluster-real``,
-  or ``TORCHYARD_REAL_CLUSTER_DIR``) with no KWOK nodes and one real node, reused when running;
+  or ``TORCHYARD_REAL_CLUSTER_DIR``) with no KWOK nodes and one real node, its API server
+  reachable from pods (``pod_network``), reused when running;
   stopped at the end, real node and all, unless this session did not start it or
   ``TORCHYARD_KEEP_CLUSTER=1``.
 - ``busybox_image`` (session): ``torchyard.local/busybox:1`` - Debian's static busybox in a
@@ -61,7 +62,11 @@ def real_state_dir() -> Path:
 @pytest.fixture(scope="session")
 def real_cluster() -> Iterator[devcluster.DevCluster]:
     sdir = real_state_dir()
-    c = devcluster.up(nodes=0, state_dir=sdir)
+    c = devcluster.up(nodes=0, state_dir=sdir, pod_network=True)
+    if not c.pod_network and not cluster_mod.other_users(sdir):
+        # A kept cluster from before pods could reach its API server: ours to replace.
+        devcluster.down(state_dir=sdir)
+        c = devcluster.up(nodes=0, state_dir=sdir, pod_network=True)
     mark = cluster_mod.register_user(sdir)
     try:
         realnode.up(c, n=REAL_NODES, gpus=REAL_GPUS)
@@ -115,3 +120,41 @@ def namespace(kube: Kube) -> Iterator[str]:
             time.sleep(0.1)
     yield name
     kube.core.delete_namespace(name, propagation_policy="Background")
+
+
+#: The images `make images` builds and pushes to the local registry (hack/images.sh).
+REGISTRY = os.environ.get("TORCHYARD_REAL_REGISTRY", "127.0.0.1:5000")
+OPERATOR_REF = f"{REGISTRY}/torchyard/operator:dev"
+TRAINER_REF = f"{REGISTRY}/torchyard/trainer:dev-cpu"
+
+
+def _pushed(ref: str) -> bool:
+    import httpx
+
+    host, _, rest = ref.partition("/")
+    repo, _, tag = rest.rpartition(":")
+    accept = "application/vnd.oci.image.index.v1+json,application/vnd.oci.image.manifest.v1+json,"
+    accept += "application/vnd.docker.distribution.manifest.v2+json"
+    try:
+        r = httpx.head(f"http://{host}/v2/{repo}/manifests/{tag}", headers={"Accept": accept})
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
+def _registry_image(ref: str) -> str:
+    if not _pushed(ref):
+        pytest.skip(f"{ref} is not in the local registry: run `make images` (pushes it)")
+    return ref
+
+
+@pytest.fixture(scope="session")
+def operator_image(real_cluster: devcluster.DevCluster) -> str:
+    """The operator image, pulled by the real node from the local registry."""
+    return _registry_image(OPERATOR_REF)
+
+
+@pytest.fixture(scope="session")
+def trainer_image(real_cluster: devcluster.DevCluster) -> str:
+    """The trainer image (CPU variant), pulled by the real node from the local registry."""
+    return _registry_image(TRAINER_REF)
