@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.unit.kubestub import serving
 from tests.worker.helpers import TIMEOUT, base_env, job, run_local
 
 pytestmark = pytest.mark.worker
@@ -71,6 +72,26 @@ def test_logs_of_a_restarted_runs_first_attempt_come_from_the_archive(tmp_path: 
     assert second.returncode == 0, second.stderr
     assert second.stdout.decode().startswith("===== torchyard: attempt 1 rank 1 started")
     assert KILLED not in second.stdout.decode()
+
+    # The cluster path on the same launcher-written archive: the job as the API server
+    # returns it (its pods gone, cleaned up), its store reachable here.
+    models = tmp_path / "torchyard-runs" / "models"
+    with serving() as api:
+        api.answers["/apis/torchyard.io/v1alpha1/namespaces/default/trainingjobs/logged"] = (
+            200,
+            {
+                "apiVersion": "torchyard.io/v1alpha1",
+                "kind": "TrainingJob",
+                "metadata": {"name": "logged", "namespace": "default", "uid": "u"},
+                "spec": {"workers": 2, "output": {"storage": f"file://{models}"}},
+                "status": {"phase": "Succeeded", "restarts": 1},
+            },
+        )
+        api.answers["/api/v1/namespaces/default/pods"] = (200, {"kind": "PodList", "items": []})
+        config = str(api.kubeconfig(tmp_path, namespace="default"))
+        gone = _torchyard(tmp_path, "logs", "logged", "-a", "0", "-r", "1", "--kubeconfig", config)
+    assert gone.returncode == 0, gone.stderr
+    assert gone.stdout == first.stdout
 
     # what each pod's launcher recorded: rank 1 died of SIGKILL (128 + 9) on attempt 0, the
     # second attempt succeeded everywhere
