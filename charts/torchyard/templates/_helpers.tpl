@@ -84,3 +84,24 @@ app.kubernetes.io/part-of: torchyard
 {{- define "torchyard.clusterWide" -}}
 {{- if not .Values.operator.watchNamespaces -}}true{{- end -}}
 {{- end -}}
+
+{{/* The TLS Secret of the live-progress endpoint: the user's, or the generated one. */}}
+{{- define "torchyard.progressTLSSecret" -}}
+{{- .Values.progress.tlsSecretName | default (include "torchyard.roleName" (list . "progress-tls")) -}}
+{{- end -}}
+
+{{/* The operator's TORCHYARD_PROGRESS_* environment (controller/progress_server.py). */}}
+{{- define "torchyard.progressEnv" -}}
+- name: TORCHYARD_PROGRESS_PORT
+  value: {{ .Values.progress.port | quote }}
+- name: TORCHYARD_PROGRESS_ADVERTISE_URL
+  value: {{ printf "https://%s.%s.svc:%v" (include "torchyard.roleName" (list . "progress")) .Release.Namespace .Values.progress.port | quote }}
+- name: TORCHYARD_PROGRESS_TLS_CERT
+  value: /etc/torchyard/progress-tls/tls.crt
+- name: TORCHYARD_PROGRESS_TLS_KEY
+  value: /etc/torchyard/progress-tls/tls.key
+- name: TORCHYARD_PROGRESS_TLS_CA
+  value: /etc/torchyard/progress-tls/ca.crt
+- name: TORCHYARD_PROGRESS_WRITE_SECONDS
+  value: {{ .Values.progress.writeIntervalSeconds | quote }}
+{{- end -}}
