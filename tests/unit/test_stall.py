@@ -10,7 +10,15 @@ import pytest
 from tests.unit.test_status import T0, cond, job, step, tj_body
 from torchyard.api.constants import ConditionType, Phase, Reason
 from torchyard.controller.stall_watch import StallWatch
-from torchyard.state import ActionKind, Decision, JobView, Observed, decide, get_condition
+from torchyard.state import (
+    ActionKind,
+    Decision,
+    JobView,
+    Observed,
+    decide,
+    get_condition,
+    rfc3339,
+)
 from torchyard.state.stall import (
     DEFAULT_WINDOW_FLOOR_SECONDS,
     DEFAULT_WINDOW_INTERVALS,
@@ -188,3 +196,14 @@ def test_the_periodic_check_enqueues_only_flips() -> None:
     assert watch.check(at(56)) == [key]  # resumed: to clear
     assert queued == [key, key]
     assert watch.timing(key).last_step_time == at(55)
+
+
+def test_after_an_operator_restart_the_status_stands_in_for_the_empty_book() -> None:
+    key = ("TrainingJob", "ml", "digits")
+    body = running({"stallTimeoutSeconds": 30})
+    body["status"]["progress"] = {"step": 7, "lastUpdateTime": rfc3339(at(5))}
+    queued: list[tuple[str, str, str]] = []
+    watch = StallWatch({key: body}, lambda k, delay: queued.append(k), Book())
+    assert watch.check(at(20)) == []
+    assert watch.check(at(40)) == [key]
+    assert watch.timing(key).last_step_time == at(5)

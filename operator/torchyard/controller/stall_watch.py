@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from torchyard.api.constants import Phase
 from torchyard.controller.kube import Key
 from torchyard.controller.reconciler import Reconciler
+from torchyard.state.observed import parse_time
 from torchyard.state.stall import (
     StepClock,
     StepTiming,
@@ -62,6 +63,11 @@ class StallWatch:
     def timing(self, key: Key) -> StepTiming:
         """The job's step timing now (what ``decide`` judges a stall by)."""
         last = self.source.last_step_time(key)
+        if last is None:
+            # The book is in memory: after an operator restart, a job that hung before it
+            # would never be judged. The status keeps the last progress write (at most one
+            # write interval after the step: the window only gets that much longer).
+            last = _last_progress_write(self.objects.get(key))
         with self._lock:
             clock = self._clocks.setdefault(key, StepClock())
             clock.observe(last)
@@ -90,6 +96,12 @@ class StallWatch:
             except Exception:  # the next look tries again; never kill the task
                 log.exception("stall check failed")
             await asyncio.sleep(CHECK_INTERVAL)
+
+
+def _last_progress_write(body: dict[str, Any] | None) -> float | None:
+    progress = ((body or {}).get("status") or {}).get("progress") or {}
+    written = parse_time(progress.get("lastUpdateTime"))
+    return None if written is None else written.timestamp()
 
 
 def _flip_due(body: dict[str, Any], timing: StepTiming, now: datetime) -> bool:
