@@ -1,0 +1,314 @@
+"""What live progress costs the operator (issue 16, acceptance 4).
+
+On the dev cluster (KWOK nodes) start `torchyard operator` with its progress endpoint, create
+N TrainingJobs of one held worker pod each (Running, nothing runs in them), mint for each
+job's rank-0 pod a bound token of the progress audience (TokenRequest, what its projected
+volume holds), then, with the same operator in the same run, measure two windows of equal
+length:
+
+- quiet:     the jobs run and report nothing;
+- reporting: every job posts a progress report every second (like the worker: a new HTTPS
+             connection per post), the operator writes status.progress at most once per
+             --write-seconds per job.
+
+Per window: operator CPU seconds (/proc of its process), the API requests it made itself
+(its torchyard_api_requests_total, by verb and resource: status PATCHes, TokenReviews, pod
+reads), its status.progress writes, and the posts accepted. JSON to
+bench/results/progress_cost.json; the table for docs/benchmarks.md is printed (--doc appends
+nothing; the section there is edited by hand from this output).
+
+    python bench/progress_cost.py [--jobs 200] [--seconds 60] [--write-seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import ipaddress
+import json
+import os
+import platform
+import re
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "progress_cost.json"
+HOLD = "kwok.torchyard.io/hold"
+AUDIENCE = "torchyard.io/progress"
+
+sys.path.insert(0, str(ROOT / "operator"))
+
+import aiohttp  # noqa: E402
+from kubernetes import client  # noqa: E402
+
+import torchyard_devcluster as devcluster  # noqa: E402
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tls(d: Path) -> tuple[Path, Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+
+    def cert(subject: str, key: Any, issuer_key: Any, ca: bool) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-ca")]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - day)
+            .not_valid_after(now + day)
+        )
+        if ca:
+            b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        else:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            b = b.add_extension(san, critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    pem = serialization.Encoding.PEM
+    paths = d / "ca.crt", d / "tls.crt", d / "tls.key"
+    paths[0].write_bytes(cert("bench-ca", ca_key, ca_key, True).public_bytes(pem))
+    paths[1].write_bytes(cert("127.0.0.1", key, ca_key, False).public_bytes(pem))
+    paths[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+def _manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "torchyard.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "workers": 1,
+            "resources": {"cpu": "10m", "memory": "16Mi"},
+            "model": {"builtin": "mlp"},
+            "data": {"builtin": "digits"},
+            "podMetadata": {"annotations": {HOLD: "true"}},
+        },
+    }
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _op_metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(
+            r"(torchyard_api_requests_total|torchyard_progress_\w+_total)\{(.*)\} (\S+)$", line
+        )
+        if m:
+            labels = ",".join(v for _, v in re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            out[f"{m.group(1)}[{labels}]"] = float(m.group(3))
+    return out
+
+
+def _delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: b[k] - a.get(k, 0.0) for k in b if b[k] - a.get(k, 0.0)}
+
+
+async def _post_loop(
+    urls_tokens: list[tuple[str, str]], seconds: float, ca: Path
+) -> tuple[int, int]:
+    """Every job posts once a second for ``seconds`` (new connection per post, as a worker)."""
+    tls = ssl.create_default_context(cafile=str(ca))
+    ok = bad = 0
+    conn = aiohttp.TCPConnector(ssl=tls, force_close=True, limit=64)
+    async with aiohttp.ClientSession(connector=conn) as s:
+
+        async def one(url: str, token: str, step: int) -> None:
+            nonlocal ok, bad
+            body = {"step": step, "totalSteps": 100_000, "loss": 1.0 / (step + 1)}
+            try:
+                async with s.post(
+                    url, json=body, headers={"Authorization": f"Bearer {token}"}
+                ) as r:
+                    ok, bad = (ok + 1, bad) if r.status == 202 else (ok, bad + 1)
+            except aiohttp.ClientError:
+                bad += 1
+
+        t0 = time.monotonic()
+        step = 0
+        while time.monotonic() - t0 < seconds:
+            tick = time.monotonic()
+            step += 1
+            await asyncio.gather(*(one(u, t, step) for u, t in urls_tokens))
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+    return ok, bad
+
+
+def _window(pid: int, port: int, seconds: float, posting: Any) -> dict[str, Any]:
+    m0, c0, t0 = _op_metrics(port), _cpu(pid), time.monotonic()
+    accepted = refused = 0
+    if posting is None:
+        time.sleep(seconds)
+    else:
+        accepted, refused = asyncio.run(posting)
+    time.sleep(1.0)
+    wall, cpu, m1 = time.monotonic() - t0, _cpu(pid) - c0, _op_metrics(port)
+    d = _delta(m0, m1)
+    return {
+        "wall_s": round(wall, 1),
+        "operator_cpu_s": round(cpu, 2),
+        "operator_cpu_pct": round(100 * cpu / wall, 1),
+        "api_requests": sum(v for k, v in d.items() if k.startswith("torchyard_api_requests")),
+        "status_progress_writes": sum(
+            v for k, v in d.items() if k.startswith("torchyard_progress_status_writes")
+        ),
+        "posts_accepted": accepted,
+        "posts_refused": refused,
+        "by_metric": d,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--jobs", type=int, default=200)
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--write-seconds", type=float, default=5.0)
+    args = p.parse_args()
+    cluster = devcluster.up(nodes=4, gpus_per_node=8)
+    api = cluster.api_client()
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    ns = f"bench-progress-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns}})
+    tmp = Path(tempfile.mkdtemp(prefix="progress-cost-"))
+    ca, cert, key = _tls(tmp)
+    port, mport = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "TORCHYARD_PROGRESS_PORT": str(port),
+        "TORCHYARD_PROGRESS_ADVERTISE_URL": f"https://127.0.0.1:{port}",
+        "TORCHYARD_PROGRESS_TLS_CERT": str(cert),
+        "TORCHYARD_PROGRESS_TLS_KEY": str(key),
+        "TORCHYARD_PROGRESS_TLS_CA": str(ca),
+        "TORCHYARD_PROGRESS_WRITE_SECONDS": str(args.write_seconds),
+    }
+    log = open(tmp / "operator.log", "wb")  # noqa: SIM115
+    # fmt: off
+    op = subprocess.Popen(
+        [sys.executable, "-m", "torchyard.cli", "operator", "--namespace", ns, "--metrics-port",
+         str(mport), "--health-port", str(_free_port()), "--default-image", "registry.invalid/t:b"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    )
+    # fmt: on
+    try:
+        result = _run(args, core, custom, ns, op.pid, mport, port, ca)
+    finally:
+        op.terminate()
+        op.wait(timeout=60)
+        core.delete_namespace(ns)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "windows"}, indent=2))
+    for name, w in result["windows"].items():
+        print(name, {k: v for k, v in w.items() if k != "by_metric"})
+    print(f"wrote {RESULTS}")
+
+
+def _run(
+    args: Any, core: Any, custom: Any, ns: str, pid: int, mport: int, port: int, ca: Path
+) -> dict[str, Any]:
+    names = [f"p{i:04d}" for i in range(args.jobs)]
+    while True:  # the operator's metrics endpoint: it is up
+        try:
+            _op_metrics(mport)
+            break
+        except OSError:
+            time.sleep(0.5)
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda n: custom.create_namespaced_custom_object(
+                    "torchyard.io", "v1alpha1", ns, "trainingjobs", _manifest(n)
+                ),
+                names,
+            )
+        )
+    t0 = time.monotonic()
+    while True:
+        pods = core.list_namespaced_pod(ns).items
+        running = [p for p in pods if p.status.phase == "Running"]
+        if len(running) >= args.jobs:
+            break
+        if time.monotonic() - t0 > 600:
+            raise SystemExit(f"only {len(running)}/{args.jobs} pods Running after 600 s")
+        time.sleep(2)
+    by_job = {p.metadata.labels["torchyard.io/job-name"]: p for p in running}
+
+    def token(name: str) -> tuple[str, str]:
+        pod = by_job[name]
+        spec = {
+            "audiences": [AUDIENCE],
+            "expirationSeconds": 3600,
+            "boundObjectRef": {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "name": pod.metadata.name,
+                "uid": pod.metadata.uid,
+            },
+        }
+        tok = core.create_namespaced_service_account_token("default", ns, {"spec": spec})
+        return f"https://127.0.0.1:{port}/v1/progress/{ns}/trainingjobs/{name}", tok.status.token
+
+    with ThreadPoolExecutor(8) as pool:
+        urls_tokens = list(pool.map(token, names))
+    time.sleep(10)  # the operator settles (the jobs' Running writes)
+    quiet = _window(pid, mport, args.seconds, None)
+    reporting = _window(pid, mport, args.seconds, _post_loop(urls_tokens, args.seconds, ca))
+    per_min = 60.0 / args.seconds
+    return {
+        "title": "Live progress: operator cost of N jobs reporting every second",
+        "jobs": args.jobs,
+        "window_s": args.seconds,
+        "write_seconds": args.write_seconds,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()} (shared with other work)",
+        "windows": {"quiet": quiet, "reporting": reporting},
+        "extra_cpu_s_per_min": round(
+            (reporting["operator_cpu_s"] - quiet["operator_cpu_s"]) * per_min, 2
+        ),
+        "extra_api_requests_per_min": round(
+            (reporting["api_requests"] - quiet["api_requests"]) * per_min, 1
+        ),
+        "status_writes_per_job_per_min": round(
+            reporting["status_progress_writes"] * per_min / args.jobs, 2
+        ),
+    }
+
+
+if __name__ == "__main__":
+    main()
