@@ -95,22 +95,27 @@ def _absolute_arg(arg: str, search: list[Path]) -> str:
     prefix, sep, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
     if not sep and prefix:
         return arg  # a bare flag
-    if not value or value.startswith(("/", "-", "~")) or "://" in value:
+    if not value or value.startswith(("/", "-", "~")) or "://" in value or "\n" in value:
         return arg
     for base in search:
         candidate = base / value
-        if candidate.exists():
+        try:
+            found = candidate.exists()
+        except (OSError, ValueError):  # too long a name, or a NUL: not a path
+            return arg
+        if found:
             return f"{prefix}{sep}{candidate.resolve()}"
     return arg
 
 
 def command_with_absolute_paths(command: list[str], search: list[Path]) -> list[str]:
     """Every argument naming an existing relative path (see :func:`_absolute_arg`); the
-    program itself and a ``-m`` module name are left alone."""
+    program itself, a ``-m`` module name and a ``-c`` script (``python -c``, ``bash -c``) are
+    left alone."""
     out: list[str] = []
     for i, arg in enumerate(command):
-        after_m = i > 0 and command[i - 1] == "-m"
-        out.append(arg if i == 0 or after_m else _absolute_arg(arg, search))
+        after_flag = i > 0 and command[i - 1] in ("-m", "-c")
+        out.append(arg if i == 0 or after_flag else _absolute_arg(arg, search))
     return out
 
 

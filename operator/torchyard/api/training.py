@@ -276,7 +276,9 @@ class TrainingJobSpec(KubeModel):
             ),
         ),
         Rule(
-            cel="has(self.pipeline) || "
+            # Only the built-in trainer (which needs a model) splits batchSize; a command
+            # without a model never reads it.
+            cel="has(self.pipeline) || !has(self.model) || "
             "self.batchSize % (self.workers * self.procsPerWorker * self.gradAccumulationSteps)"
             " == 0",
             message="batchSize must be divisible by workers × procsPerWorker × "
@@ -284,6 +286,7 @@ class TrainingJobSpec(KubeModel):
             field_path=".batchSize",
             check=lambda s: (
                 s.pipeline is not None
+                or s.model is None
                 or s.batch_size % (s.workers * s.procs_per_worker * s.grad_accumulation_steps) == 0
             ),
         ),

@@ -17,7 +17,6 @@ from torchyard.convert.pod import PodParts
 
 POD_TEMPLATE_FIELD = "podTemplate"
 MAX_WORKERS, MAX_PROCS, MAX_BACKOFF = 1024, 64, 100
-DEFAULT_BATCH_SIZE = 64
 _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 _SPEC_ORDER = (
     "image",
@@ -26,7 +25,6 @@ _SPEC_ORDER = (
     "env",
     "workers",
     "procsPerWorker",
-    "batchSize",
     "resources",
     "podMetadata",
     POD_TEMPLATE_FIELD,
@@ -190,19 +188,6 @@ def _limit(value: int, most: int, path: str, notes: Notes) -> int:
     return value
 
 
-def _fit_batch_size(spec: dict[str, Any], notes: Notes) -> None:
-    """batchSize is the built-in trainer's, but its rule (the world size divides it) holds for
-    every job: with a world size that does not divide the default, the nearest multiple."""
-    world = spec["workers"] * spec["procsPerWorker"]
-    if DEFAULT_BATCH_SIZE % world:
-        spec["batchSize"] = world * max(1, round(DEFAULT_BATCH_SIZE / world))
-        notes.changed(
-            "(batchSize)",
-            f"set to {spec['batchSize']} so that the world size {world} divides it; only the "
-            "built-in trainer reads it, a command never sees it",
-        )
-
-
 def _place_override(spec: dict[str, Any], parts: PodParts, notes: Notes) -> None:
     override = parts.override()
     if not override:
@@ -239,7 +224,6 @@ def assemble(
         spec["procsPerWorker"] = gpus
     for key, value in extra.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
-    _fit_batch_size(spec, notes)
     _place_override(spec, parts, notes)
     kueue_labels(metadata, spec, notes)
     ordered = {k: spec[k] for k in _SPEC_ORDER if spec.get(k) not in (None, {}, [])}
