@@ -256,7 +256,9 @@ def test_logs_reads_a_gone_pods_attempt_from_the_archive(tmp_path: Path, where: 
         assert "failed" in rows[0]
         assert rows[1].split()[0] == "1"
         assert "0:0 1:0" in rows[1]
-        assert "attempt 0 started" in told.stdout.split("Timeline:")[1]
+        timeline = told.stdout.split("Timeline:")[1]
+        assert timeline.index("attempt 0 started") < timeline.index("attempt 0 ended")
+        assert timeline.index("attempt 0 ended") < timeline.index("attempt 1 started")
 
 
 def test_logs_of_an_unreachable_archive_say_where_it_is(tmp_path: Path) -> None:

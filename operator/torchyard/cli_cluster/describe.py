@@ -152,7 +152,11 @@ def _timeline(obj: dict[str, Any], history: list[logarchive.AttemptRecord]) -> N
     for key, what in (("startTime", "workers started"), ("completionTime", "finished")):
         if status.get(key):
             rows.append((str(status[key]), what))
-    _section("Timeline", ["TIME", "WHAT"], [[t, w.strip()] for t, w in sorted(rows)])
+    _section(
+        "Timeline",
+        ["TIME", "WHAT"],
+        [[t, w.strip()] for t, w in sorted(rows, key=lambda row: row[0])],
+    )
 
 
 def worker_pods(kube: Kube, name: str, plural: str, rank: int | None = None) -> list[Any]:
