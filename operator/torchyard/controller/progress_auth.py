@@ -92,6 +92,13 @@ class Authenticator:
         self._identities: dict[str, tuple[PodIdentity, float]] = {}
         self._allowed: dict[tuple[str, Key], float] = {}
 
+    def cached(self, token: str, key: Key) -> bool:
+        """True when a fresh verdict already allows ``token`` on ``key`` (no API call: safe on
+        the event loop; the common case of a job posting every second)."""
+        now = time.monotonic()
+        hit = self._identities.get(hashlib.sha256(token.encode()).hexdigest())
+        return hit is not None and hit[1] >= now and self._allowed.get((hit[0].uid, key), 0) >= now
+
     def authorize(self, token: str, key: Key) -> PodIdentity:
         """The pod behind ``token`` if it may update job ``key``; raises otherwise."""
         if not token:

@@ -134,7 +134,8 @@ class ProgressServer:
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
         try:
-            await asyncio.to_thread(self.auth.authorize, token, key)
+            if not (token and self.auth.cached(token, key)):
+                await asyncio.to_thread(self.auth.authorize, token, key)
             report = ProgressReport.parse(await request.json())
         except Unauthenticated as exc:
             return self._answer(401, str(exc), "unauthenticated")
