@@ -76,6 +76,8 @@ def test_stalled_only_past_the_window(idle: float, stalled: bool) -> None:
     verdict = judge_stall(StepTiming(at(5)), 10, T0, at(5 + idle))
     assert verdict is not None
     assert verdict.stalled is stalled
+    if stalled:  # rounded so that it reads as past the window
+        assert verdict.message == "no step for 11s (window 10s)"
 
 
 def test_step_clock_takes_the_median_report_interval_and_starts_over() -> None:

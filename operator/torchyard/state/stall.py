@@ -25,6 +25,7 @@ The rule (docs/operator.md, "Stalled jobs"):
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
@@ -62,9 +63,11 @@ class StallVerdict:
 
     @property
     def message(self) -> str:
+        # Idle rounded up, window down: a stall never reads "no step for 8s (window 8s)".
+        idle, window = math.ceil(self.idle_seconds), math.floor(self.window_seconds)
         if self.stalled:
-            return f"no step for {self.idle_seconds:.0f}s (window {self.window_seconds:.0f}s)"
-        return f"last step {self.idle_seconds:.0f}s ago (window {self.window_seconds:.0f}s)"
+            return f"no step for {idle}s (window {window}s)"
+        return f"last step {idle}s ago (window {window}s)"
 
 
 class StepClock:
