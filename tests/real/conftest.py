@@ -128,7 +128,8 @@ OPERATOR_REF = f"{REGISTRY}/torchyard/operator:dev"
 TRAINER_REF = f"{REGISTRY}/torchyard/trainer:dev-cpu"
 
 
-def _pushed(ref: str) -> bool:
+def _pushed_digest(ref: str) -> str | None:
+    """The manifest digest the registry serves for ``ref`` (None when it is not there)."""
     import httpx
 
     host, _, rest = ref.partition("/")
@@ -138,14 +139,17 @@ def _pushed(ref: str) -> bool:
     try:
         r = httpx.head(f"http://{host}/v2/{repo}/manifests/{tag}", headers={"Accept": accept})
     except httpx.HTTPError:
-        return False
-    return r.status_code == 200
+        return None
+    return r.headers.get("Docker-Content-Digest") if r.status_code == 200 else None
 
 
 def _registry_image(ref: str) -> str:
-    if not _pushed(ref):
+    """``ref`` pinned to the digest the registry holds now (``repo@sha256:…``): the node pulls
+    exactly what was pushed last, never a stale copy it cached under the same tag."""
+    digest = _pushed_digest(ref)
+    if digest is None:
         pytest.skip(f"{ref} is not in the local registry: run `make images` (pushes it)")
-    return ref
+    return f"{ref.rpartition(':')[0]}@{digest}"
 
 
 @pytest.fixture(scope="session")
@@ -158,3 +162,10 @@ def operator_image(real_cluster: devcluster.DevCluster) -> str:
 def trainer_image(real_cluster: devcluster.DevCluster) -> str:
     """The trainer image (CPU variant), pulled by the real node from the local registry."""
     return _registry_image(TRAINER_REF)
+
+
+def trainer_ref() -> str:
+    """The trainer image for the chart's ``operator.trainerImage``: pinned when pushed, else the
+    tag (tests that run a worker take the ``trainer_image`` fixture, which skips then)."""
+    digest = _pushed_digest(TRAINER_REF)
+    return f"{TRAINER_REF.rpartition(':')[0]}@{digest}" if digest else TRAINER_REF
