@@ -19,6 +19,7 @@ from torchyard.builders import METRICS_PORT_NAME_PREFIX, build_children
 
 VALUES_CASES = {"default": [], "all-options": [ALL_OPTIONS]}
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
+PROGRESS_OFF = ("progress.enabled=false",)
 
 
 def _lint(helm: str, *values: Path) -> subprocess.CompletedProcess[str]:
@@ -42,10 +43,12 @@ def test_default_render(helm: str) -> None:
     docs = helm_template(helm)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
-        ["ServiceAccount", "Deployment", "Service"]
+        ["ServiceAccount", "Deployment"]
+        + ["Service"] * 2  # metrics, live progress
+        + ["Secret"]  # the progress endpoint's generated certificate
         + ["CustomResourceDefinition"] * 2
-        + ["ClusterRole"] * 5  # the operator's 3, the users' edit and view
-        + ["ClusterRoleBinding"] * 3
+        + ["ClusterRole"] * 6  # the operator's 3, progress' TokenReviews, users' edit and view
+        + ["ClusterRoleBinding"] * 4
         + ["ConfigMap"] * len(DASHBOARDS)
     )
     # The Prometheus Operator objects are opt-in (their CRDs may not exist).
@@ -79,7 +82,7 @@ def test_all_options_render(helm: str) -> None:
     assert pod["spec"]["priorityClassName"] == "system-cluster-critical"
     sa = one(docs, "ServiceAccount")
     assert sa["metadata"]["name"] == "ty-operator" == pod["spec"]["serviceAccountName"]
-    svc = one(docs, "Service")
+    svc = one(docs, "Service", "-metrics")
     assert svc["metadata"]["annotations"]["prometheus.io/port"] == "8080"
     for cm in by_kind(docs, "ConfigMap"):
         assert cm["metadata"]["annotations"] == {"grafana_folder": "torchyard"}
@@ -195,7 +198,8 @@ def test_operator_cli_accepts_the_rendered_args(helm: str) -> None:
 
 def test_disabling_probe_and_metrics(helm: str) -> None:
     docs = helm_template(
-        helm, sets=["operator.livenessProbe.enabled=false", "metrics.enabled=false"]
+        helm,
+        sets=["operator.livenessProbe.enabled=false", "metrics.enabled=false", *PROGRESS_OFF],
     )
     assert not by_kind(docs, "Service")
     (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
@@ -304,7 +308,8 @@ def test_podgroup_rules_only_when_enabled(helm: str) -> None:
 def test_watch_namespaces_binds_only_there(helm: str) -> None:
     docs = helm_template(helm, sets=["operator.watchNamespaces={team-a,team-b}"])
     crbs = {d["roleRef"]["name"] for d in by_kind(docs, "ClusterRoleBinding")}
-    assert crbs == {"ty-torchyard-framework-cluster"}
+    # TokenReviews are cluster-scoped: the progress endpoint's binding is a cluster one
+    assert crbs == {"ty-torchyard-framework-cluster", "ty-torchyard-progress"}
     rbs = {(d["metadata"]["namespace"], d["roleRef"]["name"]) for d in by_kind(docs, "RoleBinding")}
     assert rbs == {
         (ns, f"ty-torchyard-{r}")
@@ -322,7 +327,7 @@ def test_long_release_names_fit_63_characters(helm: str) -> None:
     for d in docs:
         assert len(d["metadata"]["name"]) <= 63, d["metadata"]["name"]
     names = [d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")]
-    assert len(set(names)) == 5, names
+    assert len(set(names)) == 6, names
 
 
 # ------------------------------------------------------------------------------ monitoring
@@ -396,7 +401,7 @@ def test_podmonitor_scrapes_every_process_of_the_pods_the_builders_make(
 
 def test_servicemonitor_selects_the_metrics_service(helm: str) -> None:
     docs = helm_template(helm, values=[ALL_OPTIONS])
-    sm, svc = one(docs, "ServiceMonitor"), one(docs, "Service")
+    sm, svc = one(docs, "ServiceMonitor"), one(docs, "Service", "-metrics")
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert sm["spec"]["namespaceSelector"] == {"matchNames": ["torchyard-system"]}
     (ep,) = sm["spec"]["endpoints"]

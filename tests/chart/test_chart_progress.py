@@ -9,10 +9,17 @@ import base64
 from tests.chart.conftest import by_kind, helm_template, one
 
 ON = ("progress.enabled=true",)
+OFF = ("progress.enabled=false",)
 
 
-def test_off_by_default_adds_nothing(helm: str) -> None:
+def test_on_by_default(helm: str) -> None:
     docs = helm_template(helm)
+    assert one(docs, "Service", "-progress")
+    assert one(docs, "Secret", "-progress-tls")
+
+
+def test_switched_off_adds_nothing(helm: str) -> None:
+    docs = helm_template(helm, sets=OFF)
     assert not [d for d in docs if d["metadata"]["name"].endswith(("-progress", "-progress-tls"))]
 
 
@@ -41,7 +48,7 @@ def test_the_endpoint_gets_a_service_a_certificate_and_the_operator_its_settings
 
 
 def test_rbac_grows_by_token_reviews_only(helm: str) -> None:
-    off = helm_template(helm)
+    off = helm_template(helm, sets=OFF)
     on = helm_template(helm, sets=ON)
     rules = lambda docs: [  # noqa: E731
         (tuple(r.get("apiGroups", [])), tuple(r["resources"]), tuple(r["verbs"]))
