@@ -90,6 +90,8 @@ def test_rank_zero_writes_progress_and_the_result_the_operator_reads(tmp_path: P
         "totalSteps": 4,
         "loss": 0.25,
         "accuracy": 0.75,
+        "percent": 100.0,
+        "etaSeconds": 0,
     }
     lines = (tmp_path / "out" / "progress.jsonl").read_text().splitlines()
     kinds = [json.loads(line)["event"] for line in lines]

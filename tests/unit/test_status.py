@@ -237,8 +237,9 @@ def test_complete_job_needs_pods_then_succeeds_with_result() -> None:
     assert cond(d, ConditionType.RUNNING)["status"] == "False"
     assert d.status["completionTime"] == rfc3339(T0 + timedelta(minutes=1))
     assert d.status["model"]["version"] == 3
+    # the finished run's percent and ETA replace the last live report's estimates
     assert d.status["progress"] == {"epoch": 30, "step": 170, "totalSteps": 170, "loss": 0.1,
-                                    "accuracy": 0.97}
+                                    "accuracy": 0.97, "percent": 100.0, "etaSeconds": 0}
     assert d.status["lastCheckpoint"]["step"] == 170
     assert "ignoredField" not in d.status
     assert [e.reason for e in d.events] == [Reason.COMPLETED]

@@ -65,6 +65,12 @@ def result_status(kind: str, result: dict[str, Any]) -> Status:
                 if isinstance(metrics.get(src), int | float):
                     progress[dst] = float(metrics[src])
         if progress:
+            # A finished run's own figures replace the last live report's estimates (the
+            # status is merge-patched: a key left out would keep e.g. "98%, ETA 3 s").
+            total, step = progress.get("totalSteps"), progress.get("step")
+            if total and step is not None:
+                progress["percent"] = min(100.0, round(100.0 * step / total, 1))
+                progress["etaSeconds"] = 0
             out["progress"] = _dump(Progress.model_validate(progress))
     else:
         take("report", CompressionReport)
