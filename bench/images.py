@@ -11,6 +11,7 @@ wheelhouse aside first (they are put back if the run fails), so "cold" includes 
 the downloads. Writes bench/results/images.json and regenerates docs/benchmarks.md.
 
     .venv/bin/python bench/images.py [--from-nothing]
+    .venv/bin/python bench/images.py --sizes-only --note "..."   # no builds: sizes of what is built
 """
 
 from __future__ import annotations
@@ -139,7 +140,12 @@ def move_downloads_aside() -> list[tuple[Path, Path]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--from-nothing", action="store_true")
+    ap.add_argument("--sizes-only", action="store_true", help="no builds, no times")
+    ap.add_argument("--note", action="append", default=[], help="a note for the table")
     args = ap.parse_args()
+    if args.sizes_only:
+        save(sizes_only(args.note))
+        return
     moved = move_downloads_aside() if args.from_nothing else []
     forget_builds()
     try:
@@ -178,13 +184,36 @@ def main() -> None:
         "fromNothing": args.from_nothing,
         "notes": "warm run output: " + " / ".join(warm_out.splitlines()),
     }
+    save(data)
+
+
+def sizes_only(notes: list[str]) -> dict[str, Any]:
+    return {
+        "title": "Images: sizes",
+        "description": (
+            "The images `make images` (hack/images.sh) built and pushed: operator, trainer CUDA "
+            "default and CPU variant, on a Debian bookworm stand-in base (mmdebstrap; Docker "
+            "Hub is not reachable here), Python packages from a host-side wheelhouse (PyPI's "
+            "torch: the CUDA build, whose nvidia-* wheels the CPU variant carries too; it "
+            "leaves out only triton). sizeMB: uncompressed (docker image inspect); "
+            "pushedCompressedMB: the registry's layers, what a node pulls; baseMB: the stand-in "
+            "base, addedMB: what the image adds to it. No build times in this mode."
+        ),
+        "machine": f"{platform.node()}: {os.cpu_count()} cores, Docker "
+        f"{docker('version', '-f', '{{.Server.Version}}')}",
+        "rows": rows({}, {}),
+        "notes": notes,
+    }
+
+
+def save(data: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "images.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     sys.path.insert(0, str(ROOT / "bench"))
-    from report import main as render
+    from report import render
 
-    render()
+    (ROOT / "docs" / "benchmarks.md").write_text(render())
     print(path.read_text())
 
 
