@@ -255,13 +255,14 @@ class Reconciler:
             job = replace(job, deleting=True, restart_count=-1, owned=False)
         obs = Observed(now=now, job=job)
         timing = self.step_timing(key)
-        decision = decide(view, obs, timing)
+        storage = self.settings.default_storage
+        decision = decide(view, obs, timing, storage)
         if decision.needs_source:
             obs = replace(obs, source=self.cache.source(view, body))
-            decision = decide(view, obs, timing)
+            decision = decide(view, obs, timing, storage)
         if decision.needs_pods and obs.job is not None:
             obs = replace(obs, pods=self._pods(key, obs.job))
-            decision = decide(view, obs, timing)
+            decision = decide(view, obs, timing, storage)
         return obs, decision
 
     def _pods(self, key: Key, job: JobInfo) -> tuple[PodInfo, ...]:

@@ -14,6 +14,8 @@ from datetime import datetime
 
 from torchyard.api.constants import ConditionType, Phase, Reason
 from torchyard.api.contract import Label
+from torchyard.api.logarchive import log_status
+from torchyard.api.training import TrainingJob
 from torchyard.state.conditions import clear_condition, set_condition
 from torchyard.state.decision import Action, ActionKind, Decision, Event
 from torchyard.state.kueue import suspend_action
@@ -40,9 +42,11 @@ def worker_counts(job: JobInfo | None) -> dict[str, int]:
 class StatusDraft:
     """One decision in the making: status edits, events, actions."""
 
-    def __init__(self, view: JobView, now: datetime) -> None:
+    def __init__(self, view: JobView, now: datetime, default_storage: str | None = None) -> None:
         self.view = view
         self.now = now
+        self.default_storage = default_storage
+        """The operator's model store for jobs that set no output (``--default-storage``)."""
         self.gen = view.generation
         self.old_phase = view.status.get("phase")
         self.status: Status = json.loads(json.dumps(view.status))  # deep copy
@@ -112,7 +116,23 @@ class StatusDraft:
         self.status["observedGeneration"] = self.gen
         if self.view.kind == "TrainingJob":
             self.status["selector"] = worker_selector(self.view.kind, self.view.name)
+            self._record_log_archive()
         return self.decision
+
+    def _record_log_archive(self) -> None:
+        """``status.logs``: where the workers archive their logs, as they resolve it (the
+        job's output store, else the operator's default), so readers need not re-derive it
+        and a running job's earlier attempts are found. Kept as it was when the spec does
+        not parse or names no archive (a later decision cannot lose a recorded location)."""
+        if not isinstance(self.view.parsed, TrainingJob):
+            return
+        spec = self.view.parsed.spec
+        if spec.logs.max_bytes_per_rank == 0:
+            return
+        storage = spec.output.storage or self.default_storage
+        logs = log_status(storage, self.view.namespace, self.view.name, self.restarts)
+        if logs is not None:
+            self.status["logs"] = logs
 
     def need_pods(self) -> Decision:
         """Ask to decide again with the worker pods listed (``Decision.needs_pods``)."""

@@ -52,14 +52,20 @@ from torchyard.state.results import (
 from torchyard.state.stall import StepTiming, attempt_started, judge_stall, note_stall
 
 
-def decide(view: JobView, obs: Observed, timing: StepTiming | None = None) -> Decision:
+def decide(
+    view: JobView,
+    obs: Observed,
+    timing: StepTiming | None = None,
+    default_storage: str | None = None,
+) -> Decision:
     """The next step for one job. Pure: same inputs, same decision.
 
     The steps run in order; the first that returns a Decision settles it (a Decision is
     always truthy, so ``or`` moves on only past a step that returned None). ``timing``: rank
     0's step reports, for stall detection (:mod:`torchyard.state.stall`); None: not judged.
+    ``default_storage``: the operator's output store for jobs that set none (``status.logs``).
     """
-    draft = StatusDraft(view, obs.now)
+    draft = StatusDraft(view, obs.now, default_storage)
     job = obs.job
     if draft.old_phase in Phase.FINISHED:
         return _keep_finished(draft, job)
