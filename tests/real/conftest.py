@@ -124,8 +124,13 @@ def namespace(kube: Kube) -> Iterator[str]:
 
 #: The images `make images` builds and pushes to the local registry (hack/images.sh).
 REGISTRY = os.environ.get("TORCHYARD_REAL_REGISTRY", "127.0.0.1:5000")
-OPERATOR_REF = f"{REGISTRY}/torchyard/operator:dev"
-TRAINER_REF = f"{REGISTRY}/torchyard/trainer:dev-cpu"
+#: Overridable to test other builds (e.g. a tag pushed by hand).
+OPERATOR_REF = os.environ.get("TORCHYARD_REAL_OPERATOR_IMAGE") or (
+    f"{REGISTRY}/torchyard/operator:dev"
+)
+TRAINER_REF = os.environ.get("TORCHYARD_REAL_TRAINER_IMAGE") or (
+    f"{REGISTRY}/torchyard/trainer:dev-cpu"
+)
 
 
 def _pushed_digest(ref: str) -> str | None:

@@ -76,6 +76,9 @@ def release(
         "--set=operator.extraEnv[0].name=USER",
         "--set=operator.extraEnv[0].value=torchyard",
         f"--set=operator.defaultStorage=pvc://{CLAIM}/store",
+        # The real node has this machine's 2 CPUs and digits-ddp asks 1 per worker: the
+        # operator must ask for none, or the second worker never schedules.
+        "--set=resources.requests.cpu=0",
         *(f"--set=operator.livenessProbe.{k}={v}" for k, v in PROBE.items()),
     ]
     helmkit.install(real_cluster, name, ns, values)
