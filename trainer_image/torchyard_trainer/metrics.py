@@ -108,6 +108,10 @@ class WorkerMetrics:
         )
         self.gpu_mem = gauge("torchyard_worker_gpu_memory_bytes", "Peak GPU memory allocated")
         self.step = gauge("torchyard_worker_step", "Optimizer steps done")
+        self.total_steps = gauge(
+            "torchyard_worker_total_steps",
+            "Optimizer steps the run will do in all (the dashboard's ETA), where known",
+        )
         self.last_step_time = gauge(
             "torchyard_worker_last_step_timestamp_seconds",
             "Unix time of the last reported optimizer step (the TorchyardJobStalled alert)",
@@ -149,6 +153,10 @@ class WorkerMetrics:
 
     def event(self, event: str, **fields: Any) -> None:
         """A progress event (rank 0's JSONL log; elsewhere nothing)."""
+        total = fields.get("totalSteps")
+        if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+            # The built-in loop and the reporting helper both announce it here (start, step).
+            self.set(self.total_steps, total)
         self.progress.event(event, **fields)
 
     def close(self) -> None:
