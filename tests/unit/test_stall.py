@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_status import T0, cond, job, step, tj_body
+from tests.unit.test_status import T0, cond, job, pod, step, tj_body
 from torchyard.api.constants import ConditionType, Phase, Reason
 from torchyard.controller.stall_watch import StallWatch
 from torchyard.state import (
@@ -209,3 +209,64 @@ def test_after_an_operator_restart_the_status_stands_in_for_the_empty_book() -> 
     assert watch.check(at(20)) == []
     assert watch.check(at(40)) == [key]
     assert watch.timing(key).last_step_time == at(5)
+
+
+# ------------------------------------------------------------------ a finished job
+
+
+def stalled_body() -> dict[str, Any]:
+    body = running({"stallTimeoutSeconds": 30, "backoffLimit": 0})
+    body = step(body, look(body, 40, 5))
+    assert cond_of(body)["status"] == "True"
+    return body
+
+
+def cond_of(body: dict[str, Any]) -> dict[str, Any]:
+    found = get_condition(body["status"], ConditionType.STALLED)
+    assert found is not None
+    return found
+
+
+def test_a_stalled_job_that_succeeds_is_no_longer_stalled() -> None:
+    body = stalled_body()
+    done = job(succeeded=2, complete=True)
+    pods = (pod(0, "Succeeded", 0), pod(1, "Succeeded", 0))
+    d = decide(JobView.from_body(body), Observed(now=at(45), job=done, pods=pods))
+    assert d.status["phase"] == Phase.SUCCEEDED
+    c = cond(d, ConditionType.STALLED)
+    assert (c["status"], c["reason"]) == ("False", Reason.COMPLETED)
+    assert c["lastTransitionTime"] == rfc3339(at(45))
+    assert [e.reason for e in d.events] == [Reason.COMPLETED]  # no Event for the stall
+
+
+def test_a_stalled_job_that_fails_is_no_longer_stalled() -> None:
+    body = stalled_body()
+    gone = job(failed=1, failed_reason="BackoffLimitExceeded")
+    pods = (pod(0, "Failed", 137), pod(1, "Running"))
+    d = decide(JobView.from_body(body), Observed(now=at(45), job=gone, pods=pods))
+    assert d.status["phase"] == Phase.FAILED
+    c = cond(d, ConditionType.STALLED)
+    assert c["status"] == "False"
+    assert c["reason"] == cond(d, ConditionType.FAILED)["reason"]
+
+
+def test_a_job_finished_while_stalled_earlier_is_cleared_on_its_next_look() -> None:
+    body = stalled_body()
+    body["status"]["phase"] = Phase.SUCCEEDED
+    body["status"]["conditions"].append(
+        {"type": ConditionType.SUCCEEDED, "status": "True", "reason": Reason.COMPLETED}
+    )
+    d = decide(JobView.from_body(body), Observed(now=at(60), job=job(succeeded=2, complete=True)))
+    c = cond(d, ConditionType.STALLED)
+    assert (c["status"], c["reason"]) == ("False", Reason.COMPLETED)
+    again = decide(JobView.from_body(step(body, d)), Observed(now=at(90)))
+    assert cond(again, ConditionType.STALLED) == c  # nothing moves once cleared
+
+
+def test_a_job_that_never_stalled_gets_no_stalled_condition_when_it_finishes() -> None:
+    body = running({"stallTimeoutSeconds": 30})
+    done = job(succeeded=2, complete=True)
+    pods = (pod(0, "Succeeded", 0), pod(1, "Succeeded", 0))
+    d = decide(JobView.from_body(body), Observed(now=at(10), job=done, pods=pods))
+    assert d.status["phase"] == Phase.SUCCEEDED
+    assert get_condition(d.status, ConditionType.STALLED) is None

@@ -16,7 +16,7 @@ from torchyard.api.constants import ConditionType, Phase, Reason
 from torchyard.api.contract import Label
 from torchyard.api.logarchive import log_status
 from torchyard.api.training import TrainingJob
-from torchyard.state.conditions import clear_condition, set_condition
+from torchyard.state.conditions import clear_condition, condition_true, set_condition
 from torchyard.state.decision import Action, ActionKind, Decision, Event
 from torchyard.state.kueue import suspend_action
 from torchyard.state.observed import JobInfo, JobView, Status, rfc3339
@@ -84,6 +84,7 @@ class StatusDraft:
         self.clear(ConditionType.RUNNING, reason, "the job failed")
         self.clear(ConditionType.RESTARTING, reason, "the job failed")
         self.status.setdefault("completionTime", rfc3339(self.now))
+        self.end_stall(reason)
         self.event(reason, message, warning=True)
         self._stop_workers(job)
         return self.done()
@@ -94,9 +95,18 @@ class StatusDraft:
         self.cond(ConditionType.RUNNING, False, Reason.COMPLETED, "all workers finished")
         self.clear(ConditionType.RESTARTING, Reason.COMPLETED, "all workers finished")
         self.status.setdefault("completionTime", rfc3339(self.now))
+        self.end_stall(Reason.COMPLETED)
         self.event(Reason.COMPLETED, message)
         self._stop_workers(job)
         return self.done()
+
+    def end_stall(self, reason: str) -> None:
+        """A finished job is not stalled: a ``Stalled=True`` left from its last attempt turns
+        False with the finishing ``reason`` (no Event: the finish has its own). A False or
+        absent condition is left as it is."""
+        if condition_true(self.status, ConditionType.STALLED):
+            phase = self.status.get("phase")
+            self.cond(ConditionType.STALLED, False, reason, f"the job finished ({phase})")
 
     def _stop_workers(self, job: JobInfo | None) -> None:
         policy = (

@@ -137,6 +137,10 @@ def _keep_finished(draft: StatusDraft, job: JobInfo | None) -> Decision:
         draft.before(suspend_action(draft.view, job))
     if job is not None:
         draft.status["workers"] = worker_counts(job)
+    # A job that finished before the operator cleared Stalled on the way out: the reason
+    # of its final condition (Succeeded or Failed, named as its phase).
+    final = get_condition(draft.status, str(draft.old_phase)) or {}
+    draft.end_stall(str(final.get("reason") or Reason.COMPLETED))
     return draft.done()
 
 
