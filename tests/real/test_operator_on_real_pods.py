@@ -205,7 +205,8 @@ def test_digits_ddp_trains_on_two_real_pods(
     ty_logs = subprocess.run(
         [torchyard, "logs", "-n", ns, "digits-ddp"], env=env, text=True, capture_output=True
     )
-    print(kubectl_logs[-1500:])
+    print(f"kubectl logs {rank0}:\n{kubectl_logs[-1500:]}")
+    print(f"torchyard logs:\n{ty_logs.stdout[-1500:]}{ty_logs.stderr[-500:]}")
     assert kubectl_logs.strip()
     assert ty_logs.returncode == 0, ty_logs.stderr
     assert kubectl_logs.strip().splitlines()[-1] in ty_logs.stdout
