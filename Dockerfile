@@ -57,7 +57,11 @@ ENV PATH=/opt/torchyard/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp
-# A numeric uid/gid so `runAsNonRoot` can be verified by the kubelet (65532: "nonroot").
+# A numeric uid/gid so `runAsNonRoot` can be verified by the kubelet (65532: "nonroot"), with a
+# passwd entry: Kopf's peering identity calls getpass.getuser(), which fails for a uid without
+# one (found by the operator's first run as a pod on a real node).
+RUN useradd --uid 65532 --user-group --no-create-home --home-dir /tmp \
+        --shell /usr/sbin/nologin nonroot
 USER 65532:65532
 # 8080: Prometheus metrics (/metrics, --metrics-port); 8081: Kopf liveness (/healthz, --health-port).
 EXPOSE 8080 8081

@@ -180,6 +180,12 @@ def _finished(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
     return job if job.get("status", {}).get("phase") in {"Succeeded", "Failed"} else None
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug (issue 13): the job trains and succeeds on real pods, but kubectl logs "
+    "and torchyard logs of its worker pods come back empty (a plain pod of the same image "
+    "logs fine); strict, so the fix turns this red until the mark goes",
+)
 def test_digits_ddp_trains_on_two_real_pods(
     real_cluster: devcluster.DevCluster, kube: Kube, job_namespace: str, trainer_image: str
 ) -> None:
