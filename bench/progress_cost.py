@@ -298,14 +298,14 @@ NOTES = [
     "The client runs on the same 2 shared cores as the operator, the API server, KWOK and "
     "other work: CPU seconds are the operator process's own (/proc), but post latencies and "
     "the client's pace suffer from the sharing.",
-    "Rows marked 'old client' come from the first version of this bench (rounds of posts "
-    "gathered at once, a new connection per post, no latency or load figures); at 200 jobs "
-    "that client managed 4 rounds in 60 s, so it never reached the 1/s pace there.",
-    "Where a job's status writes come further apart than the throttle allows (writes/job/min "
-    "under 60 / write seconds), the operator's writes set the pace, not the throttle. Not "
-    "profiled; candidates: they run through asyncio.to_thread, whose default pool has "
+    "The first version of this bench (rounds of posts gathered at once, a new connection per "
+    "post) managed 4 rounds in 60 s at 200 jobs: it never reached the 1/s pace there.",
+    "Under load the operator's writes, not the throttle, can set the pace: an earlier 200-job "
+    "keep-alive run at load average 7.7-9.5 (results in commit 6122176) got 7.7 writes per "
+    "job per minute (one per 7.8 s), p99 answer 3.4 s, 14.7 operator CPU s. Not profiled; "
+    "candidates: the writes run through asyncio.to_thread, whose default pool has "
     "min(32, CPUs + 4) = 6 threads here, shared with the TokenReviews, and the API server "
-    "shares the same loaded cores (see the load average of that row).",
+    "shares the same loaded cores.",
     "The worker's poster (trainer_image/torchyard_trainer/progress_post.py) opens a new "
     "connection per post and gives up after 3 s (the report is dropped, training goes on): "
     "the 'new per post' rows are what today's workers cost; where their latency passes 3 s, "
