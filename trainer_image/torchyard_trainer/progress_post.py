@@ -7,20 +7,23 @@ built-in trainer's and a user script's :class:`~torchyard_trainer.report.Reporte
 through :class:`~torchyard_trainer.metrics.ProgressLog`) into one snapshot, and a daemon thread
 POSTs the newest snapshot at most once per ``MIN_INTERVAL`` seconds with a short timeout.
 Training never waits on it: :meth:`offer` only swaps a dict under a lock; a failed or slow post
-is dropped (the next one carries the newer snapshot) and logged once.
+is dropped (the next one carries the newer snapshot) and logged once. The connection is kept
+open between posts: a TLS handshake per post made the operator's answers take seconds at 200
+jobs (bench/progress_cost.py, "new connection per post"), past the timeout.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import ssl
 import threading
 import time
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from torchyard.api.contract import Env
 
@@ -56,6 +59,7 @@ class ProgressPoster:
         self.url = url
         self.token_file = token_file
         self.tls = ssl.create_default_context(cadata=ca_pem or None)
+        self._conn: http.client.HTTPSConnection | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
@@ -95,20 +99,34 @@ class ProgressPoster:
                 self._sent = snap
             time.sleep(MIN_INTERVAL)
 
+    def _connection(self) -> tuple[http.client.HTTPSConnection, str]:
+        parts = urlsplit(self.url)
+        if self._conn is None:
+            self._conn = http.client.HTTPSConnection(
+                parts.hostname or "", parts.port, timeout=TIMEOUT, context=self.tls
+            )
+        return self._conn, parts.path + (f"?{parts.query}" if parts.query else "")
+
     def _post(self, snapshot: dict[str, Any]) -> None:
         try:
             with open(self.token_file) as fh:  # re-read: the kubelet rotates it
                 token = fh.read().strip()
-            req = urllib.request.Request(
-                self.url,
-                data=json.dumps(snapshot).encode(),
+            conn, path = self._connection()
+            conn.request(
+                "POST",
+                path,
+                body=json.dumps(snapshot).encode(),
                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-                method="POST",
             )
-            with urllib.request.urlopen(req, timeout=TIMEOUT, context=self.tls) as resp:
-                resp.read()
+            resp = conn.getresponse()
+            resp.read()  # drained, so the connection can carry the next post
+            if resp.status >= 300:
+                raise OSError(f"HTTP {resp.status} {resp.reason}")
             self.posted += 1
-        except (OSError, ValueError) as exc:  # HTTPError, URLError, timeouts, a missing token
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # refusals, timeouts
+            if self._conn is not None:  # a broken or timed-out connection is not reused
+                self._conn.close()
+                self._conn = None
             if not self._warned:
                 log.warning("live progress not posted (training goes on): %s", exc)
                 self._warned = True
