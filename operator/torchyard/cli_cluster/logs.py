@@ -47,17 +47,20 @@ def _attempt_of(pod: Any) -> int | None:
     return int(raw) if raw is not None and raw.isdigit() else None
 
 
-def _from_archive(where: tuple[str | None, Path | None], rank: int, attempt: int | None) -> bytes:
+def _from_archive(
+    where: tuple[str | None, Path | None], name: str, rank: int, attempt: int | None
+) -> bytes:
     uri, root = where
+    gone = f"no pod of rank {rank} for {name} (not started, or cleaned up)"
     if uri is None or root is None:
         fail(
-            "its pod is gone and the job has no log archive (its output store is an "
-            "object store, or it sets no output)"
+            f"{gone}, and the job has no log archive (its output store is an object store, "
+            "or it sets no output)"
         )
     if not root.is_dir():
         fail(
-            f"its pod is gone; its log archive {uri} is not reachable here ({root}): mount "
-            "the store and pass --pvc-root, or run this where the claims are mounted"
+            f"{gone}; its log archive {uri} is not reachable here ({root}): mount the store "
+            "and pass --pvc-root, or run this where the claims are mounted"
         )
     if attempt is None:
         done = logarchive.attempts(root)
@@ -196,7 +199,7 @@ def logs(
     if pod is not None:
         _stream(kube, pod, rank, follow, False, tail)
         return
-    _write(_from_archive(logarchive.archive_of(obj, pvc_root), rank, attempt), tail)
+    _write(_from_archive(logarchive.archive_of(obj, pvc_root), name, rank, attempt), tail)
 
 
 __all__ = ["PvcRootOpt", "logs"]
