@@ -139,7 +139,9 @@ def test_several_workers_without_a_distill_step_are_rejected(
     assert proc.returncode == 2, proc.stderr[-4000:]
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["message"].startswith("spec.workers: WORLD_SIZE=2"), result["message"]
-    assert proc.stderr.count("spec.workers: WORLD_SIZE=2") >= WORLD  # logged by both ranks
+    # Logged by the rank that fails first; its sibling may be stopped by torchrun's agent
+    # (which ends the whole group at the first failure) before it gets as far (seen in CI).
+    assert proc.stderr.count("spec.workers: WORLD_SIZE=2") >= 1, proc.stderr[-4000:]
     assert _versions(store) == []
 
 

@@ -160,7 +160,10 @@ def _selectors(expr: str) -> list[str]:
     names = [
         m.group(1)
         for m in SELECTOR.finditer(no_strings)
-        if m.group(1) not in PROMQL_WORDS and not re.fullmatch(r"\d.*|[smhd]", m.group(1))
+        if m.group(1) not in PROMQL_WORDS
+        and not re.fullmatch(r"\d.*|[smhd]", m.group(1))
+        # a name followed by "(" is a function (time(), last_over_time(...)), never a metric
+        and not no_strings[m.end() :].lstrip().startswith("(")
     ]
     out = []
     for name in dict.fromkeys(names):
