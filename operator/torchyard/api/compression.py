@@ -24,7 +24,7 @@ from torchyard.api.common import (
     SchedulingSpec,
 )
 from torchyard.api.constants import COMPRESSION_JOB_KIND
-from torchyard.api.podtemplate import PodTemplateOverride
+from torchyard.api.podtemplate import POD_TEMPLATE_DESCRIPTION, PodTemplateOverride
 
 
 class CompressionSource(KubeModel):
@@ -261,17 +261,9 @@ class CompressionJobSpec(KubeModel):
     """Extra environment of the worker container."""
     pod_metadata: PodMetadata = sub(PodMetadata)
     """Extra labels and annotations of the worker pods."""
-    pod_template: PodTemplateOverride | None = None
-    """A core/v1 PodTemplateSpec merged into every worker pod: serviceAccountName (of the
-    job's own namespace), volumes, imagePullSecrets, initContainers, sidecars, a container
-    named ``worker`` patching the worker (env valueFrom/envFrom, volumeMounts,
-    securityContext, resources such as MIG, amd.com/gpu or rdma devices), nodeSelector,
-    tolerations, affinity... Precedence: fields the operator owns are rejected, naming the
-    field; then this template; then the job's own fields (env, podMetadata, resources,
-    scheduling); then the operator's defaults. Merge: containers, initContainers, volumes,
-    imagePullSecrets and env by name, volumeMounts by mountPath, tolerations and envFrom
-    appended, maps key by key, anything else replaced. The namespace's Pod Security level
-    judges the result (docs/gpu.md)."""
+    pod_template: PodTemplateOverride | None = Field(
+        default=None, description=POD_TEMPLATE_DESCRIPTION
+    )
     run_policy: RunPolicy = sub(RunPolicy)
     """Retries, deadlines, cleanup, suspension."""
     scheduling: SchedulingSpec = sub(SchedulingSpec)

@@ -54,6 +54,20 @@ OWNED_WORKER_FIELDS: Final = {
     "image": "set spec.image",
 }
 
+POD_TEMPLATE_DESCRIPTION: Final = (
+    "A core/v1 PodTemplateSpec merged into every worker pod: serviceAccountName (of the job's "
+    "own namespace), volumes, imagePullSecrets, initContainers, sidecars, a container named "
+    "``worker`` patching the worker (env valueFrom/envFrom, volumeMounts, securityContext, "
+    "resources such as MIG, amd.com/gpu or rdma devices), nodeSelector, tolerations, "
+    "affinity... Precedence: fields the operator owns are rejected, naming the field; then "
+    "this template; then the job's own fields (env, podMetadata, resources, scheduling); then "
+    "the operator's defaults. Merge: containers, initContainers, volumes, imagePullSecrets "
+    "and env by name, volumeMounts by mountPath, tolerations and envFrom appended, maps key "
+    "by key, anything else replaced. The namespace's Pod Security level judges the result "
+    "(docs/gpu.md)."
+)
+"""The description of ``spec.podTemplate``, one text for both job kinds."""
+
 Name = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 
 

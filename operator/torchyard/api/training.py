@@ -26,7 +26,7 @@ from torchyard.api.common import (
 )
 from torchyard.api.constants import TRAINING_JOB_KIND
 from torchyard.api.logarchive import DEFAULT_MAX_BYTES_PER_RANK
-from torchyard.api.podtemplate import PodTemplateOverride
+from torchyard.api.podtemplate import POD_TEMPLATE_DESCRIPTION, PodTemplateOverride
 
 # On the teacher and on the trained model alike (both have a `model`).
 NO_HUGGINGFACE_MODEL = Rule(
@@ -190,17 +190,9 @@ class TrainingJobSpec(KubeModel):
     """Extra environment of the worker container."""
     pod_metadata: PodMetadata = sub(PodMetadata)
     """Extra labels and annotations of the worker pods."""
-    pod_template: PodTemplateOverride | None = None
-    """A core/v1 PodTemplateSpec merged into every worker pod: serviceAccountName (of the
-    job's own namespace), volumes, imagePullSecrets, initContainers, sidecars, a container
-    named ``worker`` patching the worker (env valueFrom/envFrom, volumeMounts,
-    securityContext, resources such as MIG, amd.com/gpu or rdma devices), nodeSelector,
-    tolerations, affinity... Precedence: fields the operator owns are rejected, naming the
-    field; then this template; then the job's own fields (env, podMetadata, resources,
-    scheduling); then the operator's defaults. Merge: containers, initContainers, volumes,
-    imagePullSecrets and env by name, volumeMounts by mountPath, tolerations and envFrom
-    appended, maps key by key, anything else replaced. The namespace's Pod Security level
-    judges the result (docs/gpu.md)."""
+    pod_template: PodTemplateOverride | None = Field(
+        default=None, description=POD_TEMPLATE_DESCRIPTION
+    )
     model: ModelSpec | None = None
     """The model to train (the student for distillation). Required unless `command` is set:
     the built-in trainer needs it; a user's own script may leave it out."""
