@@ -30,6 +30,7 @@ from torchyard_devcluster import (
     apiserver,
     build,
     certs,
+    componentargs,
     kubeconfig,
     paths,
     procs,
@@ -42,10 +43,6 @@ SERVICE_IP = apiserver.SERVICE_IP
 CONTEXT = kubeconfig.CONTEXT
 #: Order of start; ``down`` stops in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-
-# Client rates sized for 100+ fake nodes and ~1000 pods on a small machine.
-CLIENT_QPS = 500
-CLIENT_BURST = 1000
 
 
 class DevClusterError(RuntimeError):
@@ -256,14 +253,25 @@ def _cleanup(state_dir: Path, state: ClusterState | None) -> None:
     shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def _start(
-    state_dir: Path,
-    *,
-    pod_run_ms: int,
-    timeout: float,
-    verbosity: int,
-    pod_network: bool,
-) -> ClusterState:
+def _write_kubeconfigs(
+    state_dir: Path, server: str, pki: certs.ClusterCerts
+) -> tuple[Path, Path, Path]:
+    """The admin's kubeconfig and the controller-manager's, scheduler's and kwok's (returned)."""
+    admin_kc = state_dir / "kubeconfig"
+    kubeconfig.write(admin_kc, server, pki.ca.cert, pki.admin, "torchyard-admin")
+    cm_kc = state_dir / "controller-manager.kubeconfig"
+    kubeconfig.write(
+        cm_kc, server, pki.ca.cert, pki.controller_manager, "system:kube-controller-manager"
+    )
+    sched_kc = state_dir / "scheduler.kubeconfig"
+    kubeconfig.write(sched_kc, server, pki.ca.cert, pki.scheduler, "system:kube-scheduler")
+    kwok_kc = state_dir / "kwok.kubeconfig"
+    kubeconfig.write(kwok_kc, server, pki.ca.cert, pki.kwok, "kwok-controller")
+    return cm_kc, sched_kc, kwok_kc
+
+
+def _new_state(state_dir: Path, pod_network: bool) -> tuple[ClusterState, certs.ClusterCerts]:
+    """A fresh state folder: marker, log folder, certificates, free ports, saved state."""
     _check_ours(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
@@ -281,9 +289,22 @@ def _start(
         state_dir=state_dir, ports=ports, versions=paths.versions(), pod_network=pod_network
     )
     state.save()
+    return state, pki
+
+
+def _start(
+    state_dir: Path,
+    *,
+    pod_run_ms: int,
+    timeout: float,
+    verbosity: int,
+    pod_network: bool,
+) -> ClusterState:
+    state, pki = _new_state(state_dir, pod_network)
+    ports = state.ports
+    logs = state_dir / "logs"
     server = state.server
     bins = {b: str(paths.binary(b)) for b in COMPONENTS}
-    v = f"--v={verbosity}"
 
     def launch(name: str, argv: list[str]) -> procs.Proc:
         p = procs.start(name, argv, logs / f"{name}.log", cwd=state_dir)
@@ -293,25 +314,11 @@ def _start(
 
     # etcd -------------------------------------------------------------------------------
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
-    peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
     etcd = launch(
         "etcd",
-        [
-            bins["etcd"],
-            "--name=default",
-            f"--data-dir={state_dir / 'etcd'}",
-            f"--listen-client-urls={etcd_url}",
-            f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}",
-            f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=default={peer_url}",
-            "--initial-cluster-state=new",
-            "--unsafe-no-fsync=true",  # throw-away data: no fsync, much faster on shared disks
-            "--quota-backend-bytes=8589934592",
-            "--auto-compaction-mode=periodic",
-            "--auto-compaction-retention=5m",
-            "--log-level=warn",
-        ],
+        componentargs.etcd_argv(
+            bins["etcd"], state_dir / "etcd", ports["etcd"], ports["etcd-peer"]
+        ),
     )
     _wait_http(
         etcd,
@@ -335,72 +342,22 @@ def _start(
     )
     _wait_http(api, f"{server}/readyz", timeout=timeout, verify=_admin_tls(state_dir))
 
-    admin_kc = state_dir / "kubeconfig"
-    kubeconfig.write(admin_kc, server, pki.ca.cert, pki.admin, "torchyard-admin")
-    cm_kc = state_dir / "controller-manager.kubeconfig"
-    kubeconfig.write(
-        cm_kc, server, pki.ca.cert, pki.controller_manager, "system:kube-controller-manager"
-    )
-    sched_kc = state_dir / "scheduler.kubeconfig"
-    kubeconfig.write(sched_kc, server, pki.ca.cert, pki.scheduler, "system:kube-scheduler")
-    kwok_kc = state_dir / "kwok.kubeconfig"
-    kubeconfig.write(kwok_kc, server, pki.ca.cert, pki.kwok, "kwok-controller")
+    cm_kc, sched_kc, kwok_kc = _write_kubeconfigs(state_dir, server, pki)
 
-    # kube-controller-manager ------------------------------------------------------------
+    # kube-controller-manager and kube-scheduler -----------------------------------------
     cm = launch(
         "kube-controller-manager",
-        [
-            bins["kube-controller-manager"],
-            f"--kubeconfig={cm_kc}",
-            f"--authentication-kubeconfig={cm_kc}",
-            f"--authorization-kubeconfig={cm_kc}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={ports['controller-manager']}",
-            "--leader-elect=false",
-            "--controllers=*",
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={pki.sa_private}",
-            f"--root-ca-file={pki.ca.cert}",
-            f"--cluster-signing-cert-file={pki.ca.cert}",
-            f"--cluster-signing-key-file={pki.ca.key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--kube-api-qps={CLIENT_QPS}",
-            f"--kube-api-burst={CLIENT_BURST}",
-            "--concurrent-job-syncs=10",
-            "--concurrent-gc-syncs=20",
-            "--concurrent-namespace-syncs=10",
-            v,
-        ],
+        componentargs.controller_manager_argv(
+            bins["kube-controller-manager"], cm_kc, ports["controller-manager"], pki, verbosity
+        ),
     )
-
-    # kube-scheduler ---------------------------------------------------------------------
     sched_conf = state_dir / "scheduler-config.yaml"
-    sched_conf.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kubescheduler.config.k8s.io/v1",
-                "kind": "KubeSchedulerConfiguration",
-                "clientConnection": {
-                    "kubeconfig": str(sched_kc),
-                    "qps": CLIENT_QPS,
-                    "burst": CLIENT_BURST,
-                },
-                "leaderElection": {"leaderElect": False},
-            },
-            sort_keys=False,
-        )
-    )
+    sched_conf.write_text(yaml.safe_dump(componentargs.scheduler_config(sched_kc), sort_keys=False))
     sched = launch(
         "kube-scheduler",
-        [
-            bins["kube-scheduler"],
-            f"--config={sched_conf}",
-            f"--authentication-kubeconfig={sched_kc}",
-            f"--authorization-kubeconfig={sched_kc}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={ports['scheduler']}",
-            v,
-        ],
+        componentargs.scheduler_argv(
+            bins["kube-scheduler"], sched_conf, sched_kc, ports["scheduler"], verbosity
+        ),
     )
 
     # kwok -------------------------------------------------------------------------------
@@ -410,9 +367,18 @@ def _start(
     )
     kwok = launch(
         "kwok",
-        [bins["kwok"], f"--kubeconfig={kwok_kc}", f"--config={kwok_conf}", v],
+        [bins["kwok"], f"--kubeconfig={kwok_kc}", f"--config={kwok_conf}", f"--v={verbosity}"],
     )
 
+    _wait_healthy(ports, cm, sched, kwok, timeout)
+    _wait_default_service_account(state, timeout=timeout)
+    return state
+
+
+def _wait_healthy(
+    ports: dict[str, int], cm: procs.Proc, sched: procs.Proc, kwok: procs.Proc, timeout: float
+) -> None:
+    """The controller-manager, scheduler and kwok answer their health checks."""
     _wait_http(
         cm,
         f"https://127.0.0.1:{ports['controller-manager']}/healthz",
@@ -423,8 +389,6 @@ def _start(
         sched, f"https://127.0.0.1:{ports['scheduler']}/healthz", timeout=timeout, verify=False
     )
     _wait_http(kwok, f"http://127.0.0.1:{ports['kwok']}/healthz", timeout=timeout)
-    _wait_default_service_account(state, timeout=timeout)
-    return state
 
 
 def _wait_default_service_account(state: ClusterState, *, timeout: float) -> None:
