@@ -26,12 +26,15 @@ control-plane: venv
 	@if [ -x hack/build-control-plane.sh ]; then bash hack/build-control-plane.sh; fi
 	@if [ -x hack/build-kueue.sh ]; then bash hack/build-kueue.sh; fi
 
-# Helm (built from the Go module proxy into $(TORCHYARD_CACHE)/bin) and Debian's prometheus +
-# promtool (apt; the service is not started): what tests/chart and tests/e2e need.
+# Helm (built from the Go module proxy into $(TORCHYARD_CACHE)/bin), Debian's prometheus +
+# promtool (apt; the service is not started), and upstream Prometheus with Kubernetes service
+# discovery (Debian's has none; built from the Go module proxy, cached): what tests/chart and
+# tests/e2e need.
 .PHONY: tools
 tools:
 	@bash hack/install-helm.sh
 	@bash hack/install-prometheus.sh
+	@bash hack/build-prometheus.sh
 
 lint: venv
 	$(PY) -m ruff check .
@@ -62,9 +65,18 @@ clean:
 # a wheelhouse the host downloads, pushed to the local OCI registry (CNCF Distribution, built from
 # the Go module proxy, on 127.0.0.1:5000), sizes printed. Everything is cached in
 # $(TORCHYARD_CACHE); a second run with nothing changed only re-checks. Not part of `make test`.
-.PHONY: images registry
+.PHONY: images registry test-real
 images:
 	@bash hack/images.sh
+
+# The real-node tier (tests/real): the chart's operator and the workers as pods run by a real
+# kubelet + containerd on this machine, images built by hack/images.sh (CPU trainer only) and
+# pulled from the local registry. Needs root. Not yet part of `make test`: from an empty cache
+# its setup (docker, images, node binaries) adds about an hour, past CI's 90 minutes
+# (docs/deploy.md, "The real tier").
+test-real: venv control-plane tools
+	TRAINER_VARIANTS=cpu bash hack/images.sh
+	TORCHYARD_REAL=1 $(PY) -m pytest tests/real $(PYTEST_ARGS)
 
 registry:
 	@bash hack/registry.sh

@@ -10,12 +10,16 @@ that only creates the same objects (bench/baseline_operator.py):
 - operator peak RSS (VmHWM) and CPU seconds during the burst,
 - API requests per job the operator caused (apiserver_request_total delta over the
   resources only an operator writes: trainingjobs incl. status, and the create/patch/delete
-  of configmaps, services and jobs; watches excluded), plus our reconciler's own count.
+  of configmaps, services and jobs; watches excluded), plus our reconciler's own count,
+- with ``--finish`` (ours only: the empty operator has no TTL): the pods released (they
+  complete), every job finished and deleted by ``runPolicy.ttlSecondsAfterFinished``, and
+  the operator's RSS (VmRSS) then, beside its RSS before the burst: memory must not grow
+  with finished jobs.
 
 Worker pods are held Running (KWOK hold annotation), so "Running" is a stable state.
 Writes bench/results/operator_scale.json and docs/benchmarks-operator.md.
 
-    python bench/operator_scale.py [--jobs 200] [--workers 4] [--nodes 100]
+    python bench/operator_scale.py [--jobs 200] [--workers 4] [--nodes 100] [--finish]
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "operator_scale.json"
 DOC = ROOT / "docs" / "benchmarks-operator.md"
 HOLD = "kwok.torchyard.io/hold"
+TTL_SECONDS = 5  # --finish: finished jobs are deleted this long after they finished
 
 sys.path.insert(0, str(ROOT / "operator"))
 
@@ -64,7 +69,7 @@ def _pct(values: list[float], q: float) -> float:
     return s[k]
 
 
-def _manifest(name: str, workers: int) -> dict[str, Any]:
+def _manifest(name: str, workers: int, ttl: int | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "torchyard.io/v1alpha1",
         "kind": "TrainingJob",
@@ -79,6 +84,7 @@ def _manifest(name: str, workers: int) -> dict[str, Any]:
             "batchSize": 64 * workers,
             "scheduling": {"gang": "none"},
             "podMetadata": {"annotations": {HOLD: "true"}},
+            "runPolicy": {} if ttl is None else {"ttlSecondsAfterFinished": ttl},
         },
     }
 
@@ -119,6 +125,51 @@ def _operator_requests(
     return total, by
 
 
+def _rss_now(pid: int) -> float:
+    """Resident memory now (VmRSS, MiB): what the process still holds, unlike the peak."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _finish(api: Any, ns: str, pid: int, jobs: int) -> dict[str, Any]:
+    """Release every held pod (KWOK completes them), wait until the operator has deleted
+    every TrainingJob (its TTL), then read the operator's RSS."""
+    core = client.CoreV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    t0 = time.time()
+    pods = core.list_namespaced_pod(ns).items
+
+    def release(name: str) -> None:
+        try:
+            core.patch_namespaced_pod(name, ns, {"metadata": {"annotations": {HOLD: None}}})
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(release, [p.metadata.name for p in pods]))
+    deadline = time.monotonic() + 1200
+    left = jobs
+    while time.monotonic() < deadline:
+        # limit=1: the count is in remainingItemCount, not 1,000 objects read every 2 s
+        page = custom.list_namespaced_custom_object(
+            "torchyard.io", "v1alpha1", ns, "trainingjobs", limit=1
+        )
+        left = len(page["items"]) + int(page["metadata"].get("remainingItemCount") or 0)
+        if left == 0:
+            break
+        time.sleep(2.0)
+    time.sleep(5.0)  # the operator forgets a job on its delete event: let those land
+    return {
+        "finish_s": round(time.time() - t0, 1),
+        "jobs_left_after_finish": left,
+        "operator_rss_after_finish_mib": round(_rss_now(pid), 1),
+    }
+
+
 def _proc_stats(pid: int) -> tuple[float, float]:
     """(cpu seconds, peak RSS MiB) of a process and its children threads."""
     with open(f"/proc/{pid}/stat") as f:
@@ -134,9 +185,13 @@ def _proc_stats(pid: int) -> tuple[float, float]:
 
 
 class PodWatch(threading.Thread):
-    def __init__(self, core: Any, namespace: str, workers: int) -> None:
+    """When each job's pods all exist / all Run; pods are grouped by the ``label`` value."""
+
+    def __init__(
+        self, core: Any, namespace: str, workers: int, label: str = "torchyard.io/job-name"
+    ) -> None:
         super().__init__(daemon=True)
-        self.core, self.namespace, self.workers = core, namespace, workers
+        self.core, self.namespace, self.workers, self.label = core, namespace, workers, label
         self.seen: dict[str, set[str]] = {}
         self.running: dict[str, set[str]] = {}
         self.created_at: dict[str, float] = {}
@@ -159,7 +214,7 @@ class PodWatch(threading.Thread):
 
     def _on(self, pod: Any) -> None:
         now = time.time()
-        job = (pod.metadata.labels or {}).get("torchyard.io/job-name")
+        job = (pod.metadata.labels or {}).get(self.label)
         if not job:
             return
         with self.lock:
@@ -215,6 +270,9 @@ def _start_operator(kind: str, namespace: str, kubeconfig: Path, log: Path) -> t
             str(_free_port()),
             "--default-image",
             "registry.invalid/trainer:bench",
+            # without a model store the jobs would wait (StorageNotConfigured)
+            "--default-storage",
+            "file:///var/lib/torchyard-bench-store",
         ]
         url = f"http://127.0.0.1:{port}/metrics"
     else:
@@ -246,7 +304,15 @@ def _start_operator(kind: str, namespace: str, kubeconfig: Path, log: Path) -> t
 
 
 def run_one(
-    kind: str, cluster: Any, api: Any, jobs: int, workers: int, log_dir: Path
+    kind: str,
+    cluster: Any,
+    api: Any,
+    jobs: int,
+    workers: int,
+    log_dir: Path,
+    finish: bool = False,
+    wait_gone: bool = True,
+    wait: str = "running",
 ) -> dict[str, Any]:
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
@@ -268,6 +334,7 @@ def run_one(
     jobs_watch.start()
     time.sleep(1.0)
     cpu0, _ = _proc_stats(proc.pid)
+    rss0 = _rss_now(proc.pid)
     load0 = round(os.getloadavg()[0], 2)
     counts0 = _apiserver_counts(api)
     submitted: dict[str, float] = {}
@@ -276,7 +343,11 @@ def run_one(
         name = f"j{i:04d}"
         submitted[name] = time.time()
         custom.create_namespaced_custom_object(
-            "torchyard.io", "v1alpha1", ns, "trainingjobs", _manifest(name, workers)
+            "torchyard.io",
+            "v1alpha1",
+            ns,
+            "trainingjobs",
+            _manifest(name, workers, TTL_SECONDS if finish else None),
         )
 
     t0 = time.time()
@@ -286,7 +357,9 @@ def run_one(
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         with pods.lock:
-            if len(pods.running_at) >= jobs:
+            # More pods than GPUs (1,000 x 4 on 200 x 8): the rest stay Pending until others
+            # finish, so "all Running" never comes; "all created" is what can be waited for.
+            if len(pods.running_at if wait == "running" else pods.created_at) >= jobs:
                 break
         time.sleep(0.25)
     with pods.lock:
@@ -311,6 +384,8 @@ def run_one(
     jobs_watch.stop.set()
     job_seen = dict(jobs_watch.created_at)
     to_job = [job_seen[j] - submitted[j] for j in job_seen if j in submitted]
+    # The empty operator has no TTL: only ours is taken through to deletion.
+    finished = _finish(api, ns, proc.pid, jobs) if finish and kind == "torchyard" else {}
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=30)
@@ -361,9 +436,12 @@ def run_one(
         },
         "load_1m_before": load0,
         "load_1m_after": round(os.getloadavg()[0], 2),
+        "waited_for": wait,
+        "operator_rss_before_mib": round(rss0, 1),
+        **finished,
     }
     # wait for the namespace (and its held pods) to be gone before the next run
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + (600 if wait_gone else 0)
     while time.monotonic() < deadline:
         try:
             core.read_namespace(ns)
@@ -395,6 +473,8 @@ def _doc(data: dict[str, Any]) -> str:
         ("p99 (s)", "running_p99_s"),
         ("CPU (s)", "operator_cpu_s"),
         ("peak RSS (MiB)", "operator_peak_rss_mib"),
+        ("RSS before burst (MiB)", "operator_rss_before_mib"),
+        ("RSS after all finished + deleted (MiB)", "operator_rss_after_finish_mib"),
         ("API req/job", "api_requests_per_job"),
         ("load 1m before/after", "load"),
     ]
@@ -479,6 +559,84 @@ def _doc(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SCALE_SECTION = "## 1,000 jobs and more (issue 18)"
+#: Sections of the page other benchmarks or --render-scale write: a rewrite keeps them.
+KEPT_SECTIONS = ("## Beside Kubeflow", SCALE_SECTION)
+SCALE_COLS = [
+    ("jobs/s (Job created)", "operator_jobs_per_s"),
+    ("jobs/s (all pods)", "jobs_per_s"),
+    ("submit→Job created p50 (s)", "job_created_p50_s"),
+    ("p99 (s)", "job_created_p99_s"),
+    ("submit→pods created p50 (s)", "pods_created_p50_s"),
+    ("p99 (s)", "pods_created_p99_s"),
+    ("CPU (s)", "operator_cpu_s"),
+    ("RSS before (MiB)", "operator_rss_before_mib"),
+    ("peak RSS (MiB)", "operator_peak_rss_mib"),
+    ("RSS after the finish phase (MiB)", "operator_rss_after_finish_mib"),
+    ("API writes/job", "api_requests_per_job"),
+    ("own requests/job", "own_api_requests_per_job"),
+    ("load 1m before/after", "load"),
+]
+
+
+def _write_page(top: str) -> None:
+    """The page's top part from :func:`_doc`; the other benchmarks' sections are kept."""
+    old = DOC.read_text() if DOC.exists() else ""
+    starts = [old.index(h) for h in KEPT_SECTIONS if h in old]
+    DOC.write_text(top.rstrip() + "\n\n" + old[min(starts) :] if starts else top)
+
+
+def scale_section(results: list[dict[str, Any]]) -> str:
+    """The issue-18 scale runs (one JSON per size) as one table, with ours ÷ the empty
+    operator per size."""
+    lines = [
+        SCALE_SECTION,
+        "",
+        "`python bench/operator_scale.py --jobs N --workers W --nodes 200` on a dev cluster of "
+        "its own, runs in the table's order (see the notes for each run's options). Pods held "
+        "Running by KWOK until measured; with `--finish` (ours only: the empty operator has no "
+        "TTL) every pod is then released, the jobs finish, our operator deletes them "
+        "(`ttlSecondsAfterFinished: 5`), and its RSS is read once all are gone or the finish "
+        "phase's 1,200 s ran out (jobs left: in the JSON). API writes/job: "
+        "apiserver_request_total over writes to trainingjobs, configmaps, services, jobs "
+        "(client's TrainingJob POST included); own requests/job: our operator's counter (reads "
+        "too). Machine: " + (results[0]["machine"] if results else "–") + ".",
+        "",
+        "| jobs × workers | operator | " + " | ".join(c for c, _ in SCALE_COLS) + " |",
+        "|---|---|" + "---:|" * len(SCALE_COLS),
+    ]
+    ratios = []
+    for data in results:
+        size = f"{data['jobs']:,} × {data['workers']} ({data['nodes']} nodes)"
+        for r in data["runs"]:
+            cells = " | ".join(_cell(r, k).replace("None", "–") for _, k in SCALE_COLS)
+            lines.append(f"| {size} | {r['operator']} | {cells} |")
+        b = next((r for r in data["runs"] if r["operator"] == "baseline"), None)
+        ours = [(i, r) for i, r in enumerate(data["runs"], 1) if r["operator"] == "torchyard"]
+        for i, o in ours if b else []:
+            for label, key in (("Job created", "operator_jobs_per_s"), ("all pods", "jobs_per_s")):
+                if o.get(key) and b and b.get(key):
+                    ratios.append(
+                        f"- {size}, run {i} (ours) ÷ the empty operator, jobs/s to {label}: "
+                        f"**{round(o[key] / b[key], 2)}**"
+                    )
+    notes = [f"- {n}" for data in results for n in data.get("notes", [])]
+    return "\n".join([*lines, "", *ratios, *notes]) + "\n"
+
+
+def render_scale(paths: list[Path]) -> None:
+    results = [json.loads(p.read_text()) for p in paths if p.exists()]
+    text = DOC.read_text()
+    section = scale_section(results)
+    if SCALE_SECTION in text:
+        start = text.index(SCALE_SECTION)
+        nxt = text.find("\n## ", start + len(SCALE_SECTION))
+        text = text[:start] + section + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    DOC.write_text(text)
+
+
 def _median_run(runs: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
     """Per-figure median over the runs of one operator (the order is ABBA: drift cancels)."""
     mine = [r for r in runs if r["operator"] == kind]
@@ -506,7 +664,25 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--nodes", type=int, default=100)
     p.add_argument("--order", default="baseline,torchyard,torchyard,baseline")
+    p.add_argument("--finish", action="store_true", help="then complete and delete every job")
+    p.add_argument(
+        "--wait",
+        choices=["running", "created"],
+        default="running",
+        help="measure once every job's pods are Running (default) or created",
+    )
+    p.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    p.add_argument("--no-doc", action="store_true", help="do not rewrite the doc page")
+    p.add_argument(
+        "--render-scale",
+        type=Path,
+        nargs="+",
+        help="only write the issue-18 scale section of the page from these JSON files",
+    )
     args = p.parse_args()
+    if args.render_scale:
+        render_scale(args.render_scale)
+        return
     cluster = devcluster.up(nodes=args.nodes, gpus_per_node=8, timeout=400)
     api = cluster.api_client()
     from torchyard_devcluster.crds import apply_crds
@@ -515,9 +691,13 @@ def main() -> None:
     log_dir = ROOT / "bench" / "results" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     runs = []
-    for kind in args.order.split(","):
+    order = args.order.split(",")
+    for i, kind in enumerate(order):
         print(f"== {kind}", flush=True)
-        r = run_one(kind, cluster, api, args.jobs, args.workers, log_dir)
+        last = i == len(order) - 1
+        r = run_one(
+            kind, cluster, api, args.jobs, args.workers, log_dir, args.finish, not last, args.wait
+        )
         print(json.dumps(r, indent=2), flush=True)
         runs.append(r)
     ours, base = _median_run(runs, "torchyard"), _median_run(runs, "baseline")
@@ -546,10 +726,11 @@ def main() -> None:
         },
         "notes": [f"run order: {args.order}"],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-    DOC.write_text(_doc(data))
-    print(f"wrote {RESULTS} and {DOC}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(data, indent=2) + "\n")
+    if not args.no_doc:
+        _write_page(_doc(data))
+    print(f"wrote {args.out}" + ("" if args.no_doc else f" and {DOC}"))
     api.close()
 
 

@@ -413,7 +413,8 @@ def main() -> None:
     # fmt: off
     op = subprocess.Popen(
         [sys.executable, "-m", "torchyard.cli", "operator", "--namespace", ns, "--metrics-port",
-         str(mport), "--health-port", str(_free_port()), "--default-image", "registry.invalid/t:b"],
+         str(mport), "--health-port", str(_free_port()), "--default-image", "registry.invalid/t:b",
+         "--default-storage", "file:///var/lib/torchyard-bench-store"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
     )
     # fmt: on

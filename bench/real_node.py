@@ -15,6 +15,23 @@ Needs root and Debian's containerd, runc, containernetworking-plugins, busybox-s
 Writes bench/results/real_node.json.
 
     python bench/real_node.py [--pods 5] [--cold]
+
+``--jobs``: TrainingJobs on real pods instead, on the real tier's cluster
+(``~/.cache/torchyard/dev-cluster-real``, kept running; tests/real/jobkit.py installs the chart
+with the images ``make images`` pushed to the local registry, and makes a job namespace with a
+local PV). Writes bench/results/real_node_jobs.json:
+
+- ``apply_to_first_step_s``: ``kubectl apply -f examples/digits-ddp.yaml`` (a fresh name each
+  time) -> the operator's ``status.progress.step`` >= 1, ``--runs`` times one after the other
+  (the trainer image already on the node); p50/min/max;
+- ``samples_per_s``: the same manifest run to its end on 2 real pods and, in the same
+  invocation, with ``torchyard run`` on this machine: (steps between rank 0's first and last
+  step line) x batchSize / (seconds between them), read from the same console lines (``kubectl
+  logs`` of rank 0 / the local run's pod-0 log) both ways; ratio = pods / local;
+- ``images``: size of each image (``docker image inspect``) and its compressed layers in the
+  registry (what a node pulls).
+
+    python bench/real_node.py --jobs [--runs 5]
 """
 
 from __future__ import annotations
@@ -90,7 +107,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=5)
     ap.add_argument("--cold", action="store_true", help="rebuild the node binaries first")
+    ap.add_argument("--jobs", action="store_true", help="TrainingJobs on real pods (see above)")
+    ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
+    if args.jobs:
+        import real_jobs
+
+        real_jobs.main(args.runs)
+        return
     sdir = paths.cache_dir() / "dev-cluster-bench-real"
     result: dict[str, Any] = {
         "machine": f"{platform.node()}: {os.cpu_count()} cores",

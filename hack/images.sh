@@ -58,6 +58,14 @@ export DOCKER_BUILDKIT=1
 
 log() { printf '[images %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
+# Close every descriptor above 2 of this (sub)shell, for the daemons started here.
+close_inherited_fds() {
+  local fd
+  for fd in $(ls /proc/$BASHPID/fd); do
+    if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
+}
+
 ensure_docker() {
   if [[ ! -x /usr/sbin/dockerd ]] && ! command -v dockerd >/dev/null; then
     log "installing Debian's docker.io"
@@ -68,8 +76,10 @@ ensure_docker() {
   if "$DOCKER" info >/dev/null 2>&1; then return 0; fi
   mkdir -p "$IMAGES"
   log "starting dockerd (log $IMAGES/dockerd.log)"
-  (cd / && setsid nohup "$(command -v dockerd || echo /usr/sbin/dockerd)" \
-    --pidfile /var/run/docker.pid >>"$IMAGES/dockerd.log" 2>&1 </dev/null &)
+  # Without the caller's other open files (a `flock … make images` lock among them: dockerd
+  # would hold it for as long as it runs).
+  (cd / && close_inherited_fds && exec setsid nohup "$(command -v dockerd || echo /usr/sbin/dockerd)" \
+    --pidfile /var/run/docker.pid >>"$IMAGES/dockerd.log" 2>&1 </dev/null) &
   for _ in $(seq 60); do
     "$DOCKER" info >/dev/null 2>&1 && return 0
     sleep 0.5
@@ -121,10 +131,22 @@ ensure_standin() {
 # Python "X.Y" of an image (the wheelhouse is downloaded for it).
 python_of() { "$DOCKER" run --rm --entrypoint python3 "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
 
+# The build backend's, the project's and extra $1's requirements, one a line.
+dependency_lists() {
+  python3 -c 'import sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))
+extra = p["project"]["optional-dependencies"].get(sys.argv[2], []) if sys.argv[2] else []
+print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"] + extra))' \
+    "$ROOT/pyproject.toml" "$1"
+}
+
 # $1: image name (operator|trainer), $2: extras ("" or "trainer"), $3: Python X.Y
 ensure_wheelhouse() {
   local name="$1" extra="$2" py="$3" dir="$WHEELHOUSE/$1" uv key
-  key="$( (cat "$ROOT/pyproject.toml"; echo "$extra $py manylinux_2_36 v2") | sha256sum | cut -c1-16)"
+  # Keyed on the dependency lists only, not the whole pyproject.toml: a change to its tool
+  # settings must not re-resolve (newer wheels) nor change the context's wheelhouse (its .stamp
+  # too), which would rebuild the image's dependencies layer.
+  key="$( (dependency_lists "$extra"; echo "$extra $py manylinux_2_36 v3") | sha256sum | cut -c1-16)"
   if [[ "$(cat "$dir/.stamp" 2>/dev/null)" == "$key" ]]; then return 0; fi
   uv="$CACHE/bootstrap/bin/uv"
   if [[ ! -x "$uv" ]]; then  # the same bootstrap as hack/setup-venv.sh

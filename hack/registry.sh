@@ -28,6 +28,14 @@ PIDFILE="$STATE/registry.pid"
 MODULE=github.com/distribution/distribution/v3
 
 log() { printf '[registry %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+# Close every descriptor above 2 of this (sub)shell: daemons started from here must not keep
+# a caller's files open (see the registry start below).
+close_inherited_fds() {
+  local fd
+  for fd in $(ls /proc/$BASHPID/fd); do
+    if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
+}
 
 answering() { curl -fsS -o /dev/null --max-time 2 "http://$REGISTRY_ADDR/v2/" 2>/dev/null; }
 
@@ -71,8 +79,11 @@ health:
   storagedriver:
     enabled: true
 EOF
-  # setsid + nohup: a stand-alone process that outlives `make images`.
-  setsid nohup "$REGISTRY" serve "$STATE/config.yml" >>"$STATE/registry.log" 2>&1 </dev/null &
+  # setsid + nohup: a stand-alone process that outlives `make images`. Without the caller's
+  # other open files: a `flock /tmp/torchyard-real.lock make images` would otherwise stay
+  # locked for as long as the registry runs (it inherited the lock's descriptor).
+  (close_inherited_fds && exec setsid nohup "$REGISTRY" serve "$STATE/config.yml" \
+    >>"$STATE/registry.log" 2>&1 </dev/null) &
   echo $! >"$PIDFILE"
   for _ in $(seq 50); do
     if answering; then

@@ -15,6 +15,8 @@ from typer.core import TyperGroup
 
 from torchyard.api import check_manifests
 from torchyard.cli_cluster import register as register_cluster_commands
+from torchyard.cli_cluster.deploy import register as register_deploy_command
+from torchyard.cli_cluster.models import register as register_model_commands
 from torchyard.crd import all_crds, render, write_crds
 
 # `torchyard dev-cluster …` lives in the separate package `torchyard_devcluster` (the `dev`
@@ -224,6 +226,8 @@ def convert(
 
 
 register_cluster_commands(app)  # operator, get, describe, logs
+register_model_commands(app)  # models, promote
+register_deploy_command(app)  # deploy
 # dev-cluster: see _Group (loaded on use from torchyard_devcluster)
 
 

@@ -25,6 +25,7 @@ from torchyard.api.constants import (
     TRAINING_JOB_PLURAL,
     VERSION,
 )
+from torchyard.api.modelversion import MODEL_VERSION_KIND, MODEL_VERSION_PLURAL, ModelVersion
 
 Schema = dict[str, Any]
 
@@ -41,6 +42,8 @@ Schema = dict[str, Any]
 SHORT_NAMES: dict[str, list[str]] = {
     TRAINING_JOB_KIND: ["tj"],
     COMPRESSION_JOB_KIND: ["compj"],
+    # `mv` reads as the shell's mv and KubeDL's ModelVersion CRD may claim it: `tymv` is ours.
+    MODEL_VERSION_KIND: ["tymv"],
 }
 
 # JSON Schema keywords Kubernetes' structural schemas do not take (or we do not want).
@@ -131,9 +134,26 @@ def _model_schema(model: type[KubeModel]) -> Schema:
     return structural(raw, raw.get("$defs", {}))
 
 
+MODEL_VERSION_COLUMNS: list[tuple[str, str, str]] = [
+    # (column, type, jsonPath): shared with `torchyard models`, which prints the same table.
+    ("Model", "string", ".spec.model"),
+    ("Version", "integer", ".spec.version"),
+    ("Aliases", "string", ".spec.aliases"),
+    ("Format", "string", ".spec.artifact.formats"),
+    ("Source", "string", ".spec.origin.source"),
+    ("Parent", "string", ".spec.origin.parent"),
+    ("Accuracy", "number", ".spec.metrics.accuracy"),
+    ("Size", "integer", ".spec.artifact.bytes"),
+    ("Ready", "string", ".status.phase"),
+]
+
+
 def _printer_columns(kind: str) -> list[dict[str, Any]]:
     phase = {"name": "Phase", "type": "string", "jsonPath": ".status.phase"}
     age = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+    if kind == MODEL_VERSION_KIND:
+        cols = [{"name": n, "type": t, "jsonPath": p} for n, t, p in MODEL_VERSION_COLUMNS]
+        return [*cols, age]
     if kind == TRAINING_JOB_KIND:
         return [
             phase,
@@ -173,10 +193,18 @@ def _printer_columns(kind: str) -> list[dict[str, Any]]:
     ]
 
 
-def build_crd(model: type[TrainingJob] | type[CompressionJob]) -> dict[str, Any]:
-    """The CustomResourceDefinition of one job kind."""
-    kind = TRAINING_JOB_KIND if model is TrainingJob else COMPRESSION_JOB_KIND
-    plural = TRAINING_JOB_PLURAL if model is TrainingJob else COMPRESSION_JOB_PLURAL
+_KINDS: dict[type[KubeModel], tuple[str, str]] = {
+    TrainingJob: (TRAINING_JOB_KIND, TRAINING_JOB_PLURAL),
+    CompressionJob: (COMPRESSION_JOB_KIND, COMPRESSION_JOB_PLURAL),
+    ModelVersion: (MODEL_VERSION_KIND, MODEL_VERSION_PLURAL),
+}
+
+
+def build_crd(
+    model: type[TrainingJob] | type[CompressionJob] | type[ModelVersion],
+) -> dict[str, Any]:
+    """The CustomResourceDefinition of one kind."""
+    kind, plural = _KINDS[model]
     short = SHORT_NAMES[kind]
     root = _model_schema(model)
     props = root["properties"]
@@ -192,6 +220,14 @@ def build_crd(model: type[TrainingJob] | type[CompressionJob]) -> dict[str, Any]
             }
         },
     }
+    if model is ModelVersion:
+        # <model>-v<N>: a DNS-1035 model name of <= 63 plus the version suffix.
+        props["metadata"]["properties"]["name"] = {
+            "type": "string",
+            "maxLength": 253,
+            "pattern": DNS_1035_LABEL,
+            "description": "<spec.model>-v<spec.version>.",
+        }
     for key in ("apiVersion", "kind"):
         props[key] = {"type": "string", "description": props[key].get("description", "")}
         props[key].pop("default", None)
@@ -243,6 +279,7 @@ def all_crds() -> dict[str, dict[str, Any]]:
     return {
         f"{GROUP}_{TRAINING_JOB_PLURAL}.yaml": build_crd(TrainingJob),
         f"{GROUP}_{COMPRESSION_JOB_PLURAL}.yaml": build_crd(CompressionJob),
+        f"{GROUP}_{MODEL_VERSION_PLURAL}.yaml": build_crd(ModelVersion),
     }
 
 

@@ -253,7 +253,7 @@ def plan_pods(
 def metrics_targets(pods: list[PodPlan]) -> list[dict[str, Any]]:
     """Where every process serves its metrics, as Prometheus ``file_sd`` target groups, in rank
     order (torchrun numbers ranks pod by pod: pod index × procsPerWorker + local rank). The
-    workers export their own job/namespace/rank labels; these say which process it is."""
+    workers export their own torchyard_job/namespace/rank labels; these say which process it is."""
     return [
         {
             "targets": [f"{LOCAL_HOST}:{port}"],
@@ -285,9 +285,16 @@ class AttemptProcesses:
 
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
+    grace: float = KILL_GRACE_SECONDS
+    """SIGTERM to SIGKILL, as the pods' terminationGracePeriodSeconds: the launcher's
+    shutdown timeout (the env contract) plus the margin the operator leaves, so a rank's
+    checkpoint on SIGTERM is not cut short here either."""
 
     def start(self, pods: list[PodPlan], attempt: int) -> None:
         for pod in pods:
+            timeout = pod.env.get(Env.SHUTDOWN_TIMEOUT_SECONDS)
+            if timeout:
+                self.grace = max(self.grace, float(timeout) + 2.0)
             # appends: the attempts of one run follow each other (rotate_logs keeps runs apart)
             log = (pod.out_dir / LOG_FILE).open("ab")
             started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -329,7 +336,7 @@ class AttemptProcesses:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        deadline = time.monotonic() + self.grace
         for p in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=max(0.0, deadline - time.monotonic()))

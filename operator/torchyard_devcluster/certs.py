@@ -222,3 +222,17 @@ def serving_cert(
         raise TypeError(f"{ca.key}: expected the EC key of the dev cluster CA")
     ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
     return _leaf(directory, stem, ca_key, ca_cert, common_name, server=True, dns=dns, ips=ips)
+
+
+def client_cert(
+    directory: Path, stem: str, ca: CertPaths, common_name: str, *, orgs: tuple[str, ...] = ()
+) -> CertPaths:
+    """A client certificate signed by an existing CA (the dev cluster's ``pki/ca.*``): a user
+    of its own (``common_name``, groups ``orgs``) so the API server's flow-control metrics can
+    tell one local controller's requests from another's (bench/kubeflow_compare.py)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{ca.key}: expected the EC key of the dev cluster CA")
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    return _leaf(directory, stem, ca_key, ca_cert, common_name, orgs=orgs)

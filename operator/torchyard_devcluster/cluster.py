@@ -190,9 +190,11 @@ def healthy(state: ClusterState, *, wait: float = 0.0) -> bool:
         time.sleep(1.0)
 
 
-def _wait_http(
+def wait_http(
     proc: procs.Proc, url: str, *, timeout: float, ok: Any = None, **client_kw: Any
 ) -> None:
+    """Poll ``url`` until it answers 200 (and ``ok(response)``), failing at once, with the log's
+    tail, if ``proc`` exits meanwhile (every local process the dev cluster starts uses this)."""
     deadline = time.monotonic() + timeout
     last = ""
     with httpx.Client(timeout=5.0, **client_kw) as c:
@@ -320,7 +322,7 @@ def _start(
             bins["etcd"], state_dir / "etcd", ports["etcd"], ports["etcd-peer"]
         ),
     )
-    _wait_http(
+    wait_http(
         etcd,
         f"{etcd_url}/health",
         timeout=timeout,
@@ -340,7 +342,7 @@ def _start(
             verbosity=verbosity,
         ),
     )
-    _wait_http(api, f"{server}/readyz", timeout=timeout, verify=_admin_tls(state_dir))
+    wait_http(api, f"{server}/readyz", timeout=timeout, verify=_admin_tls(state_dir))
 
     cm_kc, sched_kc, kwok_kc = _write_kubeconfigs(state_dir, server, pki)
 
@@ -360,35 +362,44 @@ def _start(
         ),
     )
 
-    # kwok -------------------------------------------------------------------------------
-    kwok_conf = state_dir / "kwok.yaml"
-    kwok_conf.write_text(
-        stages.kwok_config(server_address=f"127.0.0.1:{ports['kwok']}", pod_run_ms=pod_run_ms)
-    )
-    kwok = launch(
-        "kwok",
-        [bins["kwok"], f"--kubeconfig={kwok_kc}", f"--config={kwok_conf}", f"--v={verbosity}"],
-    )
+    kwok_argv = _kwok_argv(bins["kwok"], state_dir, kwok_kc, ports, pod_run_ms, verbosity)
+    kwok = launch("kwok", kwok_argv)
 
     _wait_healthy(ports, cm, sched, kwok, timeout)
     _wait_default_service_account(state, timeout=timeout)
     return state
 
 
+def _kwok_argv(
+    binary: str,
+    state_dir: Path,
+    kubeconfig: Path,
+    ports: dict[str, int],
+    pod_run_ms: int,
+    verbosity: int,
+) -> list[str]:
+    """KWOK's command line, after writing its config (stages: how long a fake pod runs)."""
+    conf = state_dir / "kwok.yaml"
+    conf.write_text(
+        stages.kwok_config(server_address=f"127.0.0.1:{ports['kwok']}", pod_run_ms=pod_run_ms)
+    )
+    return [binary, f"--kubeconfig={kubeconfig}", f"--config={conf}", f"--v={verbosity}"]
+
+
 def _wait_healthy(
     ports: dict[str, int], cm: procs.Proc, sched: procs.Proc, kwok: procs.Proc, timeout: float
 ) -> None:
     """The controller-manager, scheduler and kwok answer their health checks."""
-    _wait_http(
+    wait_http(
         cm,
         f"https://127.0.0.1:{ports['controller-manager']}/healthz",
         timeout=timeout,
         verify=False,
     )
-    _wait_http(
+    wait_http(
         sched, f"https://127.0.0.1:{ports['scheduler']}/healthz", timeout=timeout, verify=False
     )
-    _wait_http(kwok, f"http://127.0.0.1:{ports['kwok']}/healthz", timeout=timeout)
+    wait_http(kwok, f"http://127.0.0.1:{ports['kwok']}/healthz", timeout=timeout)
 
 
 def _wait_default_service_account(state: ClusterState, *, timeout: float) -> None:

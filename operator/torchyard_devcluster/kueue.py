@@ -33,7 +33,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ import yaml
 
 from torchyard_devcluster import certs, paths, procs
 from torchyard_devcluster.build import run_build_script
-from torchyard_devcluster.cluster import DevCluster, DevClusterError
+from torchyard_devcluster.cluster import DevCluster, DevClusterError, wait_http
 from torchyard_devcluster.crds import apply_crds, load_crds
 
 GROUP = "kueue.x-k8s.io"
@@ -307,20 +306,32 @@ def remove_kueue_crds(api: Any, *, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def _wait_ready(proc: procs.Proc, health_port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{health_port}/readyz"
-    while time.monotonic() < deadline:
-        if not procs.alive(proc):
-            raise DevClusterError(f"kueue exited during start:\n{procs.tail(proc.log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise DevClusterError(f"kueue not ready after {timeout:.0f}s:\n{procs.tail(proc.log)}")
+def _write_certs(ca: certs.CertPaths, cert_dir: Path, upper: Path, overlay_work: Path) -> None:
+    """The webhook's serving certificate in ``cert_dir``, and the same pair as the metrics
+    server's in the overlay's upper folder: /etc/kueue/metrics/certs inside Kueue's mount
+    namespace."""
+    serving = certs.serving_cert(cert_dir, "tls", ca, "kueue-webhook", ips=("127.0.0.1",))
+    metrics_certs = upper / "kueue" / "metrics" / "certs"
+    metrics_certs.mkdir(parents=True)
+    overlay_work.mkdir()
+    shutil.copy(serving.cert, metrics_certs / "tls.crt")
+    shutil.copy(serving.key, metrics_certs / "tls.key")
+
+
+def _register_webhooks(kueue: Kueue, ca_bundle: bytes) -> None:
+    """Kueue's webhook configurations, pointed at its port on 127.0.0.1 (recorded on ``kueue``
+    so that stop() deletes them)."""
+    from kubernetes import client
+
+    adm: Any = client.AdmissionregistrationV1Api(kueue.api)
+    for doc in webhook_configurations(
+        webhook_manifests().read_text(), port=kueue.webhook_port, ca_bundle=ca_bundle
+    ):
+        if doc["kind"].startswith("Mutating"):
+            adm.create_mutating_webhook_configuration(doc)
+        else:
+            adm.create_validating_webhook_configuration(doc)
+        kueue.webhook_configs.append((doc["kind"], doc["metadata"]["name"]))
 
 
 def start(
@@ -354,15 +365,8 @@ def start(
         run = Path(tempfile.mkdtemp(prefix="run-", dir=work))
         pki = cluster.state_dir / "pki"
         ca = certs.CertPaths(pki / "ca.crt", pki / "ca.key")
-        cert_dir = run / "certs"
-        serving = certs.serving_cert(cert_dir, "tls", ca, "kueue-webhook", ips=("127.0.0.1",))
-        # The overlay's upper folder: /etc/kueue/metrics/certs inside Kueue's mount namespace.
-        upper, overlay_work = run / "etc-upper", run / "etc-work"
-        metrics_certs = upper / "kueue" / "metrics" / "certs"
-        metrics_certs.mkdir(parents=True)
-        overlay_work.mkdir()
-        shutil.copy(serving.cert, metrics_certs / "tls.crt")
-        shutil.copy(serving.key, metrics_certs / "tls.key")
+        cert_dir, upper, overlay_work = run / "certs", run / "etc-upper", run / "etc-work"
+        _write_certs(ca, cert_dir, upper, overlay_work)
 
         webhook_port, health_port = procs.free_ports(2)
         config = run / "config.yaml"
@@ -403,16 +407,8 @@ def start(
         lock.close()
         raise
     try:
-        _wait_ready(proc, health_port, timeout)
-        adm: Any = client.AdmissionregistrationV1Api(api)
-        for doc in webhook_configurations(
-            webhook_manifests().read_text(), port=webhook_port, ca_bundle=ca.cert.read_bytes()
-        ):
-            if doc["kind"].startswith("Mutating"):
-                adm.create_mutating_webhook_configuration(doc)
-            else:
-                adm.create_validating_webhook_configuration(doc)
-            kueue.webhook_configs.append((doc["kind"], doc["metadata"]["name"]))
+        wait_http(proc, f"http://127.0.0.1:{health_port}/readyz", timeout=timeout)
+        _register_webhooks(kueue, ca.cert.read_bytes())
     except BaseException:
         kueue.stop()
         raise

@@ -205,8 +205,16 @@ def kubelet_config(
         "serializeImagePulls": False,
         "rotateCertificates": False,
         "registerWithTaints": [REAL_NODE_TAINT] if taint else [],
-        # Plenty of disk here, but a shared machine's usage moves: never evict test pods.
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%"},
+        # The node's disk is this machine's, shared with Docker's build cache and the registry:
+        # its usage moves for reasons that are not the node's, so never evict test pods or set
+        # the DiskPressure taint for it. imagefs too: unset, it keeps the 15% default, and at
+        # 85% full the kubelet tainted the node and garbage-collected its images, the pause
+        # image among them (which it then cannot pull: no registry.k8s.io here).
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+        },
         "imageGCHighThresholdPercent": 99,
         "imageGCLowThresholdPercent": 98,
         "nodeStatusReportFrequency": "10s",

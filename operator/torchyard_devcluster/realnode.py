@@ -70,6 +70,10 @@ def up(cluster: Any, *, n: int, gpus: int = 8, taint: bool = False, timeout: flo
     base = real_dir(cluster.state_dir)
     old = RealState.load(base)
     if old is not None and _healthy(old, n):
+        # Reused: its kubelet may have garbage-collected the pause image since, which it cannot
+        # pull back (no registry.k8s.io here), and then no pod starts. Re-importing is cheap.
+        for node in old.nodes:
+            realstart.ctr_import(node, realstart.pause_archive())
         return build_s
     teardown(cluster.state_dir)
     claim_host(cluster.state_dir)

@@ -46,10 +46,11 @@ def test_default_render(helm: str) -> None:
         ["ServiceAccount", "Deployment"]
         + ["Service"] * 2  # metrics, live progress
         + ["Secret"]  # the progress endpoint's generated certificate
-        + ["CustomResourceDefinition"] * 2
+        + ["CustomResourceDefinition"] * 3  # TrainingJob, CompressionJob, ModelVersion
         + ["ClusterRole"] * 6  # the operator's 3, progress' TokenReviews, users' edit and view
         + ["ClusterRoleBinding"] * 4
         + ["ConfigMap"] * len(DASHBOARDS)
+        + ["Role", "RoleBinding", "PodDisruptionBudget"]  # leader election, 2 replicas
     )
     # The Prometheus Operator objects are opt-in (their CRDs may not exist).
     assert not {"ServiceMonitor", "PodMonitor", "PrometheusRule"} & set(kinds)
@@ -151,11 +152,27 @@ def test_crds_match_generated() -> None:
 # ------------------------------------------------------------------------------ Deployment
 
 
-def test_deployment_single_replica_recreate_restricted(helm: str) -> None:
-    dep = one(helm_template(helm), "Deployment")
+def test_deployment_active_standby_restricted(helm: str) -> None:
+    docs = helm_template(helm)
+    dep = one(docs, "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, one acting: the Lease (leader election) makes overlapping pods safe.
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-elect" in args
+    assert f"--lease-name={dep['metadata']['name']}" in args
+    (lease_rule,) = [r for r in one(docs, "Role")["rules"] if "update" in r["verbs"]]
+    assert lease_rule["resourceNames"] == [dep["metadata"]["name"]]
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"] == spec["selector"]
+    assert pdb["spec"]["minAvailable"] == 1
+    # Only the acting replica serves live progress: it labels its own pod (patch, here only).
+    (progress,) = [
+        d for d in by_kind(docs, "Service") if d["metadata"]["name"].endswith("-progress")
+    ]
+    assert progress["spec"]["selector"]["torchyard.io/operator-role"] == "leader"
+    assert _allows(one(docs, "Role")["rules"], "", "pods", "patch")
     pod = spec["template"]["spec"]
     psc = pod["securityContext"]
     assert psc["runAsNonRoot"] is True
@@ -171,10 +188,22 @@ def test_deployment_single_replica_recreate_restricted(helm: str) -> None:
     # The probe targets the port the operator is told to serve /healthz on.
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert f"--health-port={ports['health']}" in c["args"]
     assert f"--metrics-port={ports['metrics']}" in c["args"]
     assert c["command"] == ["torchyard"]
     assert c["args"][:2] == ["operator", "--all-namespaces"]
+
+
+def test_one_replica_without_leader_election(helm: str) -> None:
+    off = ["leaderElection.enabled=false"]
+    docs = helm_template(helm, sets=[*off, "replicaCount=1"])
+    spec = one(docs, "Deployment")["spec"]
+    assert (spec["replicas"], spec["strategy"]) == (1, {"type": "Recreate"})
+    assert "--leader-elect" not in spec["template"]["spec"]["containers"][0]["args"]
+    assert not by_kind(docs, "PodDisruptionBudget")
+    with pytest.raises(AssertionError, match=r"needs leaderElection\.enabled"):
+        helm_template(helm, sets=off)  # 2 replicas that would both act: refused
 
 
 def test_operator_cli_accepts_the_rendered_args(helm: str) -> None:
@@ -265,6 +294,9 @@ def test_rbac_split_framework_and_application(helm: str) -> None:
     # Worker pods are created by the Job controller, never by the operator.
     assert not _allows(app, "", "pods", "create")
     assert _allows(app, "", "pods", "delete")
+    # Claims are only read (does the claim a job mounts exist? docs/storage.md), never made.
+    assert _allows(app, "", "persistentvolumeclaims", "get")
+    assert not _allows(app, "", "persistentvolumeclaims", "create")
 
 
 def test_application_rules_cover_every_object_the_builders_make(helm: str) -> None:
@@ -315,7 +347,7 @@ def test_watch_namespaces_binds_only_there(helm: str) -> None:
         (ns, f"ty-torchyard-{r}")
         for ns in ("team-a", "team-b")
         for r in ("framework", "application")
-    }
+    } | {("torchyard-system", "ty-torchyard-leader-election")}  # the Lease, in its own namespace
     (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert "--all-namespaces" not in c["args"]
     assert "--namespace=team-a" in c["args"]
@@ -388,8 +420,12 @@ def test_podmonitor_scrapes_every_process_of_the_pods_the_builders_make(
     }
     # the values' own relabelings still apply, after the port filter
     assert all(t["cluster"] == "dev" for t in scraped.values())
-    # the workers' own job/namespace/rank labels must win over the scrape job's
-    assert endpoint["honorLabels"] is True
+    # Prometheus' `job` stays the scrape job and `namespace` the pod's (docs/metrics.md,
+    # "Labels"): no honorLabels; the workers' own namespace (same value) arrives as
+    # exported_namespace and is dropped before the values' metricRelabelings
+    assert endpoint["honorLabels"] is False
+    drop = {"action": "labeldrop", "regex": "exported_namespace"}
+    assert endpoint["metricRelabelings"][0] == drop
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
     for label in pm["spec"]["podTargetLabels"]:
         assert label in pod["metadata"]["labels"]
@@ -397,6 +433,7 @@ def test_podmonitor_scrapes_every_process_of_the_pods_the_builders_make(
     assert default_pm["spec"]["namespaceSelector"] == {"any": True}
     (default_endpoint,) = default_pm["spec"]["podMetricsEndpoints"]
     assert default_endpoint["relabelings"] == endpoint["relabelings"][:2]
+    assert default_endpoint["metricRelabelings"] == endpoint["metricRelabelings"][:1]
 
 
 def test_servicemonitor_selects_the_metrics_service(helm: str) -> None:
@@ -412,6 +449,8 @@ def test_servicemonitor_selects_the_metrics_service(helm: str) -> None:
         "targetLabel": "job",
         "replacement": "torchyard",
     }
+    # the operator's per-job series keep the JOB's namespace, not the operator's (docs/metrics.md)
+    assert ep["honorLabels"] is True
     dep = one(docs, "Deployment")
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
 

@@ -153,11 +153,12 @@ def test_helm_install_creates_operator_and_rbac(
     try:
         name = f"{release}-torchyard"
         dep = kube.apps.read_namespaced_deployment(name, namespace)
-        assert dep.spec.replicas == 1
-        assert dep.spec.strategy.type == "Recreate"
+        # active/standby by leader election (values.yaml replicaCount, leaderElection)
+        assert dep.spec.replicas == 2
+        assert dep.spec.strategy.type == "RollingUpdate"
         assert dep.spec.template.spec.service_account_name == name
         # KWOK "runs" the pod: the Deployment is available (helm --wait saw it).
-        assert dep.status.available_replicas == 1
+        assert dep.status.available_replicas == 2
         kube.core.read_namespaced_service_account(name, namespace)
         kube.core.read_namespaced_service(f"{name}-metrics", namespace)
         cms = kube.core.list_namespaced_config_map(namespace, label_selector="grafana_dashboard=1")
@@ -211,7 +212,9 @@ def _operator_as(
         sa, namespace, {"spec": {"expirationSeconds": 3600}}
     )
     kc = token_kubeconfig(cluster, tr.status.token, tmp_path / "sa.kubeconfig", work)
-    op = OperatorProcess(kc, tmp_path / "operator.log", ["--namespace", work])
+    # a model store (without one jobs wait: StorageNotConfigured, docs/storage.md)
+    args = ["--namespace", work, "--default-storage", "file:///var/lib/torchyard-test-store"]
+    op = OperatorProcess(kc, tmp_path / "operator.log", args)
     try:
         op.wait_healthy()
         yield op

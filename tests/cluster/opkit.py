@@ -20,14 +20,20 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+import torchyard_devcluster as devcluster
 from torchyard.api.constants import GROUP, VERSION
 from torchyard_devcluster import HOLD_ANNOTATION
+from torchyard_devcluster.crds import apply_crds
 from torchyard_devcluster.testing import Kube, poll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
 PLURAL = {"TrainingJob": "trainingjobs", "CompressionJob": "compressionjobs"}
 WAIT = 180.0
+TEST_STORE = "file:///var/lib/torchyard-test-store"
+"""The operator's --default-storage in these tests: a cluster job needs a model store or it
+waits (StorageNotConfigured, docs/storage.md); KWOK pods never write it, and a file:// store
+needs no claim (a pvc:// one would need a bound PersistentVolume in every test namespace)."""
 
 
 def free_port() -> int:
@@ -39,20 +45,35 @@ def free_port() -> int:
 class OperatorProcess:
     """`torchyard operator --namespace NS` as a child process (killable, restartable)."""
 
-    def __init__(self, kube: Kube, namespace: str, log_dir: Path) -> None:
+    default_storage: str | None = TEST_STORE
+    """Its --default-storage (None: none, as tests/cluster/test_operator_storage.py wants)."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        namespace: str,
+        log_dir: Path,
+        extra_args: list[str] | None = None,
+        name: str = "operator",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.kube = kube
         self.namespace = namespace
         self.log_dir = log_dir
+        self.extra_args = list(extra_args or [])
+        self.name = name  # log file prefix: several operators may share one log_dir
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
+        self.health_port = 0
         self.starts = 0
 
     def start(self) -> None:
         self.metrics_port = free_port()
-        health = free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.kube.cluster.kubeconfig)}
+        self.health_port = health = free_port()
+        env = {**os.environ, "KUBECONFIG": str(self.kube.cluster.kubeconfig), **self.env}
         self.starts += 1
-        log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
+        log = open(self.log_dir / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -67,6 +88,8 @@ class OperatorProcess:
                 str(health),
                 "--default-image",
                 "registry.invalid/torchyard/trainer:test",
+                *(["--default-storage", self.default_storage] if self.default_storage else []),
+                *self.extra_args,
             ],
             env=env,
             stdout=log,
@@ -102,13 +125,16 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return "\n".join(
-            p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log"))
+            p.read_text(errors="replace") for p in sorted(self.log_dir.glob(f"{self.name}-*.log"))
         )
 
 
 @contextmanager
-def running_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+def running_operator(
+    kube: Kube, namespace: str, tmp_path: Path, default_storage: str | None = TEST_STORE
+) -> Iterator[OperatorProcess]:
     op = OperatorProcess(kube, namespace, tmp_path)
+    op.default_storage = default_storage
     op.start()
     try:
         yield op
@@ -245,8 +271,21 @@ def the_event(kube: Kube, namespace: str, name: str, reason: str) -> Any:
     return event
 
 
-def event_reasons(kube: Kube, namespace: str, name: str) -> list[str]:
-    return [e.reason for e in events(kube, namespace, name)]
+def event_reasons(kube: Kube, namespace: str, name: str, *awaited: str) -> list[str]:
+    """The reasons of the operator's Events for ``name``, once each of ``awaited`` is among them:
+    Kopf posts Events from a background queue after the status patch the test saw."""
+    if not awaited:
+        return [e.reason for e in events(kube, namespace, name)]
+    return poll(
+        lambda: (
+            (r := [e.reason for e in events(kube, namespace, name)])
+            and all(a in r for a in awaited)
+            and r
+        ),
+        timeout=60,
+        interval=0.25,
+        what=f"events {awaited} on {name}",
+    )
 
 
 def worker_jobs(kube: Kube, namespace: str) -> list[Any]:
@@ -271,3 +310,19 @@ def settle(seconds: float) -> None:
     """Let the operator observe a state in which nothing is expected to change (used only to
     check that something does NOT happen; never to wait for something that should)."""
     time.sleep(seconds)
+
+
+@contextmanager
+def own_cluster(state_env: str, name: str, nodes: int = 2) -> Iterator[Kube]:
+    """A dev cluster of the caller's own, CRDs applied, stopped after: for tests that kill
+    control-plane components, which must not take the shared cluster down with them. Its state
+    is in ``$state_env``, else ``~/.cache/torchyard/<name>``."""
+    sdir = Path(os.environ.get(state_env) or Path.home() / ".cache" / "torchyard" / name)
+    cluster = devcluster.up(nodes=nodes, state_dir=sdir)
+    kube = Kube.connect(cluster)
+    try:
+        apply_crds(kube.api_client, REPO_ROOT / "crds")
+        yield kube
+    finally:
+        kube.close()
+        devcluster.down(state_dir=sdir)

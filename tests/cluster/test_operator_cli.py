@@ -94,7 +94,7 @@ def test_logs_picks_the_rank_and_kind_and_says_why_there_is_no_log(
     compression = held(example("compress-quantize.yaml"))
     compression["metadata"]["name"] = "digits-ddp"  # same name: --kind tells them apart
     compression["spec"]["source"] = {
-        "model": {"builtin": "mlp", "checkpoint": "pvc://models/digits/v1"}
+        "model": {"builtin": "mlp", "checkpoint": "file:///models/digits/v1"}
     }
     with running_operator(kube, namespace, tmp_path):
         create(kube, namespace, training)

@@ -130,7 +130,7 @@ def test_compression_job_waits_for_the_model_then_runs(
         assert st["report"]["passed"] is True
         assert st["report"]["ratios"]["params"] == 10.0
         assert st["trials"][0]["name"] == "sparsity=0.9"
-        reasons = event_reasons(kube, namespace, "digits-prune")
+        reasons = event_reasons(kube, namespace, "digits-prune", Reason.COMPLETED)
         for reason in (Reason.WAITING_FOR_SOURCE, Reason.SOURCE_READY, Reason.JOB_CREATED):
             assert reasons.count(reason) == 1, reasons
         assert Reason.COMPLETED in reasons

@@ -258,5 +258,5 @@ def test_missing_gang_scheduler_is_visible_and_installing_it_lets_the_job_procee
         if gang == "coscheduling":
             # the default scheduler places the pods: the job runs to the end
             wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.SUCCEEDED)
-        reasons = event_reasons(kube, namespace, "digits-ddp")
+        reasons = event_reasons(kube, namespace, "digits-ddp", Reason.GANG_SCHEDULER_MISSING)
         assert reasons.count(Reason.GANG_SCHEDULER_MISSING) == 1

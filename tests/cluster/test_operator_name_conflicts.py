@@ -61,7 +61,7 @@ def _compression(name: str) -> dict[str, Any]:
     m = held(example("compress-quantize.yaml"))
     m["metadata"]["name"] = name
     # a stored checkpoint, so it does not wait for a TrainingJob's model
-    m["spec"]["source"] = {"model": {"builtin": "mlp", "checkpoint": "pvc://models/digits/v1"}}
+    m["spec"]["source"] = {"model": {"builtin": "mlp", "checkpoint": "file:///models/digits/v1"}}
     return m
 
 

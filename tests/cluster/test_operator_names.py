@@ -39,7 +39,7 @@ def _compression() -> dict[str, Any]:
     m = held(example("compress-quantize.yaml"))
     m["metadata"]["name"] = NAME
     # a stored checkpoint, so it does not wait for the TrainingJob's model
-    m["spec"]["source"] = {"model": {"builtin": "mlp", "checkpoint": "pvc://models/digits/v1"}}
+    m["spec"]["source"] = {"model": {"builtin": "mlp", "checkpoint": "file:///models/digits/v1"}}
     return m
 
 

@@ -65,7 +65,7 @@ def test_suspend_and_resume(kube: Kube, namespace: str, tmp_path: Path) -> None:
 
         release(kube, namespace, live_pods(kube, namespace, "digits-ddp"))
         wait_phase(kube, namespace, "TrainingJob", "digits-ddp", Phase.SUCCEEDED)
-        reasons = event_reasons(kube, namespace, "digits-ddp")
+        reasons = event_reasons(kube, namespace, "digits-ddp", Reason.SUSPENDED, Reason.RESUMED)
         assert Reason.SUSPENDED in reasons
         assert Reason.RESUMED in reasons
 

@@ -31,6 +31,8 @@ from torchyard_devcluster import cluster as cluster_mod
 from torchyard_devcluster import ociimage, paths, realnode
 from torchyard_devcluster.testing import Kube
 
+from . import jobkit
+
 BUSYBOX_REF = "torchyard.local/busybox:1"
 BUSYBOX = Path("/bin/busybox")
 REAL_NODES = int(os.environ.get("TORCHYARD_TEST_REAL_NODES", "1"))
@@ -163,14 +165,41 @@ def operator_image(real_cluster: devcluster.DevCluster) -> str:
     return _registry_image(OPERATOR_REF)
 
 
+#: ``TORCHYARD_REAL_TRAINER_IMPORTED=1``: the trainer image is already in the real nodes'
+#: containerd under ``TRAINER_REF`` (``docker save REF | ctr -n k8s.io images import -``), not
+#: pulled from the registry. A shortcut for iterating on worker code where the node lacks the
+#: image's 3 GB dependencies layer (a fresh dev cluster's node does; docs/deploy.md, last section).
+TRAINER_IMPORTED = os.environ.get("TORCHYARD_REAL_TRAINER_IMPORTED") == "1"
+
+
 @pytest.fixture(scope="session")
 def trainer_image(real_cluster: devcluster.DevCluster) -> str:
     """The trainer image (CPU variant), pulled by the real node from the local registry."""
-    return _registry_image(TRAINER_REF)
+    return TRAINER_REF if TRAINER_IMPORTED else _registry_image(TRAINER_REF)
 
 
 def trainer_ref() -> str:
     """The trainer image for the chart's ``operator.trainerImage``: pinned when pushed, else the
     tag (tests that run a worker take the ``trainer_image`` fixture, which skips then)."""
+    if TRAINER_IMPORTED:
+        return TRAINER_REF
     digest = _pushed_digest(TRAINER_REF)
     return f"{TRAINER_REF.rpartition(':')[0]}@{digest}" if digest else TRAINER_REF
+
+
+@pytest.fixture(scope="session")
+def release(
+    real_cluster: devcluster.DevCluster, kube: Kube, operator_image: str
+) -> Iterator[jobkit.Release]:
+    """The chart, installed once for the session (tests/real/jobkit.py ``chart_release``)."""
+    with jobkit.chart_release(real_cluster, kube, operator_image, trainer_ref()) as rel:
+        yield rel
+
+
+@pytest.fixture
+def job_namespace(
+    real_cluster: devcluster.DevCluster, kube: Kube, release: jobkit.Release
+) -> Iterator[str]:
+    """A restricted namespace with the ``models`` claim on a local PV (jobkit.jobs_namespace)."""
+    with jobkit.jobs_namespace(real_cluster, kube) as ns:
+        yield ns

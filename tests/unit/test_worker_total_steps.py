@@ -9,7 +9,7 @@ from tests.unit.test_report import _environ
 from torchyard_trainer.metrics import WorkerMetrics
 from torchyard_trainer.report import Reporter
 
-LABELS = {"job": "mine", "namespace": "default", "rank": "0"}
+LABELS = {"torchyard_job": "mine", "namespace": "default", "rank": "0"}
 
 
 def total(m: WorkerMetrics) -> float | None:

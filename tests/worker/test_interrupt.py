@@ -106,4 +106,8 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_checkpoint(tmp_path: Path) -> N
     starts = [e for e in events(progress) if e["event"] == "start"]
     assert starts[1]["startStep"] >= last
     assert json.dumps(starts[1]["resumedFrom"]).count("step-") == 1
-    assert os.path.exists(ckpts[-1]) or starts[1]["startStep"] > last
+    # The checkpoint resumed from stays until newer ones replace it: on a quiet machine the
+    # second run gets past another everySteps boundary before the Ctrl-C lands, checkpoints
+    # there and at the stop, and keep: 2 then prunes the older one.
+    newer = [p for p in ckpts[-1].parent.glob("step-*") if int(p.name.split("-")[1]) > last]
+    assert os.path.exists(ckpts[-1]) or len(newer) >= 2

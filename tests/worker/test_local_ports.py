@@ -44,7 +44,7 @@ def _tiny(name: str, workers: int, procs: int) -> dict[str, Any]:
 
 
 def _ranks_served(address: str) -> set[tuple[str, str]]:
-    """(job, rank) label pairs of the restarts gauge served at ``address``."""
+    """(torchyard_job, rank) label pairs of the restarts gauge served at ``address``."""
     try:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=2) as r:
             text = r.read().decode()
@@ -56,7 +56,7 @@ def _ranks_served(address: str) -> set[tuple[str, str]]:
             labels = dict(
                 kv.split("=", 1) for kv in line[len(LABEL) + 1 : line.index("}")].split(",")
             )
-            found.add((labels["job"].strip('"'), labels["rank"].strip('"')))
+            found.add((labels["torchyard_job"].strip('"'), labels["rank"].strip('"')))
     return found
 
 

@@ -54,7 +54,7 @@ def _scrape(address: str) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.labels.get("job") == "user-script":
+            if sample.labels.get("torchyard_job") == "user-script":
                 found.setdefault(sample.labels["rank"], set()).add(family.name)
     return found
 

@@ -120,6 +120,8 @@ def main() -> int:
         code = exit_code_for(exc)
         if code == ExitCode.CONFIG:
             log.error("invalid job: %s", exc)
+        elif code == ExitCode.PREEMPTED:
+            log.warning("%s; exiting %d for a group restart", exc, code)
         elif code == ExitCode.PEER_LOST:
             log.error("a peer rank failed (%s); exiting for a group restart", exc)
         else:

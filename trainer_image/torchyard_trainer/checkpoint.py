@@ -79,6 +79,19 @@ class _Pending:
     started: float
 
 
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Move the written ``tmp`` to ``final``. An existing ``final`` (the same step saved again
+    after a restart: a stop right after the resume lands on it) is renamed aside and removed
+    only once the new one is in place. Removing it first left a window, as long as the
+    removal of a whole checkpoint, in which a stop lost the checkpoint the run resumed from."""
+    old = final.with_name(f".old-{final.name}")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
 class CheckpointManager:
     """Saves and restores model + optimizer + trainer state atomically."""
 
@@ -154,9 +167,7 @@ class CheckpointManager:
         if self.rank == 0:
             final = self.root / step_dir_name(pending.step)
             fsync_tree(pending.tmp)
-            if final.exists():  # the same step saved again after a restart: replace it
-                shutil.rmtree(final)
-            pending.tmp.rename(final)
+            _swap_in(pending.tmp, final)
             fsync_dir(self.root)
             self.last_committed = (pending.step, final)
             self._prune()

@@ -6,13 +6,23 @@ Plain torchrun exits 1 whenever any worker fails, which erases the DESIGN §3 cl
 wrapper runs the very same launcher (same flags, same PET_* environment) and exits with the
 first failed worker's code, 128 + N when it died of signal N. Without a script it runs
 ``-m torchyard_trainer``.
+
+SIGTERM (preemption, eviction, node drain): torchrun's agent forwards it to the ranks and waits
+its shutdown timeout before SIGKILL. That timeout comes from the job
+(``$TORCHYARD_SHUTDOWN_TIMEOUT_SECONDS``, derived from ``runPolicy.gracePeriodSeconds``) and
+the ranks read the same value to bound their checkpoint (``torchyard_trainer.preempt``); the
+launcher then exits 128 + the signal (143: retryable).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping, MutableMapping
 
-from torchyard.api.contract import ExitCode, exit_code_of_returncode
+from torchyard.api.contract import Env, ExitCode, exit_code_of_returncode
+
+SHUTDOWN_FLAGS = ("--shutdown-timeout", "--shutdown_timeout")
 
 
 def single_node_command(nproc: int, master_port: int) -> list[str]:
@@ -38,9 +48,20 @@ def exit_code_of(failure_exitcode: int) -> int:
     return exit_code_of_returncode(failure_exitcode) or ExitCode.ERROR
 
 
-def main(argv: list[str] | None = None) -> int:
-    import os
+def with_shutdown_timeout(argv: list[str], environ: Mapping[str, str]) -> tuple[list[str], str]:
+    """``argv`` with torchrun's ``--shutdown-timeout`` from the job's env contract (a flag the
+    user gave wins), and the timeout the agent will use (its own default is 30 s)."""
+    for i, arg in enumerate(argv):
+        for flag in SHUTDOWN_FLAGS:
+            if arg == flag and i + 1 < len(argv):
+                return argv, argv[i + 1]
+            if arg.startswith(flag + "="):
+                return argv, arg.split("=", 1)[1]
+    value = environ.get(Env.SHUTDOWN_TIMEOUT_SECONDS) or "30"
+    return [SHUTDOWN_FLAGS[0], value, *argv], value
 
+
+def main(argv: list[str] | None = None) -> int:
     from torchyard_trainer.logtee import archived_output
 
     # Every rank's output also goes to <output store>/.logs/…/attempt-<n>/rank-<r>.log
@@ -52,15 +73,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _launch(argv: list[str] | None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-m" not in argv and "--module" not in argv and not any(a.endswith(".py") for a in argv):
         argv += ["-m", "torchyard_trainer"]
+    argv, timeout = with_shutdown_timeout(argv, os.environ)
+    environ: MutableMapping[str, str] = os.environ
+    environ[Env.SHUTDOWN_TIMEOUT_SECONDS] = timeout  # the ranks bound their checkpoint by it
     args = parse_args(argv)  # type: ignore[no-untyped-call,unused-ignore]
     try:
         run(args)  # type: ignore[no-untyped-call,unused-ignore]
+    except SignalException as exc:
+        # The agent has forwarded the signal and waited for the ranks (or its timeout).
+        code = ExitCode.SIGNALS_FROM + int(exc.sigval)
+        print(f"torchyard launch: stopped by {exc.sigval.name}; exiting {code}", file=sys.stderr)
+        return code
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = exit_code_of(failure.exitcode)

@@ -1,6 +1,8 @@
 """Worker metrics (DESIGN §4): a prometheus-client endpoint per process and a JSONL log.
 
-Every process serves ``TORCHYARD_METRICS_PORT + LOCAL_RANK`` with labels job/namespace/rank.
+Every process serves ``TORCHYARD_METRICS_PORT + LOCAL_RANK`` with the labels of :data:`LABELS`
+(torchyard_job/namespace/rank; the job's name is not ``job``, which is Prometheus' scrape job:
+docs/metrics.md, "Labels").
 Rank 0 additionally appends progress events to ``$TORCHYARD_OUTPUT_DIR/progress.jsonl`` — one
 JSON object per line, flushed at once, which ``torchyard run`` tails for its progress bar
 (:class:`ProgressLog`; a CompressionJob writes the same events, one trial = one step):
@@ -24,11 +26,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 
+from torchyard_trainer import console
 from torchyard_trainer.progress_post import ProgressPoster
 
 log = logging.getLogger("torchyard_trainer")
 
-LABELS = ("job", "namespace", "rank")
+# The TrainingJob's/CompressionJob's name. Not `job`: that is the scrape job Prometheus sets on
+# every target (`<namespace>/<podmonitor>` under the Prometheus Operator), and exporting our own
+# `job` either overwrote it (honor_labels) or turned into `exported_job`.
+JOB_LABEL = "torchyard_job"
+LABELS = (JOB_LABEL, "namespace", "rank")
 
 
 class ProgressLog:
@@ -82,7 +89,7 @@ class WorkerMetrics:
         self, job: str, namespace: str, rank: int, port: int | None, jsonl: Path | None
     ) -> None:
         self.registry = CollectorRegistry()
-        self.labels = {"job": job, "namespace": namespace, "rank": str(rank)}
+        self.labels = {JOB_LABEL: job, "namespace": namespace, "rank": str(rank)}
         r = self.registry
 
         def gauge(name: str, doc: str) -> Gauge:
@@ -158,6 +165,8 @@ class WorkerMetrics:
             # The built-in loop and the reporting helper both announce it here (start, step).
             self.set(self.total_steps, total)
         self.progress.event(event, **fields)
+        if self.labels["rank"] == "0":
+            console.echo(event, fields)  # the pod's log shows progress too (console.py)
 
     def close(self) -> None:
         self.progress.close()

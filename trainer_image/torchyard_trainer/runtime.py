@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from torchyard.api.contract import Env, ExitCode, SpecError
 from torchyard_trainer.env import ConfigError, WorkerEnv
+from torchyard_trainer.preempt import Preempted
 
 if TYPE_CHECKING:
     from torchyard.api.common import Quantity
@@ -122,6 +123,8 @@ def exit_code_for(exc: BaseException) -> int:
         return exc.code if isinstance(exc.code, int) else ExitCode.ERROR
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED
+    if isinstance(exc, Preempted):  # stopped on SIGTERM after checkpointing
+        return ExitCode.PREEMPTED
     if isinstance(exc, SpecError):  # ConfigError, a bad storage URI
         return ExitCode.CONFIG
     return ExitCode.PEER_LOST if is_peer_failure(exc) else ExitCode.ERROR

@@ -288,6 +288,19 @@ class RunPolicy(KubeModel):
     stall_action: Literal["None", "Restart"] = "None"
     """What a stall does besides the condition: None (only report it) or Restart (restart
     the whole group from the newest checkpoint, counted in restarts against backoffLimit)."""
+    grace_period_seconds: int = Field(default=30, ge=5, le=3600)
+    """Seconds a worker pod gets between SIGTERM (preemption, eviction, node drain) and
+    SIGKILL: the pods' terminationGracePeriodSeconds. In that time every rank finishes its
+    step, checkpoints it and exits 143 (retryable). The launcher waits for its ranks a little
+    less (the shutdown timeout: the grace minus a fifth, 2-10 s), and a rank saves only if its
+    last checkpoint took less than that: rule grace > shutdown timeout > checkpoint time, so
+    size this above your checkpoint's save time."""
+    node_loss_toleration_seconds: int = Field(default=60, ge=0, le=3600)
+    """How long the worker pods stay bound to a node that is NotReady or unreachable before
+    they are evicted and the whole group restarts on the remaining nodes (a toleration of
+    node.kubernetes.io/not-ready and /unreachable; Kubernetes' default is 300 s, while the
+    other ranks wait on the lost one). Not counted against backoffLimit. A toleration of
+    those keys in scheduling.tolerations wins."""
 
 
 class SchedulingSpec(KubeModel):

@@ -24,6 +24,7 @@ from torchyard.api.common import (
     SchedulingSpec,
 )
 from torchyard.api.constants import COMPRESSION_JOB_KIND
+from torchyard.api.modelversion import VersionRefString
 from torchyard.api.podtemplate import POD_TEMPLATE_DESCRIPTION, PodTemplateOverride
 
 
@@ -38,14 +39,22 @@ class CompressionSource(KubeModel):
     """A model version in the model store."""
     model: ModelSpec | None = None
     """A model definition; its checkpoint is required."""
+    model_version: VersionRefString | None = None
+    """A ModelVersion of this namespace as <model>@<alias> (e.g. digits-mlp@production) or
+    <model>/v<N>; resolved when the job starts (it waits until the version exists) and
+    recorded in status.sourceVersion and the new version's lineage."""
 
     rules = (
         Rule(
-            cel="[has(self.trainingJobRef), has(self.modelRef), has(self.model)]"
-            ".filter(x, x).size() == 1",
-            message="set exactly one of trainingJobRef, modelRef or model",
+            cel="[has(self.trainingJobRef), has(self.modelRef), has(self.model), "
+            "has(self.modelVersion)].filter(x, x).size() == 1",
+            message="set exactly one of trainingJobRef, modelRef, model or modelVersion",
             check=lambda s: (
-                sum(x is not None for x in (s.training_job_ref, s.model_ref, s.model)) == 1
+                sum(
+                    x is not None
+                    for x in (s.training_job_ref, s.model_ref, s.model, s.model_version)
+                )
+                == 1
             ),
         ),
         Rule(
@@ -397,12 +406,17 @@ class CompressionJobStatus(KubeModel):
     """When the job finished (RFC 3339)."""
     restarts: int = 0
     """Restarts so far."""
+    preemptions: int = 0
+    """Of those restarts, the ones caused by a disruption (a worker pod preempted, evicted or
+    lost with its node: condition DisruptionTarget); backoffLimit bounds the others."""
     trials: list[Trial] = Field(default_factory=list)
     """Candidates the search evaluated."""
     report: CompressionReport | None = None
     """Before/after report."""
     model: ModelVersionStatus | None = None
     """The compressed model version."""
+    source_version: ModelVersionStatus | None = None
+    """The model version spec.source.modelVersion resolved to when the job started."""
     message: str | None = None
     """Human summary of the current state."""
 

@@ -96,6 +96,22 @@ class Reason:
     NO_PROGRESS: Final = "NoProgress"
     PROGRESS_RESUMED: Final = "ProgressResumed"
     STALLED: Final = "Stalled"
+    # A worker pod was disrupted (DisruptionTarget: preemption, eviction, node loss): the whole
+    # group restarts without counting against backoffLimit (status.preemptions).
+    PREEMPTED: Final = "Preempted"
+    # No model store (spec.output.storage, the operator's --default-storage), or a pvc://
+    # claim missing from the job's namespace: the job waits Pending (Created False), no pod
+    # is created, retried with backoff (state/storage.py, docs/storage.md).
+    STORAGE_NOT_CONFIGURED: Final = "StorageNotConfigured"
+    STORAGE_CLAIM_NOT_FOUND: Final = "StorageClaimNotFound"
+    # A worker pod waits on something that does not pass by itself (state/startup.py): the
+    # image cannot be pulled, or the container cannot be created (a missing Secret...). The
+    # job stays Pending with Running False and this reason, naming the worker and the cause.
+    IMAGE_PULL_FAILED: Final = "ImagePullFailed"
+    WORKER_START_FAILED: Final = "WorkerStartFailed"
 
 
 DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/torchyard/trainer:0.1.0"
+TRAINER_GID: Final = 1000
+"""The trainer image's group (trainer_image/Dockerfile ``USER 1000:1000``): the worker pods'
+``fsGroup``, so that its non-root user can write the claims they mount (docs/storage.md)."""

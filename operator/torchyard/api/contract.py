@@ -97,6 +97,10 @@ class Env:
     PROGRESS_URL: Final = "TORCHYARD_PROGRESS_URL"
     PROGRESS_TOKEN_FILE: Final = "TORCHYARD_PROGRESS_TOKEN_FILE"
     PROGRESS_CA: Final = "TORCHYARD_PROGRESS_CA"
+    # Preemption (docs/operator.md, "Preemption and node loss"): how long the launcher waits
+    # for its ranks after SIGTERM before torchrun's agent SIGKILLs them (its
+    # --shutdown-timeout, which is 30 s when unset); set from runPolicy.gracePeriodSeconds.
+    SHUTDOWN_TIMEOUT_SECONDS: Final = "TORCHYARD_SHUTDOWN_TIMEOUT_SECONDS"
     # Fault injection for the restart tests (never set by the operator).
     FAULT_KILL_AT_STEP: Final = "TORCHYARD_FAULT_KILL_AT_STEP"
     FAULT_KILL_RANK: Final = "TORCHYARD_FAULT_KILL_RANK"
@@ -169,6 +173,10 @@ class ExitCode:
     """SIGINT / Ctrl-C (128 + 2)."""
     PEER_LOST: Final = 200
     """A peer rank vanished mid-collective: the group restarts from its last checkpoint."""
+    PREEMPTED: Final = 143
+    """Stopped on SIGTERM (preemption, eviction, node drain): every rank finished the same
+    step and checkpointed it first. The code a SIGTERM kill gives anyway (128 + 15), so
+    scripts and podFailurePolicy rules that know 143 keep working; retryable."""
 
 
 EXIT_CODE_MEANINGS: Final[dict[int, str]] = {
@@ -178,7 +186,31 @@ EXIT_CODE_MEANINGS: Final[dict[int, str]] = {
     ExitCode.GATE: "no candidate passed the accuracy gate (permanent)",
     ExitCode.INTERRUPTED: "interrupted (SIGINT)",
     ExitCode.PEER_LOST: "a peer rank was lost (retryable: the group restarts)",
+    ExitCode.PREEMPTED: "stopped on SIGTERM after checkpointing (retryable)",
 }
+
+
+# --------------------------------------------------------------------------- preemption
+
+DEFAULT_GRACE_PERIOD_SECONDS: Final = 30
+"""runPolicy.gracePeriodSeconds when unset: Kubernetes' own default grace period."""
+POD_DISRUPTION_CONDITION: Final = "DisruptionTarget"
+"""The pod condition Kubernetes sets before it removes a pod for a reason that is not the
+workload's (scheduler preemption, eviction API, taint-based eviction of a lost node, pod GC)."""
+
+
+def shutdown_timeout_seconds(grace_period_seconds: int) -> int:
+    """The launcher's shutdown timeout for a pod grace period: the rule is grace > shutdown
+    timeout > checkpoint time. The margin (a fifth of the grace, 2-10 s) leaves the launcher
+    time to reap its ranks, archive their logs and exit before the kubelet's SIGKILL."""
+    margin = min(10, max(2, grace_period_seconds // 5))
+    return max(1, grace_period_seconds - margin)
+
+
+def checkpoint_budget_seconds(shutdown_timeout: float) -> float:
+    """How long a rank may spend on its SIGTERM checkpoint within the launcher's shutdown
+    timeout: a tenth (at least 1 s) is kept for writing the result and exiting."""
+    return max(0.0, shutdown_timeout - max(1.0, shutdown_timeout / 10))
 
 
 def exit_code_of_returncode(returncode: int) -> int:

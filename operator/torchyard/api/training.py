@@ -26,6 +26,7 @@ from torchyard.api.common import (
 )
 from torchyard.api.constants import TRAINING_JOB_KIND
 from torchyard.api.logarchive import DEFAULT_MAX_BYTES_PER_RANK
+from torchyard.api.modelversion import VersionRefString
 from torchyard.api.podtemplate import POD_TEMPLATE_DESCRIPTION, PodTemplateOverride
 
 # On the teacher and on the trained model alike (both have a `model`).
@@ -168,6 +169,16 @@ class LogsSpec(KubeModel):
     and its newest quarter to half (the tail). 0 turns the archive off."""
 
 
+class InitFromSpec(KubeModel):
+    """Where the model's initial weights come from: fine-tuning a stored model version."""
+
+    model_version: VersionRefString
+    """A ModelVersion of this namespace as <model>@<alias> (e.g. digits-mlp@production) or
+    <model>/v<N>; resolved when the job starts (it waits until the version exists and is not
+    Missing), recorded in status.sourceVersion and as the parent of the version it produces.
+    The weights must fit `model` (same architecture and args)."""
+
+
 class TrainingJobSpec(KubeModel):
     """Desired state of a TrainingJob."""
 
@@ -196,6 +207,8 @@ class TrainingJobSpec(KubeModel):
     model: ModelSpec | None = None
     """The model to train (the student for distillation). Required unless `command` is set:
     the built-in trainer needs it; a user's own script may leave it out."""
+    init_from: InitFromSpec | None = None
+    """Start from a model version's weights (instead of model.checkpoint or a fresh init)."""
     data: DataSpec | None = None
     """Training and evaluation data. Required unless `command` is set (as `model`)."""
     optimizer: OptimizerSpec = sub(OptimizerSpec)
@@ -238,6 +251,20 @@ class TrainingJobSpec(KubeModel):
             message="model is required unless command is set (the built-in trainer needs it)",
             field_path=".model",
             check=lambda s: s.command is not None or s.model is not None,
+        ),
+        Rule(
+            cel="!has(self.initFrom) || has(self.model)",
+            message="initFrom needs model (the architecture the version's weights load into)",
+            field_path=".initFrom",
+            check=lambda s: s.init_from is None or s.model is not None,
+        ),
+        Rule(
+            # Both are the initial weights: two sources would leave one silently unused.
+            cel="!has(self.initFrom) || !has(self.model) || !has(self.model.checkpoint)",
+            message="set at most one of initFrom.modelVersion and model.checkpoint (both are "
+            "the initial weights)",
+            field_path=".initFrom.modelVersion",
+            check=lambda s: s.init_from is None or s.model is None or s.model.checkpoint is None,
         ),
         Rule(
             cel="has(self.command) || has(self.data)",
@@ -373,7 +400,8 @@ class TrainingJobStatus(KubeModel):
     """Observed state of a TrainingJob."""
 
     phase: (
-        Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"] | None
+        Literal["Pending", "Waiting", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+        | None
     ) = None
     """Lifecycle phase."""
     conditions: list[Condition] = Field(
@@ -389,6 +417,9 @@ class TrainingJobStatus(KubeModel):
     """When the job finished (RFC 3339)."""
     restarts: int = 0
     """Whole-group restarts so far."""
+    preemptions: int = 0
+    """Of those restarts, the ones caused by a disruption (a worker pod preempted, evicted or
+    lost with its node: condition DisruptionTarget); backoffLimit bounds the others."""
     selector: str | None = None
     """Label selector of the worker pods (for the scale subresource)."""
     workers: WorkerCounts | None = None
@@ -401,6 +432,8 @@ class TrainingJobStatus(KubeModel):
     """Where the workers' logs are archived."""
     model: ModelVersionStatus | None = None
     """The model version the job produced."""
+    source_version: ModelVersionStatus | None = None
+    """The model version spec.initFrom.modelVersion resolved to when the job started."""
     message: str | None = None
     """Human summary of the current state."""
 
@@ -414,7 +447,7 @@ def _immutability_rule() -> Rule:
     same = " && ".join(f"self.spec.{f} == oldSelf.spec.{f}" for f in IMMUTABLE_WHILE_RUNNING)
     return Rule(
         cel="!has(oldSelf.status) || !has(oldSelf.status.phase) || "
-        f"oldSelf.status.phase in ['Pending', 'Suspended'] || ({same})",
+        f"oldSelf.status.phase in ['Pending', 'Waiting', 'Suspended'] || ({same})",
         message="spec." + ", spec.".join(IMMUTABLE_WHILE_RUNNING) + " cannot change once the "
         "job has started (suspend it first, or create a new job)",
         field_path=".spec",

@@ -14,17 +14,19 @@ from typing import Any, Literal
 import yaml
 
 from torchyard.api import CompressionJob, TrainingJob, dump
-from torchyard.api.common import PodMetadata, ResourceSpec, RunPolicy, SchedulingSpec
+from torchyard.api.common import ModelSpec, PodMetadata, ResourceSpec, RunPolicy, SchedulingSpec
 from torchyard.api.constants import (
     COMPRESSION_CHILD_SUFFIX,
     COMPRESSION_JOB_KIND,
     DEFAULT_TRAINER_IMAGE,
+    TRAINER_GID,
 )
 from torchyard.api.contract import (
     COSCHEDULING_GROUP,
     DEFAULT_MASTER_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_PVC_ROOT,
+    POD_DISRUPTION_CONDITION,
     SPEC_MOUNT_DIR,
     TERMINATION_MESSAGE_PATH,
     VOLCANO_GROUP,
@@ -34,6 +36,7 @@ from torchyard.api.contract import (
     permanent_exit_codes,
     pvc_claim,
 )
+from torchyard.builders.disruption import disruption_pod_fields, shutdown_env
 from torchyard.builders.podtemplate import apply_pod_template
 from torchyard.builders.progress import ProgressEndpoint, with_progress
 
@@ -90,20 +93,25 @@ def kueue_queue_of(job: TrainingJob | CompressionJob) -> str | None:
     return job.spec.scheduling.queue or job.metadata.labels.get(Label.KUEUE_QUEUE_NAME) or None
 
 
+def _model_uris(model: ModelSpec | None) -> list[str | None]:
+    """Where a model's weights are read from: its checkpoint, its Hugging Face directory."""
+    if model is None:
+        return []
+    return [model.checkpoint, model.huggingface.path if model.huggingface else None]
+
+
 def workload_of(job: TrainingJob | CompressionJob, namespace: str = "default") -> Workload:
     spec = job.spec
     uris = [spec.output.storage]
     if isinstance(job, TrainingJob):
         # A user's own command may leave model and data out (the API allows it).
-        data, model = job.spec.data, job.spec.model
-        uris += [
-            job.spec.checkpoint.storage,
-            data.uri if data else None,
-            model.checkpoint if model else None,
-        ]
+        data, model, distill = job.spec.data, job.spec.model, job.spec.distillation
+        uris += [job.spec.checkpoint.storage, data.uri if data else None]
+        uris += _model_uris(model) + _model_uris(distill.teacher.model if distill else None)
         procs, command = job.spec.procs_per_worker, job.spec.command
     else:
-        uris += [job.spec.data.uri]
+        # The source weights are read in the pod too: a claim of theirs is mounted as well.
+        uris += [job.spec.data.uri, *_model_uris(job.spec.source.model)]
         procs, command = 1, None
     return Workload(
         kind=job.kind,
@@ -212,6 +220,7 @@ def worker_env(w: Workload, restart_count: int = 0) -> list[dict[str, Any]]:
         {"name": Env.NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": Env.RESULT_FILE, "value": TERMINATION_MESSAGE_PATH},
         {"name": Env.RESTART_COUNT, "value": str(restart_count)},
+        shutdown_env(w.run_policy),
     ]
     env += [{"name": n, "value": v} for n, v in w.env]
     return env
@@ -246,8 +255,11 @@ def exit_code_rules(policy: RunPolicy) -> list[dict[str, Any]]:
     restart the whole group: DDP and pipeline ranks hang when one peer is replaced alone.
     """
     rules: list[dict[str, Any]] = [
-        # Preemption, eviction, node drain: not the workload's fault.
-        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        # Preemption, eviction, node loss: not the workload's fault, but its peers cannot go on
+        # without it, so the Job fails at once (first rule: whatever the exit code) and the
+        # operator restarts the whole group without counting it against backoffLimit
+        # (state/disruption.py). "Ignore" would replace the one pod under a running group.
+        {"action": "FailJob", "onPodConditions": [{"type": POD_DISRUPTION_CONDITION}]},
     ]
     if policy.retry_policy == "ExitCode":
         permanent = permanent_exit_codes(policy)
@@ -427,11 +439,14 @@ def _pod_spec(
         "restartPolicy": "Never",
         "containers": [container],
         "volumes": volumes,
+        # The claims are mounted owned by root: fsGroup lets the trainer image's non-root
+        # user write them, and OnRootMismatch skips the recursive chown of a big volume whose
+        # root already has the group. spec.podTemplate may override both (docs/storage.md).
+        "securityContext": {"fsGroup": TRAINER_GID, "fsGroupChangePolicy": "OnRootMismatch"},
     }
     if sched.node_selector:
         pod_spec["nodeSelector"] = dict(sched.node_selector)
-    if sched.tolerations:
-        pod_spec["tolerations"] = list(sched.tolerations)
+    pod_spec.update(disruption_pod_fields(w.run_policy, list(sched.tolerations)))
     if sched.affinity:
         pod_spec["affinity"] = dict(sched.affinity)
     if sched.priority_class_name:

@@ -8,7 +8,8 @@ reach or to ask the API server (see :mod:`torchyard.cli_cluster.kube`).
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from typing import Annotated, Any
 
 import typer
 
@@ -16,6 +17,55 @@ from torchyard.cli_cluster.describe import describe
 from torchyard.cli_cluster.get import get
 from torchyard.cli_cluster.kube import err_usage, one_line_errors
 from torchyard.cli_cluster.logs import logs
+
+# Leader election (controller/leader.py): one replica acts, the others stand by.
+LeaderElect = Annotated[
+    bool,
+    typer.Option(
+        "--leader-elect",
+        help="Active/standby replicas: act only while holding a coordination.k8s.io Lease "
+        "(docs/operator.md, 'High availability').",
+    ),
+]
+LeaseName = Annotated[str, typer.Option("--lease-name", help="Name of the Lease.")]
+LeaseNamespace = Annotated[
+    str | None,
+    typer.Option(
+        "--lease-namespace",
+        help="Namespace of the Lease (default: $POD_NAMESPACE, else the first --namespace, "
+        "else default).",
+    ),
+]
+LeaseDuration = Annotated[
+    float, typer.Option("--lease-duration", help="Seconds a standby waits on a silent Lease.")
+]
+RenewDeadline = Annotated[
+    float,
+    typer.Option(
+        "--renew-deadline",
+        help="Seconds the leader may fail to renew before it steps down (exits); "
+        "< --lease-duration.",
+    ),
+]
+RetryPeriod = Annotated[
+    float, typer.Option("--retry-period", help="Seconds between Lease renewals/attempts.")
+]
+
+
+def _lease(namespace: str, name: str, timings: tuple[float, float, float]) -> Any:
+    from torchyard.controller.leader import LeaseSettings
+
+    duration, deadline, retry = timings
+    try:
+        return LeaseSettings(
+            namespace=namespace,
+            name=name,
+            lease_duration=duration,
+            renew_deadline=deadline,
+            retry_period=retry,
+        )
+    except ValueError as exc:
+        err_usage(str(exc))
 
 
 def operator(
@@ -48,12 +98,27 @@ def operator(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    leader_elect: LeaderElect = False,
+    lease_name: LeaseName = "torchyard-operator",
+    lease_namespace: LeaseNamespace = None,
+    lease_duration: LeaseDuration = 15.0,
+    renew_deadline: RenewDeadline = 10.0,
+    retry_period: RetryPeriod = 2.0,
 ) -> None:
     """Run the operator (Kopf) against the current cluster."""
     if namespace and all_namespaces:
         err_usage("--namespace and --all-namespaces exclude each other")
+    if leader_elect and peering:
+        err_usage("--leader-elect and --peering exclude each other")
     from torchyard.controller import OperatorOptions, run_operator
 
+    lease = None
+    if leader_elect:
+        lease = _lease(
+            lease_namespace or os.environ.get("POD_NAMESPACE") or (namespace or ["default"])[0],
+            lease_name,
+            (lease_duration, renew_deadline, retry_period),
+        )
     run_operator(
         OperatorOptions(
             namespaces=list(namespace or []),
@@ -64,6 +129,7 @@ def operator(
             default_storage=default_storage,
             peering=peering,
             verbose=verbose,
+            leader_election=lease,
         )
     )
 

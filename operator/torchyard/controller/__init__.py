@@ -11,7 +11,8 @@ Importing this package registers the handlers with Kopf's default registry:
   fires the deadline (a reconcile fails the job) and the TTL (the job is deleted, its
   children follow by garbage collection);
 - ``on.startup`` applies the operator settings (:func:`configure`) and starts the batch Job
-  watches, ``on.probe`` reports them and the queue on the liveness endpoint.
+  watches; ``/healthz`` and ``/readyz`` are ours (:mod:`torchyard.controller.leader`), served
+  before Kopf starts, so that a standby replica answers them too.
 
 The reconciler's parts: :mod:`~torchyard.controller.queue` (work queue, backoff),
 :mod:`~torchyard.controller.cache` (what the watches saw), :mod:`~torchyard.controller.children`
@@ -39,7 +40,9 @@ from torchyard.api.constants import (
     VERSION,
 )
 from torchyard.api.contract import Label
+from torchyard.controller import modelversions as _modelversions  # noqa: F401 (handlers)
 from torchyard.controller.jobwatch import start_job_watches
+from torchyard.controller.leader import LeaseSettings, wait_for_turn
 from torchyard.controller.progress_server import BOOK, ProgressConfig, ProgressServer
 from torchyard.controller.reconciler import Reconciler, Settings
 from torchyard.controller.stall_watch import start_stall_watch
@@ -96,6 +99,8 @@ class OperatorOptions:
     default_storage: str | None = None
     peering: str | None = None
     verbose: bool = False
+    # Active/standby replicas by a Lease (controller/leader.py); None: this one always acts.
+    leader_election: LeaseSettings | None = None
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
@@ -126,6 +131,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         memo.progress_server = ProgressServer(r.kube, r.cache, r.metrics, config)
         await memo.progress_server.start()
     memo.stall_watch = start_stall_watch(r, BOOK)  # reads the progress book (Stalled)
+    r.on_forget.append(BOOK.forget)
 
 
 @kopf.on.cleanup()
@@ -139,14 +145,8 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
         await server.stop()
 
 
-@kopf.on.probe(id="jobWatch")
-def _probe_job_watch(memo: kopf.Memo, **_: Any) -> bool:
+def _watches_healthy(memo: kopf.Memo) -> bool:
     return all(w.healthy.is_set() for w in getattr(memo, "job_watches", None) or [])
-
-
-@kopf.on.probe(id="queue")
-def _probe_queue(memo: kopf.Memo, **_: Any) -> int:
-    return _reconciler(memo).queue_depth
 
 
 @kopf.on.event(GROUP, VERSION, TRAINING_JOB_PLURAL)
@@ -234,21 +234,27 @@ def run_operator(opts: OperatorOptions) -> None:
     if progress is not None:
         settings.progress = progress.endpoint()
         settings.progress_write_seconds = progress.write_seconds
-    reconciler = Reconciler(_api_client(), metrics, settings)
+    api = _api_client()
+    reconciler = Reconciler(api, metrics, settings)
     if opts.metrics_port:
         metrics.serve(opts.metrics_port)
-    liveness = f"http://0.0.0.0:{opts.health_port}/healthz" if opts.health_port else None
+    # /healthz and /readyz (ours, not Kopf's: they must answer while a standby waits) and the
+    # Lease: a standby blocks here and never starts Kopf.
+    gate = wait_for_turn(api, opts.leader_election, metrics.registry, opts.health_port)
     memo = kopf.Memo(
         reconciler=reconciler, peering=opts.peering, namespaces=opts.namespaces, progress=progress
     )
-    kopf.run(
-        standalone=opts.peering is None,
-        peering_name=opts.peering,
-        clusterwide=opts.all_namespaces and not opts.namespaces,
-        namespaces=opts.namespaces,
-        liveness_endpoint=liveness,
-        memo=memo,
-    )
+    gate.health.job_watches = lambda: _watches_healthy(memo)
+    try:
+        kopf.run(
+            standalone=opts.peering is None,
+            peering_name=opts.peering,
+            clusterwide=opts.all_namespaces and not opts.namespaces,
+            namespaces=opts.namespaces,
+            memo=memo,
+        )
+    finally:
+        gate.release()
 
 
 __all__ = ["FINALIZER", "OperatorOptions", "configure", "run_operator"]

@@ -9,6 +9,7 @@ Job, and delete worker pods by ``cleanPodPolicy``. Only this job's own objects a
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -17,7 +18,7 @@ import kopf
 from kubernetes import client
 
 from torchyard.api.constants import Reason
-from torchyard.api.contract import KUEUE_GROUP, Label
+from torchyard.api.contract import KUEUE_GROUP, Label, pvc_claim
 from torchyard.builders import build_children, kueue_queue_of
 from torchyard.builders.podtemplate import PodTemplateConflict
 from torchyard.controller.cache import Cache
@@ -43,6 +44,10 @@ from torchyard.state import (
     pod_security_refusal,
     workload_step,
 )
+from torchyard.state.modelversion_source import with_resolved_source
+from torchyard.state.storage import claim_refusal, pod_claims, storage_refusal
+
+log = logging.getLogger("torchyard.operator")
 
 
 class Children:
@@ -86,11 +91,17 @@ class Children:
         """Create the children of attempt ``restart_count`` (those that exist are kept)."""
         assert view.parsed is not None
         job_model = view.parsed
-        if self.settings.default_storage and job_model.spec.output.storage is None:
+        own_storage = job_model.spec.output.storage
+        refusal = storage_refusal(view.kind, own_storage, self.settings.default_storage)
+        if refusal is not None:
+            raise Blocked(refusal)  # before any child: no pod may write into its container
+        if own_storage is None:
             # The operator's default model store, written into the resolved spec the
             # workers read (and mounted when it is a pvc:// URI).
             job_model = job_model.model_copy(deep=True)
             job_model.spec.output.storage = self.settings.default_storage
+        # source.modelVersion: the version it resolved to at start, as workers read it.
+        job_model = with_resolved_source(job_model, body.get("status") or {})
         requested = job_model.spec.scheduling.gang
         gang = self.gang.resolve(job_model.spec.scheduling, kueue_queue_of(job_model))
         gang_text = requested if requested == gang else f"{requested} (resolved to {gang})"
@@ -106,11 +117,38 @@ class Children:
         except PodTemplateConflict as exc:
             # The API's rules refuse these overrides first; this is the merge's second check.
             raise Refused(Refusal(Reason.INVALID_SPEC, str(exc), temporary=False)) from exc
+        default_claim = pvc_claim(self.settings.default_storage or "") if not own_storage else None
+        self._check_claims(view.namespace, children.job["spec"]["template"]["spec"], default_claim)
         objs = children.all()
         kopf.adopt(objs, owner=body)  # type: ignore[arg-type]
         uid = str((body.get("metadata") or {}).get("uid") or "")
         for obj in objs:
             self._create_child(key, view.namespace, uid, obj, gang_text)
+
+    def _check_claims(self, ns: str, pod_spec: dict[str, Any], default_claim: str | None) -> None:
+        """Every claim the worker pods mount exists (else :class:`Blocked`,
+        ``StorageClaimNotFound``): a pod with a missing claim would stay Pending, unscheduled,
+        with nothing on the job to say why. Without the permission to read claims (an older
+        chart's RBAC) the check is skipped: the pods then say it themselves."""
+        core = self.kube.core
+        for claim in pod_claims(pod_spec):
+            try:
+                pvc = self.kube.call(
+                    "get",
+                    "persistentvolumeclaims",
+                    partial(core.read_namespaced_persistent_volume_claim, claim, ns, **RAW),
+                )
+                found: dict[str, Any] | None = json.loads(pvc.data)
+            except client.ApiException as exc:
+                if exc.status == 403:
+                    log.warning("cannot check claim %s/%s: %s", ns, claim, reason(exc))
+                    continue
+                if exc.status != 404:
+                    raise
+                found = None
+            refusal = claim_refusal(ns, claim, found, from_default=claim == default_claim)
+            if refusal is not None:
+                raise Blocked(refusal)
 
     def _create_child(
         self, key: Key, ns: str, uid: str, obj: dict[str, Any], gang_text: str

@@ -41,6 +41,7 @@ from torchyard.controller.kube import (
     Refused,
     Retry,
 )
+from torchyard.controller.modelversions import resolve_source_version
 from torchyard.controller.queue import Backoff, Retries, WorkQueue
 from torchyard.controller.settings import Settings
 from torchyard.controller.status_writer import PLURALS, StatusWriter
@@ -56,6 +57,7 @@ from torchyard.state import (
     decide_blocked,
     decide_failure,
 )
+from torchyard.state.modelversion_source import version_ref_of
 from torchyard.state.stall import StepTiming
 
 log = logging.getLogger("torchyard.operator")
@@ -100,6 +102,9 @@ class Reconciler:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Rank 0's step timing for stall detection (controller/stall_watch.py wires it).
         self.step_timing: Callable[[Key], StepTiming | None] = lambda key: None
+        # What else keeps per-job state and must drop it when the job is deleted (the progress
+        # book: without this it kept every deleted job's last report for the process' life).
+        self.on_forget: list[Callable[[Key], None]] = []
 
     # ------------------------------------------------------------------ the watches' side
 
@@ -150,6 +155,8 @@ class Reconciler:
         self._held.reset(key)
         self.status.forget(key)
         self.metrics.forget_job(*key)
+        for hook in self.on_forget:
+            hook(key)
 
     # ------------------------------------------------------------------ the queue's side
 
@@ -231,6 +238,8 @@ class Reconciler:
                 return
         self.status.write(key, body, decision)
         self.children.run(key, body, view, decision.after_status)
+        if decision.recheck_after is not None:  # nothing may change that would wake us
+            self.enqueue(key, decision.recheck_after)
         self.status.observe_metrics(key, body, view, decision, obs)
         if blocked is not None:
             raise blocked
@@ -258,7 +267,13 @@ class Reconciler:
         storage = self.settings.default_storage
         decision = decide(view, obs, timing, storage)
         if decision.needs_source:
-            obs = replace(obs, source=self.cache.source(view, body))
+            ref = version_ref_of(view.kind, body)
+            source = (
+                resolve_source_version(self.kube, view.namespace, ref)
+                if ref
+                else self.cache.source(view, body)
+            )
+            obs = replace(obs, source=source)
             decision = decide(view, obs, timing, storage)
         if decision.needs_pods and obs.job is not None:
             obs = replace(obs, pods=self._pods(key, obs.job))

@@ -58,6 +58,8 @@ class Decision:
     """Decide again with ``Observed.pods`` filled in (the Job finished: exit codes/results)."""
     needs_source: bool = False
     """Decide again with ``Observed.source`` filled in (CompressionJob trainingJobRef)."""
+    recheck_after: float | None = None
+    """Reconcile again after this many seconds though nothing changes (pods not started)."""
 
     @property
     def actions(self) -> list[Action]:

@@ -20,6 +20,7 @@ from torchyard.state.conditions import clear_condition, condition_true, set_cond
 from torchyard.state.decision import Action, ActionKind, Decision, Event
 from torchyard.state.kueue import suspend_action
 from torchyard.state.observed import JobInfo, JobView, Status, rfc3339
+from torchyard.state.storage import resolved_output_storage
 
 
 def worker_selector(kind: str, name: str) -> str:
@@ -139,7 +140,7 @@ class StatusDraft:
         spec = self.view.parsed.spec
         if spec.logs.max_bytes_per_rank == 0:
             return
-        storage = spec.output.storage or self.default_storage
+        storage = resolved_output_storage(spec.output.storage, self.default_storage)
         logs = log_status(storage, self.view.namespace, self.view.name, self.restarts)
         if logs is not None:
             self.status["logs"] = logs

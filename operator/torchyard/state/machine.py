@@ -31,8 +31,14 @@ from __future__ import annotations
 
 from torchyard.api import CompressionJob, TrainingJob
 from torchyard.api.constants import ConditionType, Phase, Reason
+from torchyard.state import startup
 from torchyard.state.conditions import condition_true, get_condition
 from torchyard.state.decision import Action, ActionKind, Decision
+from torchyard.state.disruption import (
+    counted_restarts,
+    describe_attempt_disruption,
+    preemptions,
+)
 from torchyard.state.draft import StatusDraft, worker_counts
 from torchyard.state.kueue import (
     job_queue,
@@ -42,6 +48,7 @@ from torchyard.state.kueue import (
     workload_action,
 )
 from torchyard.state.lifetime import deadline_at
+from torchyard.state.modelversion_source import wait_for_version
 from torchyard.state.observed import JobInfo, JobView, Observed, PodInfo, rfc3339
 from torchyard.state.results import (
     attempt_is_retryable,
@@ -91,7 +98,7 @@ def decide(
         or _handle_failed_attempt(draft, job, obs.pods)
         or _wait_for_admission(draft, job)
         or _watch_for_stall(draft, job, timing)
-        or _track_workers(draft, job)
+        or _track_workers(draft, job, obs.pods)
     )
 
 
@@ -153,8 +160,14 @@ def _refuse_invalid_spec(draft: StatusDraft, job: JobInfo | None) -> Decision:
 
 def _wait_for_source(draft: StatusDraft, obs: Observed) -> Decision | None:
     """A CompressionJob with ``source.trainingJobRef`` waits (Waiting) for that TrainingJob's
-    model version before its worker Job is created; it fails if that TrainingJob fails."""
+    model version before its worker Job is created; it fails if that TrainingJob fails. A job
+    starting from a model version (source.modelVersion, initFrom.modelVersion) waits for it."""
     parsed = _parsed(draft)
+    if isinstance(parsed, CompressionJob) and parsed.spec.source.model_version:
+        return wait_for_version(draft, obs, parsed.spec.source.model_version)
+    if isinstance(parsed, TrainingJob) and parsed.spec.init_from is not None:
+        ref, field = parsed.spec.init_from.model_version, "spec.initFrom.modelVersion"
+        return wait_for_version(draft, obs, ref, field)
     if not isinstance(parsed, CompressionJob) or not parsed.spec.source.training_job_ref:
         return None
     ref = parsed.spec.source.training_job_ref
@@ -348,13 +361,17 @@ def _handle_failed_attempt(
     if pods is None:
         return draft.need_pods()
     policy = _parsed(draft).spec.run_policy
+    disrupted = describe_attempt_disruption(job, pods)
+    if disrupted is not None:  # preemption, eviction, node loss: not the workload's failure
+        draft.status["preemptions"] = preemptions(draft.status) + 1
+        return _restart_group(draft, job, disrupted, Reason.PREEMPTED)
     pod = failed_pod(pods)
     what = describe_pod_failure(pod)
     if job.failed_reason not in ("PodFailurePolicy", "BackoffLimitExceeded") and pod is None:
         what = f"{what} ({job.failed_reason}: {job.failed_message or ''})".strip()
     if not attempt_is_retryable(draft.view, job, pod):
         return draft.fail(Reason.PERMANENT_FAILURE, f"{what}; not retryable", job)
-    restarts = draft.restarts
+    restarts = counted_restarts(draft.status)
     if restarts >= policy.backoff_limit:
         return draft.fail(
             Reason.BACKOFF_LIMIT_EXCEEDED,
@@ -379,10 +396,11 @@ def _watch_for_stall(
     if verdict is None or not verdict.stalled or policy.stall_action != "Restart":
         return None
     what = f"{Reason.STALLED}: {verdict.message}"
-    if draft.restarts >= policy.backoff_limit:
+    if counted_restarts(draft.status) >= policy.backoff_limit:
         return draft.fail(
             Reason.BACKOFF_LIMIT_EXCEEDED,
-            f"{what}; backoffLimit {policy.backoff_limit} reached after {draft.restarts} "
+            f"{what}; backoffLimit {policy.backoff_limit} reached after "
+            f"{counted_restarts(draft.status)} "
             "restart(s)",
             job,
         )
@@ -392,13 +410,15 @@ def _watch_for_stall(
 def _restart_group(
     draft: StatusDraft, job: JobInfo, what: str, reason: str = Reason.RETRYABLE_FAILURE
 ) -> Decision:
-    """Count the restart first (written before the failed Job is deleted), then delete it."""
+    """Count the restart first (written before the failed Job is deleted), then delete it.
+    A disruption's restart (``reason`` Preempted) is counted in status.preemptions by the
+    caller and not against backoffLimit."""
     restarts, limit = draft.restarts, _parsed(draft).spec.run_policy.backoff_limit
     draft.status["restarts"] = restarts + 1
-    message = (
-        f"{what}; restarting the whole group from the newest checkpoint "
-        f"(restart {restarts + 1}/{limit})"
-    )
+    counted = f"restart {counted_restarts(draft.status)}/{limit}"
+    if reason == Reason.PREEMPTED:
+        counted = f"preemption {preemptions(draft.status)}, not counted against backoffLimit"
+    message = f"{what}; restarting the whole group from the newest checkpoint ({counted})"
     queue = kueue_queue(draft.view, job)
     if queue is not None:
         # The failed Job's Workload finished with it and Kueue released its quota; the next
@@ -451,8 +471,11 @@ def _note_kueue_admission(draft: StatusDraft, job: JobInfo) -> None:
         draft.status["startTime"] = rfc3339(draft.now)
 
 
-def _track_workers(draft: StatusDraft, job: JobInfo) -> Decision:
-    """The attempt runs (or waits for its pods): Running once every worker is up."""
+def _track_workers(
+    draft: StatusDraft, job: JobInfo, pods: tuple[PodInfo, ...] | None = None
+) -> Decision:
+    """The attempt runs (or waits for its pods): Running once every worker is up; while one
+    is not, its pods are looked at (:mod:`torchyard.state.startup`)."""
     _note_kueue_admission(draft, job)
     status, workers, restarts = draft.status, _parsed(draft).spec.workers, draft.restarts
     if not status.get("startTime"):
@@ -469,7 +492,7 @@ def _track_workers(draft: StatusDraft, job: JobInfo) -> Decision:
         if was_restarting:
             draft.cond(ConditionType.RESTARTING, False, Reason.WORKERS_RUNNING, "group restarted")
         return draft.done()
-    message = f"{up}/{workers} workers ready"
+    message = startup.note_stuck_worker(draft, pods, f"{up}/{workers} workers ready")
     if status.get("phase") == Phase.RESTARTING:
         status["message"] = f"restarting: {message}"
     elif status.get("phase") == Phase.RUNNING:

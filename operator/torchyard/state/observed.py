@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from torchyard.api import CompressionJob, TrainingJob
-from torchyard.api.contract import Annotation, Label
+from torchyard.api.contract import POD_DISRUPTION_CONDITION, Annotation, Label
 from torchyard.api.manifest import format_validation_error
 
 Status = dict[str, Any]
@@ -33,6 +33,14 @@ def parse_time(value: str | None) -> datetime | None:
         return None
 
 
+def disruption_of(pod_status: dict[str, Any]) -> str | None:
+    """ "reason: message" of a pod's DisruptionTarget=True condition, else None."""
+    for c in pod_status.get("conditions") or []:
+        if c.get("type") == POD_DISRUPTION_CONDITION and c.get("status") == "True":
+            return f"{c.get('reason') or 'Disrupted'}: {c.get('message') or ''}".strip(": ")
+    return None
+
+
 @dataclass(frozen=True)
 class PodInfo:
     """One worker pod, as far as the state machine cares."""
@@ -43,6 +51,12 @@ class PodInfo:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
+    disruption: str | None = None
+    """Why Kubernetes removed the pod ("reason: message" of its DisruptionTarget condition),
+    None when it was not disrupted."""
+    waiting_reason: str | None = None
+    """Why the worker container has not started (the kubelet's reason: ImagePullBackOff...)."""
+    waiting_message: str | None = None
 
     @classmethod
     def from_dict(cls, pod: dict[str, Any]) -> PodInfo:
@@ -55,7 +69,10 @@ class PodInfo:
         except (KeyError, TypeError, ValueError):
             index = None
         exit_code = reason = message = None
+        waiting: dict[str, Any] = {}
         for cs in status.get("containerStatuses") or []:
+            if cs.get("name") == "worker":
+                waiting = (cs.get("state") or {}).get("waiting") or {}
             term = (cs.get("state") or {}).get("terminated")
             if term and (cs.get("name") == "worker" or exit_code is None):
                 exit_code = term.get("exitCode")
@@ -68,6 +85,9 @@ class PodInfo:
             exit_code=exit_code,
             reason=reason,
             message=message,
+            disruption=disruption_of(status),
+            waiting_reason=waiting.get("reason"),
+            waiting_message=waiting.get("message"),
         )
 
 

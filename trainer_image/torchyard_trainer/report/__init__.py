@@ -16,8 +16,8 @@ What it writes follows the operator ↔ worker contract (``torchyard.api.contrac
 * **progress** — rank 0 appends ``start``/``step``/``eval``/``end`` events to
   ``$TORCHYARD_OUTPUT_DIR/progress.jsonl`` (what `torchyard run` shows);
 * **metrics** — every rank serves ``$TORCHYARD_METRICS_PORT + LOCAL_RANK`` with the built-in
-  trainer's metric names and job/namespace/rank labels (``torchyard_trainer.metrics``), so the
-  chart's dashboards and PodMonitor work unchanged;
+  trainer's metric names and torchyard_job/namespace/rank labels
+  (``torchyard_trainer.metrics``), so the chart's dashboards and PodMonitor work unchanged;
 * **a model version** — :meth:`Reporter.save_model` writes ``<store>/<modelName>/v<N>/`` with
   ``model.safetensors`` and ``model-card.json`` (``torchyard_trainer.artifacts``), the store
   and name from the job's ``spec.output``;

@@ -295,8 +295,12 @@ class Checkpointer(Component):
         )
         self.saved_step = -1
         self.resumed_from: dict[str, Any] | None = None
+        self.last_save_seconds: float | None = None
+        """How long the last committed save took (rank 0 only): what a save on SIGTERM is
+        expected to take (train/preempt.py)."""
 
     def _on_commit(self, step: int, path: Path, seconds: float) -> None:
+        self.last_save_seconds = seconds
         m = self.rt.metrics
         m.observe(m.ckpt, seconds)
         m.event("checkpoint", step=step, uri=str(path), seconds=round(seconds, 4))

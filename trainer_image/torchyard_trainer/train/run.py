@@ -15,11 +15,12 @@ from torchyard.api import contract
 from torchyard_trainer.artifacts import spec_hash, write_model_version, write_result
 from torchyard_trainer.checkpoint import CheckpointManager
 from torchyard_trainer.data import Dataset, load_dataset
-from torchyard_trainer.env import WorkerEnv
+from torchyard_trainer.env import ConfigError, WorkerEnv
 from torchyard_trainer.loop import run_loop
 from torchyard_trainer.metrics import WorkerMetrics
 from torchyard_trainer.optim import build_scheduler
 from torchyard_trainer.parallel import ParallelDims
+from torchyard_trainer.preempt import GracefulStop
 from torchyard_trainer.runtime import init_distributed, use_cpu_threads
 from torchyard_trainer.train.base import Runtime, Strategy
 from torchyard_trainer.train.components import (
@@ -37,6 +38,14 @@ log = logging.getLogger("torchyard_trainer")
 
 def build_runtime(env: WorkerEnv, job: TrainingJob) -> Runtime:
     spec = job.spec
+    if spec.init_from is not None:
+        # The operator hands workers the version it resolved as model.checkpoint; a spec that
+        # still names it was not resolved, and training from scratch instead would be silent.
+        raise ConfigError(
+            f"spec.initFrom.modelVersion {spec.init_from.model_version} is resolved only by "
+            "the operator (aliases live in ModelVersion objects); run locally with "
+            "model.checkpoint set to the version's URI"
+        )
     pp = spec.pipeline.stages if spec.strategy == "pipeline" and spec.pipeline else 1
     virtual = (
         spec.pipeline.virtual_stages_per_rank
@@ -91,6 +100,7 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
     sched = build_scheduler(strategy.optimizer, spec.lr_schedule, spec.optimizer.lr, total)
     checkpointer = Checkpointer(rt, strategy, sched, batches.steps_per_epoch)
     start = checkpointer.resume()
+    stopper = GracefulStop(checkpointer)  # SIGTERM: all ranks checkpoint one step and exit
     logger = StepLogger(rt, ds, strategy, sched, total, checkpointer.manager)
     logger.start(start, batches.steps_per_epoch, checkpointer.resumed_from, ds)
     evaluator = Evaluator(rt, ds, strategy)
@@ -100,8 +110,9 @@ def run_training(rt: Runtime, ds: Dataset, strategy: Strategy) -> dict[str, Any]
         sched,
         total,
         start_step=start,
-        components=[logger, evaluator, checkpointer, FaultInjector(rt)],
+        components=[logger, evaluator, checkpointer, FaultInjector(rt), stopper],
     )
+    stopper.close()
     checkpointer.finish(state.step)
     evals = evaluator.final()
     ckpt = checkpointer.manager

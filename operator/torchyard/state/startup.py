@@ -1,0 +1,74 @@
+"""Workers that cannot start — pure: a worker pod whose container waits on something that will
+not pass by itself (an image that cannot be pulled, a missing Secret or ConfigMap).
+
+Kubernetes keeps such a pod Pending for ever (the kubelet retries the pull with backoff), and
+its batch Job does not change, so nothing would tell the job. While not every worker is up the
+operator lists the pods (and looks again every :data:`RECHECK_SECONDS`); a pod stuck this way
+gives the job's ``Running`` condition False with reason ``ImagePullFailed`` or
+``WorkerStartFailed`` and a message naming the worker, the kubelet's reason and its message
+(which names the image), plus one Warning Event. The job stays Pending: a pull can succeed once
+the image is pushed or the pull secret fixed, and ``activeDeadlineSeconds`` bounds the wait.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from torchyard.api.constants import ConditionType, Reason
+from torchyard.state.conditions import get_condition
+from torchyard.state.draft import StatusDraft
+from torchyard.state.observed import PodInfo
+
+RECHECK_SECONDS: Final = 10.0
+"""How often a job whose workers are not all up looks at its pods again."""
+IMAGE_REASONS: Final = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+"""The kubelet's waiting reasons for an image it cannot get."""
+CONFIG_REASONS: Final = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+"""The kubelet's waiting reasons for a container it cannot create (a missing Secret...)."""
+
+
+def stuck_pod(pods: tuple[PodInfo, ...]) -> PodInfo | None:
+    """The lowest-rank pod whose container waits for a reason that does not pass by itself."""
+    stuck = [p for p in pods if p.waiting_reason in IMAGE_REASONS | CONFIG_REASONS]
+    return min(stuck, key=lambda p: (p.index is None, p.index or 0)) if stuck else None
+
+
+def stuck_reason(pod: PodInfo) -> str:
+    """The job's condition reason for ``pod``."""
+    return (
+        Reason.IMAGE_PULL_FAILED
+        if pod.waiting_reason in IMAGE_REASONS
+        else (Reason.WORKER_START_FAILED)
+    )
+
+
+def describe_stuck(pod: PodInfo) -> str:
+    """ "worker N cannot start: ImagePullBackOff: Back-off pulling image "x"" """
+    rank = f"worker {pod.index}" if pod.index is not None else f"pod {pod.name}"
+    detail = f": {pod.waiting_message.strip()[:300]}" if pod.waiting_message else ""
+    return f"{rank} cannot start: {pod.waiting_reason}{detail}"
+
+
+def note_stuck_worker(draft: StatusDraft, pods: tuple[PodInfo, ...] | None, message: str) -> str:
+    """``message`` (the job's, while not every worker is up), with the stuck worker's cause
+    added and put in the Running condition when one is stuck. Without ``pods`` the decision
+    asks for them; either way the job is looked at again in :data:`RECHECK_SECONDS`."""
+    draft.decision.recheck_after = RECHECK_SECONDS
+    if pods is None:
+        draft.decision.needs_pods = True
+        return message
+    stuck = stuck_pod(pods)
+    if stuck is None:
+        return message
+    message += f"; {describe_stuck(stuck)}"
+    reason = stuck_reason(stuck)
+    before = get_condition(draft.status, ConditionType.RUNNING) or {}
+    draft.cond(ConditionType.RUNNING, False, reason, message)
+    if before.get("reason") != reason:  # one Event per cause, not one per look
+        draft.event(reason, message, warning=True)
+    return message
+
+
+__all__ = ["RECHECK_SECONDS", "describe_stuck", "note_stuck_worker", "stuck_pod", "stuck_reason"]

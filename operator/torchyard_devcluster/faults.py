@@ -1,0 +1,85 @@
+"""Control-plane faults for tests: kill one component of a dev cluster and start it again with
+the very command line ``up`` recorded (same ports, certificates and etcd data), so the
+cluster comes back as it was — a crashed process restarted by its supervisor.
+
+Only for a cluster of your own (``up(state_dir=...)``): killing the shared cluster's API server
+breaks everyone else's tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from torchyard_devcluster import procs
+from torchyard_devcluster.cluster import (
+    ClusterState,
+    DevClusterError,
+    _apiserver_ready,
+    _locked,
+)
+
+
+def _state(state_dir: Path) -> ClusterState:
+    state = ClusterState.load(state_dir)
+    if state is None:
+        raise DevClusterError(f"no dev cluster in {state_dir}")
+    return state
+
+
+def _component(state: ClusterState, name: str) -> procs.Proc:
+    for p in state.processes:
+        if p.name == name:
+            return p
+    raise DevClusterError(f"no component {name!r}: {[p.name for p in state.processes]}")
+
+
+def kill_component(state_dir: Path, name: str, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` (default SIGKILL: a crash, no graceful shutdown) to one component and
+    wait until it is gone."""
+    proc = _component(_state(state_dir), name)
+    if not procs.alive(proc):
+        return
+    os.kill(proc.pid, sig)
+    deadline = time.monotonic() + 30
+    while procs.alive(proc):
+        if time.monotonic() > deadline:
+            raise DevClusterError(f"{name} (pid {proc.pid}) survived signal {sig}")
+        time.sleep(0.05)
+
+
+def start_component(state_dir: Path, name: str, *, timeout: float = 120.0) -> None:
+    """Start a killed component again from its recorded command line and wait until the API
+    server answers ``/readyz`` (which checks etcd too)."""
+    with _locked(state_dir):
+        state = _state(state_dir)
+        old = _component(state, name)
+        if procs.alive(old):
+            raise DevClusterError(f"{name} still runs (pid {old.pid})")
+        new = procs.start(name, old.argv, Path(old.log), cwd=state_dir)
+        state.processes[state.processes.index(old)] = new
+        state.save()
+    deadline = time.monotonic() + timeout
+    while not _apiserver_ready(state, timeout=2.0):
+        if not procs.alive(new):
+            raise DevClusterError(f"{name} exited on restart:\n{procs.tail(new.log)}")
+        if time.monotonic() > deadline:
+            raise DevClusterError(f"API server not ready {timeout:.0f} s after {name} restarted")
+        time.sleep(0.2)
+
+
+def restart_component(
+    state_dir: Path, name: str, *, down_for: float = 0.0, sig: int = signal.SIGKILL
+) -> float:
+    """Kill ``name``, leave it down ``down_for`` seconds, start it again; returns the seconds
+    from the kill until the API server was ready again."""
+    t0 = time.monotonic()
+    kill_component(state_dir, name, sig)
+    time.sleep(down_for)
+    start_component(state_dir, name)
+    return time.monotonic() - t0
+
+
+__all__ = ["kill_component", "restart_component", "start_component"]

@@ -1,0 +1,91 @@
+"""Workers that cannot start (torchyard/state/startup.py): a worker pod waiting on an image it
+cannot pull says so in the job's status, with one Warning Event, and the job is looked at
+again while its workers are not all up."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from torchyard.api.constants import ConditionType, Phase, Reason
+from torchyard.state import JobInfo, JobView, Observed, PodInfo, decide, get_condition
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+IMAGE = "registry.example/torchyard/trainer:nope"
+
+
+def _body(status: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "torchyard.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "digits", "namespace": "ml", "generation": 1, "uid": "u1"},
+        "spec": {
+            "workers": 2,
+            "model": {"builtin": "mlp"},
+            "data": {"builtin": "digits"},
+            "output": {"storage": "pvc://models/store"},
+        },
+        "status": status,
+    }
+
+
+def _job() -> JobInfo:
+    return JobInfo(name="digits-workers", uid="j1", restart_count=0, active=2)
+
+
+def _pod(index: int, reason: str | None, message: str | None = None) -> dict[str, Any]:
+    state = {"waiting": {"reason": reason, "message": message}} if reason else {"running": {}}
+    return {
+        "metadata": {
+            "name": f"digits-{index}",
+            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+        },
+        "status": {"phase": "Pending", "containerStatuses": [{"name": "worker", "state": state}]},
+    }
+
+
+def _decide(status: dict[str, Any], pods: list[dict[str, Any]] | None) -> Any:
+    listed = None if pods is None else tuple(PodInfo.from_dict(p) for p in pods)
+    obs = Observed(now=T0, job=_job(), pods=listed)
+    return decide(JobView.from_body(_body(status)), obs)
+
+
+def test_pending_workers_ask_for_their_pods_and_a_recheck() -> None:
+    decision = _decide({"phase": Phase.PENDING}, None)
+    assert decision.needs_pods
+    assert decision.recheck_after is not None
+    assert decision.recheck_after > 0
+
+
+def test_an_image_that_cannot_be_pulled_is_named_in_the_running_condition() -> None:
+    pull = f'Back-off pulling image "{IMAGE}"'
+    pods = [_pod(0, None), _pod(1, "ImagePullBackOff", pull)]
+    decision = _decide({"phase": Phase.PENDING}, pods)
+    running = get_condition(decision.status, ConditionType.RUNNING)
+    assert running is not None
+    assert running["status"] == "False"
+    assert running["reason"] == Reason.IMAGE_PULL_FAILED
+    assert "worker 1 cannot start: ImagePullBackOff" in running["message"]
+    assert IMAGE in running["message"]
+    assert IMAGE in decision.status["message"]
+    assert decision.status["phase"] == Phase.PENDING
+    assert [e.reason for e in decision.events] == [Reason.IMAGE_PULL_FAILED]
+    # The next look at the same pods: the condition stays, no second Event.
+    again = _decide(decision.status, pods)
+    assert not again.events
+    assert get_condition(again.status, ConditionType.RUNNING) == running
+
+
+def test_a_missing_secret_is_a_worker_start_failure() -> None:
+    pods = [_pod(0, "CreateContainerConfigError", 'secret "creds" not found'), _pod(1, None)]
+    decision = _decide({"phase": Phase.PENDING}, pods)
+    running = get_condition(decision.status, ConditionType.RUNNING)
+    assert running is not None
+    assert running["reason"] == Reason.WORKER_START_FAILED
+    assert 'secret "creds" not found' in running["message"]
+
+
+def test_pods_that_are_only_starting_are_not_stuck() -> None:
+    decision = _decide({"phase": Phase.PENDING}, [_pod(0, "ContainerCreating"), _pod(1, None)])
+    assert get_condition(decision.status, ConditionType.RUNNING) is None
+    assert not decision.events
