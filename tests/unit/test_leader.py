@@ -113,3 +113,99 @@ def test_a_hung_api_server_gets_one_lease_request_per_round() -> None:
         server.close()
         for c in accepted:
             c.close()
+
+
+class _Lost(Exception):
+    """Stands for the process exit (EXIT_LEASE_LOST) in these tests."""
+
+
+def _elector(renewed_ago: float) -> object:
+    from kubernetes import client
+    from prometheus_client import CollectorRegistry
+
+    from torchyard.controller.leader import LeaderElector
+
+    def lost() -> None:
+        raise _Lost
+
+    cfg = client.Configuration()
+    cfg.host = "http://127.0.0.1:1"
+    elector = LeaderElector(
+        client.ApiClient(cfg),
+        LeaseSettings(namespace="ns", identity="me"),
+        CollectorRegistry(),
+        on_lost=lost,
+    )
+    elector.leading.set()
+    elector._renewed_at = time.monotonic() - renewed_ago
+    return elector
+
+
+def test_a_leader_past_its_renew_deadline_sends_nothing() -> None:
+    """A frozen leader (SIGSTOP, a stalled VM) wakes with requests queued before its renewal
+    thread notices: the fence, checked by each request, exits first."""
+    fresh, stale = _elector(9.0), _elector(10.5)  # renew deadline: 10 s
+    assert fresh.may_act()  # type: ignore[attr-defined]
+    fresh.fence()  # type: ignore[attr-defined]
+    assert not stale.may_act()  # type: ignore[attr-defined]
+    with pytest.raises(_Lost):
+        stale.fence()  # type: ignore[attr-defined]
+    # Released on a clean shutdown: no longer leading, stopped — not a lost Lease.
+    stale.leading.clear()  # type: ignore[attr-defined]
+    stale.stopped.set()  # type: ignore[attr-defined]
+    stale.fence()  # type: ignore[attr-defined]
+
+
+def _listener() -> tuple[object, list[object]]:
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[object] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, accepted
+
+
+def test_the_fence_stops_both_clients_before_they_connect() -> None:
+    """The Python client (fence_client) and Kopf's aiohttp session (fence_trace): a stale
+    leader's request never reaches the server's socket."""
+    import asyncio
+
+    import aiohttp
+    from kubernetes import client
+
+    from torchyard.controller.leader import fence_client, fence_trace
+
+    server, accepted = _listener()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"  # type: ignore[attr-defined]
+    stale = _elector(11.0)
+    try:
+        cfg = client.Configuration()
+        cfg.host = url
+        api = client.ApiClient(cfg)
+        fence_client(api, stale.fence)  # type: ignore[attr-defined]
+        with pytest.raises(_Lost):
+            client.CoreV1Api(api).create_namespaced_config_map("ns", {"metadata": {"name": "x"}})
+
+        async def post() -> None:
+            trace = fence_trace(stale.fence)  # type: ignore[attr-defined]
+            async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+                await session.post(f"{url}/api/v1/namespaces/ns/events", json={})
+
+        with pytest.raises(_Lost):
+            asyncio.run(post())
+        time.sleep(0.2)
+        assert accepted == [], "a fenced request reached the server"
+    finally:
+        server.close()  # type: ignore[attr-defined]

@@ -42,7 +42,7 @@ from torchyard.api.constants import (
 from torchyard.api.contract import Label
 from torchyard.controller import modelversions as _modelversions  # noqa: F401 (handlers)
 from torchyard.controller.jobwatch import start_job_watches
-from torchyard.controller.leader import LeaseSettings, wait_for_turn
+from torchyard.controller.leader import LeaseSettings, fence_client, fence_trace, wait_for_turn
 from torchyard.controller.progress_server import BOOK, ProgressConfig, ProgressServer
 from torchyard.controller.reconciler import Reconciler, Settings
 from torchyard.controller.stall_watch import start_stall_watch
@@ -110,6 +110,34 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
 def _reconciler(memo: kopf.Memo) -> Reconciler:
     r: Reconciler = memo.reconciler
     return r
+
+
+@kopf.on.login()
+async def _login(
+    logger: kopf.Logger, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any
+) -> kopf.ConnectionInfo | kopf.AiohttpSession | None:
+    """Kopf's own login (the Python client's configuration), with the leader's fence on
+    Kopf's HTTP session: a leader past its renew deadline sends no request (leader.py)."""
+    info = kopf.login_via_client(logger=logger, settings=settings)
+    fence = getattr(memo, "fence", None)
+    if info is None or fence is None:
+        return info
+    import aiohttp
+
+    session = aiohttp.ClientSession(  # as Kopf builds its own (kopf/_cogs/clients/auth.py)
+        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+        trace_configs=[fence_trace(fence)],
+    )
+    return kopf.AiohttpSession(
+        server=info.server,
+        priority=info.priority,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+        aiohttp_session=session,
+    )
 
 
 @kopf.on.startup()
@@ -244,6 +272,11 @@ def run_operator(opts: OperatorOptions) -> None:
     memo = kopf.Memo(
         reconciler=reconciler, peering=opts.peering, namespaces=opts.namespaces, progress=progress
     )
+    if gate.elector is not None:
+        # From here every request that could act on a job passes the Lease's fence: ours
+        # (the Python client) and Kopf's (its session, built in _login).
+        fence_client(api, gate.elector.fence)
+        memo.fence = gate.elector.fence
     gate.health.job_watches = lambda: _watches_healthy(memo)
     try:
         kopf.run(

@@ -18,7 +18,9 @@ and steps down — the process exits, as controller-runtime does — when it cou
 ``renew_deadline``. Every request is bounded by the time left before that deadline, and
 ``renew_deadline < lease_duration``, so the old leader has stopped before a standby may take
 over. Writes use the Lease's resourceVersion (optimistic concurrency): two candidates never
-both win one round.
+both win one round. A process frozen past the deadline is not stopped by the renewal loop
+(it cannot run either), so every request the operator sends passes :meth:`LeaderElector.fence`
+first (:func:`fence_client`, :func:`fence_trace`).
 
 The standby never starts Kopf (no handler, no watch, no write on any job); it serves
 ``/healthz`` and ``/readyz`` (ready: it can take over at once) and
@@ -200,6 +202,30 @@ class LeaderElector:
         self._label_pod("leader")
         self._renew_loop()
 
+    def may_act(self) -> bool:
+        """Whether this replica may still act: it leads, and its last renewal began less
+        than ``renew_deadline`` ago on our own clock. A standby takes the Lease only after
+        ``lease_duration`` (> ``renew_deadline``) without a change, so a request sent while
+        this holds reaches the API server before anyone else may act."""
+        return self.leading.is_set() and (
+            time.monotonic() - self._renewed_at < self.s.renew_deadline
+        )
+
+    def fence(self) -> None:
+        """Called before every request that may act on jobs. A leader that was frozen
+        (SIGSTOP, a stalled VM, a long GC) wakes up with requests already queued, and the
+        renewal thread may not run before them; so each request checks the clock itself and,
+        past the deadline, the process exits as the renewal loop would have."""
+        if self.may_act() or (not self.leading.is_set() and self.stopped.is_set()):
+            return  # acting, or shutting down cleanly after a release
+        log.error(
+            "leader election: %s has not renewed Lease %s/%s for %.1f s; exiting before the "
+            "next request",
+            *self._who(),
+            time.monotonic() - self._renewed_at,
+        )
+        self._on_lost()
+
     def _label_pod(self, role: str) -> None:
         pod, ns = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
         if not (pod and ns):
@@ -333,6 +359,34 @@ def without_retries(api: Any) -> Any:
     cfg = copy.deepcopy(api.configuration)
     cfg.retries = False
     return client.ApiClient(cfg)
+
+
+def fence_client(api: Any, fence: Callable[[], None]) -> None:
+    """Make every request of the Python client ``api`` pass ``fence`` first (its
+    ``call_api``, watches included, sends all of them through ``rest_client.request``)."""
+    rest = api.rest_client
+    send = rest.request
+
+    def fenced(*args: Any, **kwargs: Any) -> Any:
+        fence()
+        return send(*args, **kwargs)
+
+    rest.request = fenced
+
+
+def fence_trace(fence: Callable[[], None]) -> Any:
+    """An aiohttp trace for Kopf's session: ``fence`` before each request and again once
+    its connection is at hand (a new one may take a TLS handshake), just before it is sent."""
+    import aiohttp
+
+    async def check(*_: Any) -> None:
+        fence()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(check)
+    trace.on_connection_create_end.append(check)
+    trace.on_connection_reuseconn.append(check)
+    return trace
 
 
 def _left(deadline: float) -> float:
@@ -480,6 +534,8 @@ __all__ = [
     "LeaderElector",
     "LeaseSettings",
     "Record",
+    "fence_client",
+    "fence_trace",
     "may_take",
     "next_spec",
     "serve_health",
