@@ -381,17 +381,19 @@ class Children:
             f"{Label.JOB_CONTROLLER_UID}={uid}"
         )
         core = self.kube.core
-        pods = self.kube.call(
-            "list", "pods", core.list_namespaced_pod, key[1], label_selector=selector
+        pods = self.kube.list_items(
+            "pods", core.list_namespaced_pod, key[1], label_selector=selector
         )
-        for pod in pods.items:
-            if pod.metadata.deletion_timestamp is not None:
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            if meta.get("deletionTimestamp") is not None:
                 continue
-            if policy == "Running" and pod.status.phase not in ("Pending", "Running"):
+            phase = (pod.get("status") or {}).get("phase")
+            if policy == "Running" and phase not in ("Pending", "Running"):
                 continue
             try:
                 self.kube.call(
-                    "delete", "pods", core.delete_namespaced_pod, pod.metadata.name, key[1]
+                    "delete", "pods", core.delete_namespaced_pod, meta.get("name"), key[1], **RAW
                 )
             except client.ApiException as exc:
                 if exc.status != 404:

@@ -282,10 +282,10 @@ class Reconciler:
 
     def _pods(self, key: Key, job: JobInfo) -> tuple[PodInfo, ...]:
         selector = f"{Label.JOB_CONTROLLER_UID}={job.uid}"
-        pods = self.kube.call(
-            "list", "pods", self.kube.core.list_namespaced_pod, key[1], label_selector=selector
+        pods = self.kube.list_items(
+            "pods", self.kube.core.list_namespaced_pod, key[1], label_selector=selector
         )
-        return tuple(PodInfo.from_dict(self.api.sanitize_for_serialization(p)) for p in pods.items)
+        return tuple(PodInfo.from_dict(p) for p in pods)
 
 
 __all__ = ["Blocked", "Conflict", "Key", "Reconciler", "Settings"]
