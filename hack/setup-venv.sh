@@ -28,6 +28,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/python"
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$UV" venv --quiet --python "$PYTHON" "$VENV"
-"$UV" pip install --quiet --python "$VENV/bin/python" -e ".[$EXTRAS]"
+# Bytecode compiled at install: the environment may set PYTHONDONTWRITEBYTECODE (this one
+# does), and then every process compiled what it imported from source, each time - torch for
+# every worker, and the kubernetes client's 4.4 MB core_v1_api for every operator, whose
+# compilation alone left ~70 MiB in its RSS (bench/operator_scale.py measured that).
+"$UV" pip install --quiet --compile-bytecode --python "$VENV/bin/python" -e ".[$EXTRAS]"
 echo "$want" > "$stamp"
 echo "venv ready: $VENV ($("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])'))"
