@@ -158,9 +158,11 @@ class LeaderElector:
     ) -> None:
         from kubernetes import client
 
+        from torchyard.controller.corev1 import CoreV1
+
         api = without_retries(api)
         self.coordination = client.CoordinationV1Api(api)
-        self.core = client.CoreV1Api(api)
+        self.core = CoreV1(api)
         self.s = settings
         self.leading = threading.Event()
         self.stopped = threading.Event()
