@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from torchyard.controller.corev1 import CoreV1
 
 
@@ -31,10 +33,8 @@ def test_selectors_become_query_parameters() -> None:
             raise RuntimeError("recorded")
 
     core = CoreV1(Recorder(cfg))
-    try:
+    with pytest.raises(RuntimeError, match="recorded"):
         core.list_namespaced_pod("ns", label_selector="a=b,c=d", _preload_content=False)
-    except RuntimeError:
-        pass
     assert sent == [
         ("GET", "https://203.0.113.1:6443/api/v1/namespaces/ns/pods?labelSelector=a%3Db%2Cc%3Dd")
     ]
