@@ -21,6 +21,20 @@ KIND_OF_LABEL = {"trainingjob": "TrainingJob", "compressionjob": "CompressionJob
 Enqueue = Callable[[Key, float | None], None]
 
 
+def slim_job(body: dict[str, Any]) -> dict[str, Any]:
+    """What the reconciler reads of a batch Job (JobInfo.from_dict, controlled_by, names,
+    uids, resourceVersion): metadata without managedFields, ``spec.suspend`` and the status.
+    The pod template (defaults filled in by the API server) and managedFields were most of
+    each cached Job — ~20 KiB as Python objects, held for every live job (2,000 jobs: the
+    operator's peak RSS was 355 MiB)."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    spec = body.get("spec") or {}
+    slim: dict[str, Any] = {"metadata": meta, "spec": {"suspend": spec.get("suspend")}}
+    if "status" in body:
+        slim["status"] = body["status"]
+    return slim
+
+
 class Cache:
     def __init__(
         self, enqueue: Enqueue, forget: Callable[[Key], None], child_coalesce_seconds: float
@@ -67,7 +81,7 @@ class Cache:
         elif cached_uid != meta.get("uid") or resource_version(body) >= resource_version(
             self.jobs.get(key)
         ):
-            self.jobs[key] = body
+            self.jobs[key] = slim_job(body)
         self._enqueue(key, self._child_coalesce)
 
     def relist_jobs(self, items: list[dict[str, Any]], namespace: str | None) -> None:
@@ -123,4 +137,4 @@ class Cache:
         return SourceInfo(found=True, phase=status.get("phase"), model=status.get("model"))
 
 
-__all__ = ["KIND_OF_LABEL", "Cache"]
+__all__ = ["KIND_OF_LABEL", "Cache", "slim_job"]
