@@ -52,12 +52,21 @@ def test_latency_objective_same_kernels_chooses_by_size(
 
     notes = [w for w in rep["warnings"] if w.startswith("objective latency")]
     assert len(notes) == 1, rep["warnings"]
-    assert timing.NOISE_NOTE in notes[0]
-    smallest = min(trials, key=lambda t: t["stats"]["bytes"])
-    assert f"{smallest['name']} is the smallest" in notes[0]
-    assert rep["compressed"]["bytes"] == smallest["stats"]["bytes"]
     card = (Path(result["model"]["uri"].removeprefix("file://")) / "report.md").read_text()
-    assert timing.NOISE_NOTE in card
+    if case == "granularity" and timing.NOISE_NOTE not in notes[0]:
+        # perChannel multiplies by a scale per row where perTensor has one: on a loaded machine
+        # the interleaved rounds can tell them apart (CI: 0.097 vs 0.105 ms, faster in 8/9
+        # rounds), and then the faster one rightly wins. Which path is taken is the machine's
+        # call, not the test's; either way the winner must be the one the note names.
+        fastest = min(trials, key=lambda t: t["stats"]["latencyMs"])
+        assert f"{fastest['name']} is clearly the fastest" in notes[0]
+        assert rep["compressed"]["bytes"] == fastest["stats"]["bytes"]
+    else:
+        assert timing.NOISE_NOTE in notes[0]
+        smallest = min(trials, key=lambda t: t["stats"]["bytes"])
+        assert f"{smallest['name']} is the smallest" in notes[0]
+        assert rep["compressed"]["bytes"] == smallest["stats"]["bytes"]
+        assert timing.NOISE_NOTE in card
 
     # One interleaved run: the source first, then the two candidates in trial order; every
     # reported latency is that run's median, so the speedup compares like with like.
