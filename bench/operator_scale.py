@@ -395,25 +395,16 @@ def run_one(
     # is slow to remove custom resources on this control plane. With 2,000 jobs a collection
     # delete can outlast the API server's request timeout (504, the deletes go on behind it):
     # the run's figures are kept and the namespace's deletion finishes the rest.
-    for what, delete in (
-        (
-            "trainingjobs",
-            lambda: custom.delete_collection_namespaced_custom_object(
-                "torchyard.io", "v1alpha1", ns, "trainingjobs"
-            ),
-        ),
-        (
-            "jobs",
-            lambda: client.BatchV1Api(api).delete_collection_namespaced_job(
-                ns, propagation_policy="Background"
-            ),
-        ),
-        ("namespace", lambda: core.delete_namespace(ns, propagation_policy="Background")),
-    ):
-        try:
-            delete()
-        except client.ApiException as e:
-            print(f"cleanup: deleting {what} answered {e.status}; going on", flush=True)
+    _tolerate_timeout(
+        custom.delete_collection_namespaced_custom_object,
+        "torchyard.io",
+        "v1alpha1",
+        ns,
+        "trainingjobs",
+    )
+    batch = client.BatchV1Api(api)
+    _tolerate_timeout(batch.delete_collection_namespaced_job, ns, propagation_policy="Background")
+    _tolerate_timeout(core.delete_namespace, ns, propagation_policy="Background")
 
     requests, by = _operator_requests(counts0, counts1)
     to_created = [created[j] - submitted[j] for j in created]
@@ -466,6 +457,15 @@ def run_one(
             if e.status == 404:
                 break
     return result
+
+
+def _tolerate_timeout(delete: Any, *args: Any, **kwargs: Any) -> None:
+    """A cleanup delete whose answer does not matter: one that outlasts the API server's
+    request timeout (504) goes on behind it, and the namespace's deletion finishes the rest."""
+    try:
+        delete(*args, **kwargs)
+    except client.ApiException as e:
+        print(f"cleanup: {delete.__name__} answered {e.status}; going on", flush=True)
 
 
 def _cell(r: dict[str, Any], key: str) -> str:

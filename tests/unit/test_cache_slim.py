@@ -1,5 +1,6 @@
-"""The Job cache keeps only what the reconciler reads (controller/cache.py ``slim_job``): every
-decision made from a slimmed Job is the one made from the whole Job."""
+"""The Job cache keeps only what the reconciler reads (state/observed.py ``slim_job``, beside
+``JobInfo.from_dict``): every decision made from a slimmed Job is the one made from the whole
+Job."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import yaml
 from torchyard.api import TrainingJob
 from torchyard.api.contract import Annotation, Label
 from torchyard.builders import build_children
-from torchyard.controller.cache import Cache, slim_job
-from torchyard.state import JobInfo
+from torchyard.controller.cache import Cache
+from torchyard.state import JobInfo, slim_job
 from torchyard.state.ownership import controlled_by
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits-ddp.yaml"

@@ -14,25 +14,11 @@ from typing import Any
 from torchyard.api.contract import Label
 from torchyard.builders import worker_job_name
 from torchyard.controller.kube import Key, resource_version
-from torchyard.state import JobView, SourceInfo
+from torchyard.state import JobView, SourceInfo, slim_job
 
 KIND_OF_LABEL = {"trainingjob": "TrainingJob", "compressionjob": "CompressionJob"}
 
 Enqueue = Callable[[Key, float | None], None]
-
-
-def slim_job(body: dict[str, Any]) -> dict[str, Any]:
-    """What the reconciler reads of a batch Job (JobInfo.from_dict, controlled_by, names,
-    uids, resourceVersion): metadata without managedFields, ``spec.suspend`` and the status.
-    The pod template (defaults filled in by the API server) and managedFields were most of
-    each cached Job — ~20 KiB as Python objects, held for every live job (2,000 jobs: the
-    operator's peak RSS was 355 MiB)."""
-    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
-    spec = body.get("spec") or {}
-    slim: dict[str, Any] = {"metadata": meta, "spec": {"suspend": spec.get("suspend")}}
-    if "status" in body:
-        slim["status"] = body["status"]
-    return slim
 
 
 class Cache:
@@ -137,4 +123,4 @@ class Cache:
         return SourceInfo(found=True, phase=status.get("phase"), model=status.get("model"))
 
 
-__all__ = ["KIND_OF_LABEL", "Cache", "slim_job"]
+__all__ = ["KIND_OF_LABEL", "Cache"]

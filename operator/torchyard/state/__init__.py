@@ -40,6 +40,7 @@ from torchyard.state.observed import (
     Status,
     parse_time,
     rfc3339,
+    slim_job,
 )
 from torchyard.state.ownership import (
     CHILD_WHAT,
@@ -88,6 +89,7 @@ __all__ = [
     "result_status",
     "rfc3339",
     "set_condition",
+    "slim_job",
     "status_patch",
     "ttl_at",
     "worker_counts",
