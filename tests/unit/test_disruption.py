@@ -23,7 +23,7 @@ from torchyard.api.contract import (
 from torchyard.builders import build_children
 from torchyard.state import ActionKind, JobInfo, PodInfo
 from torchyard.state.disruption import counted_restarts, disrupted_pod
-from torchyard_trainer.launch import with_shutdown_timeout
+from torchyard_trainer.launch import torchrun_has_shutdown_timeout, with_shutdown_timeout
 
 PREEMPTED_CONDITION = {
     "type": "DisruptionTarget",
@@ -150,6 +150,28 @@ def test_launcher_takes_the_shutdown_timeout_from_the_env_unless_given() -> None
     given = ["--shutdown-timeout=7", "-m", "x"]
     assert with_shutdown_timeout(given, {Env.SHUTDOWN_TIMEOUT_SECONDS: "24"}) == (given, "7")
     assert with_shutdown_timeout(["-m", "x"], {})[1] == "30"  # torchrun's own default
+
+
+def test_launcher_on_a_torchrun_without_the_flag_keeps_argv_and_caps_at_its_30_s() -> None:
+    # torch <= 2.11's torchrun refuses --shutdown-timeout (seen on the H200's torch 2.11):
+    # adding it there broke every launch; the agent's fixed 30 s is what the ranks get.
+    # The ranks bound their checkpoint by the smaller of the job's timeout and the agent's 30 s.
+    env = {Env.SHUTDOWN_TIMEOUT_SECONDS: "24"}
+    assert with_shutdown_timeout(["-m", "x"], env, supported=False) == (["-m", "x"], "24")
+    env = {Env.SHUTDOWN_TIMEOUT_SECONDS: "45"}
+    assert with_shutdown_timeout(["-m", "x"], env, supported=False) == (["-m", "x"], "30")
+    assert with_shutdown_timeout(["-m", "x"], {}, supported=False) == (["-m", "x"], "30")
+
+
+def test_shutdown_timeout_detection_matches_what_this_torchrun_parses() -> None:
+    from torch.distributed.run import parse_args
+
+    argv = ["--shutdown-timeout", "5", "-m", "x"]
+    if torchrun_has_shutdown_timeout():
+        assert parse_args(argv).shutdown_timeout == 5  # type: ignore[no-untyped-call]
+    else:
+        with pytest.raises(SystemExit):
+            parse_args(argv)  # type: ignore[no-untyped-call]
 
 
 def test_preempted_exit_code_is_retryable() -> None:

@@ -23,6 +23,8 @@ from collections.abc import Mapping, MutableMapping
 from torchyard.api.contract import Env, ExitCode, exit_code_of_returncode
 
 SHUTDOWN_FLAGS = ("--shutdown-timeout", "--shutdown_timeout")
+# torchrun's agent waits this long between forwarding SIGTERM and SIGKILL unless told otherwise
+AGENT_DEFAULT_SHUTDOWN_TIMEOUT = "30"
 
 
 def single_node_command(nproc: int, master_port: int) -> list[str]:
@@ -48,17 +50,34 @@ def exit_code_of(failure_exitcode: int) -> int:
     return exit_code_of_returncode(failure_exitcode) or ExitCode.ERROR
 
 
-def with_shutdown_timeout(argv: list[str], environ: Mapping[str, str]) -> tuple[list[str], str]:
+def with_shutdown_timeout(
+    argv: list[str], environ: Mapping[str, str], *, supported: bool = True
+) -> tuple[list[str], str]:
     """``argv`` with torchrun's ``--shutdown-timeout`` from the job's env contract (a flag the
-    user gave wins), and the timeout the agent will use (its own default is 30 s)."""
+    user gave wins), and the timeout the agent will use (its own default is 30 s).
+
+    ``supported``: whether this torch's torchrun has the flag (torch 2.11, the GPU image's,
+    refuses it). Without it the agent SIGKILLs its ranks a fixed 30 s after forwarding SIGTERM,
+    so the ranks bound their checkpoint by the smaller of that and the job's timeout (within the
+    job's, they exit on their own before the pod's grace runs out, as with the flag)."""
     for i, arg in enumerate(argv):
         for flag in SHUTDOWN_FLAGS:
             if arg == flag and i + 1 < len(argv):
                 return argv, argv[i + 1]
             if arg.startswith(flag + "="):
                 return argv, arg.split("=", 1)[1]
-    value = environ.get(Env.SHUTDOWN_TIMEOUT_SECONDS) or "30"
+    value = environ.get(Env.SHUTDOWN_TIMEOUT_SECONDS) or AGENT_DEFAULT_SHUTDOWN_TIMEOUT
+    if not supported:
+        return argv, min(value, AGENT_DEFAULT_SHUTDOWN_TIMEOUT, key=float)
     return [SHUTDOWN_FLAGS[0], value, *argv], value
+
+
+def torchrun_has_shutdown_timeout() -> bool:
+    """Whether this torch's torchrun accepts ``--shutdown-timeout``."""
+    from torch.distributed.run import get_args_parser
+
+    parser = get_args_parser()  # type: ignore[no-untyped-call,unused-ignore]
+    return any(flag in parser._option_string_actions for flag in SHUTDOWN_FLAGS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +99,15 @@ def _launch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-m" not in argv and "--module" not in argv and not any(a.endswith(".py") for a in argv):
         argv += ["-m", "torchyard_trainer"]
-    argv, timeout = with_shutdown_timeout(argv, os.environ)
+    supported = torchrun_has_shutdown_timeout()
+    argv, timeout = with_shutdown_timeout(argv, os.environ, supported=supported)
+    asked = os.environ.get(Env.SHUTDOWN_TIMEOUT_SECONDS)
+    if not supported and asked and asked != timeout:
+        print(
+            f"torchyard launch: this torch's torchrun has no --shutdown-timeout and kills its "
+            f"ranks {timeout} s after SIGTERM, not the job's {asked} s",
+            file=sys.stderr,
+        )
     environ: MutableMapping[str, str] = os.environ
     environ[Env.SHUTDOWN_TIMEOUT_SECONDS] = timeout  # the ranks bound their checkpoint by it
     args = parse_args(argv)  # type: ignore[no-untyped-call,unused-ignore]
