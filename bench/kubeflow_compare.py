@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "kubeflow_compare.json"
 DOC = ROOT / "docs" / "benchmarks-operator.md"
 SECTION = "## Beside Kubeflow (bench/kubeflow_compare.py)"
+DEFAULT_SIZE = (100, 4)  # the size whose figures are RESULTS and SECTION; others get their own
 HOLD = "kwok.torchyard.io/hold"
 IMAGE = "registry.invalid/trainer:bench"
 RUNTIME = "torchyard-bench-torch"
@@ -375,18 +376,37 @@ def _delete_namespace(api: Any, ns: str) -> None:
         time.sleep(2.0)
 
 
-def _done(system: str, jobs: int, pods: PodWatch, children: ChildWatch) -> bool:
+def results_path(jobs: int, workers: int) -> Path:
+    if (jobs, workers) == DEFAULT_SIZE:
+        return RESULTS
+    return RESULTS.with_name(f"kubeflow_compare_{jobs}x{workers}.json")
+
+
+def section_title(jobs: int, workers: int) -> str:
+    if (jobs, workers) == DEFAULT_SIZE:
+        return SECTION
+    return f"## Beside Kubeflow at {jobs:,} × {workers} (bench/kubeflow_compare.py)"
+
+
+def _done(system: str, jobs: int, pods: PodWatch, children: ChildWatch, until: str) -> bool:
     if system in NO_PODS:
         return len(children.created_at) >= jobs
     with pods.lock:
-        return len(pods.running_at) >= jobs
+        return len(pods.running_at if until == "running" else pods.created_at) >= jobs
 
 
 def _burst(
-    system: str, api: Any, ns: str, jobs: int, workers: int, pods: PodWatch, children: ChildWatch
+    system: str,
+    api: Any,
+    ns: str,
+    jobs: int,
+    workers: int,
+    pods: PodWatch,
+    children: ChildWatch,
+    until: str,
 ) -> tuple[dict[str, float], float, float]:
-    """Submit the jobs (16 threads); wait until all their pods Run (or, for a system in
-    :data:`NO_PODS`, all their children exist). (submit times, t0, t_end)"""
+    """Submit the jobs (16 threads); wait until all their pods Run or exist (``until``), or,
+    for a system in :data:`NO_PODS`, all their children exist. (submit times, t0, t_end)"""
     custom = client.CustomObjectsApi(api)
     submitted: dict[str, float] = {}
 
@@ -401,13 +421,15 @@ def _burst(
         list(pool.map(submit, range(jobs)))
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        if _done(system, jobs, pods, children):
+        if _done(system, jobs, pods, children, until):
             break
         time.sleep(0.25)
     return submitted, t0, time.time()
 
 
-def run_one(system: str, cluster: Any, api: Any, jobs: int, workers: int) -> dict[str, Any]:
+def run_one(
+    system: str, cluster: Any, api: Any, jobs: int, workers: int, until: str = "running"
+) -> dict[str, Any]:
     core = client.CoreV1Api(api)
     log_dir = ROOT / "bench" / "results" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -423,7 +445,7 @@ def run_one(system: str, cluster: Any, api: Any, jobs: int, workers: int) -> dic
         cpu0 = {n: _proc_stats(pid)[0] for n, _h, pid in procs}
         flows0 = kubeflow.flow_counts(api)
         load0 = round(os.getloadavg()[0], 2)
-        submitted, t0, _t1 = _burst(system, api, ns, jobs, workers, pods, children)
+        submitted, t0, _t1 = _burst(system, api, ns, jobs, workers, pods, children, until)
         stats = {n: _proc_stats(pid) for n, _h, pid in procs}
         now_rss = {n: round(_rss_now(pid), 1) for n, _h, pid in procs}
         time.sleep(3.0)  # trailing status writes
@@ -482,8 +504,8 @@ def _result(
         "child_created_p99_s": round(_pct(to_child, 0.99), 3) if to_child else None,
         "pods_created_p50_s": round(_pct(to_created, 0.5), 3),
         "pods_created_p99_s": round(_pct(to_created, 0.99), 3),
-        "running_p50_s": round(_pct(to_running, 0.5), 3),
-        "running_p99_s": round(_pct(to_running, 0.99), 3),
+        "running_p50_s": round(_pct(to_running, 0.5), 3) if to_running else None,
+        "running_p99_s": round(_pct(to_running, 0.99), 3) if to_running else None,
         "controller_cpu_s": round(sum(cpu.values()), 2),
         "controller_peak_rss_mib": round(sum(rss.values()), 1),
         "controller_rss_mib": round(sum(now_rss.values()), 1),
@@ -541,11 +563,18 @@ def _cell(r: dict[str, Any], key: str) -> str:
 
 
 def section(data: dict[str, Any]) -> str:
+    gpus = data.get("gpus_per_node", 8)
+    until = (
+        "all pods Running"
+        if data.get("until", "running") == "running"
+        else "all pods created (Pending pods count: the nodes' GPUs hold only part of them)"
+    )
     lines = [
-        SECTION,
+        section_title(data["jobs"], data["workers"]),
         "",
         f"One burst of {data['jobs']} jobs × {data['workers']} workers (1 GPU each) on a dev "
-        f"cluster of its own with {data['nodes']} KWOK nodes × 8 GPUs, one system at a time "
+        f"cluster of its own with {data['nodes']} KWOK nodes × {gpus} GPUs, waited to {until}; "
+        "one system at a time "
         "(the Kubeflow controllers started once and left up, ours and the empty operator "
         "started per run), in the order "
         f"{', '.join(data['order'])}. Machine: {data['machine']}. Controllers: "
@@ -571,9 +600,10 @@ def section(data: dict[str, Any]) -> str:
 
 def write_doc(data: dict[str, Any]) -> None:
     text = DOC.read_text() if DOC.exists() else "# Operator scale benchmark\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
+    title = section_title(data["jobs"], data["workers"])
+    if title in text:
+        start = text.index(title)
+        nxt = text.find("\n## ", start + len(title))
         text = text[:start] + section(data) + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
     else:
         text = text.rstrip() + "\n\n" + section(data)
@@ -598,12 +628,19 @@ def main() -> None:
         help="JobSet not built: run Trainer to its JobSets only (no pods)",
     )
     p.add_argument("--rounds", type=int, default=2, help="2: the order, then reversed (ABBA)")
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument(
+        "--until",
+        choices=("running", "created"),
+        default="running",
+        help="wait for all pods Running, or only created (when the GPUs cannot hold them all)",
+    )
     p.add_argument(
         "--render", action="store_true", help="only rewrite the doc section from the JSON"
     )
     args = p.parse_args()
     if args.render:
-        write_doc(json.loads(RESULTS.read_text()))
+        write_doc(json.loads(results_path(args.jobs, args.workers).read_text()))
         return
     state_dir = Path(os.environ["TORCHYARD_DEV_CLUSTER_DIR"])
     if state_dir.resolve() == SHARED_DIR.resolve():
@@ -615,23 +652,24 @@ def main() -> None:
         missing = []
     if missing:
         raise SystemExit(f"not built: {missing} (hack/build-kubeflow.sh)")
-    cluster = devcluster.up(nodes=args.nodes, gpus_per_node=8, timeout=400)
+    cluster = devcluster.up(nodes=args.nodes, gpus_per_node=args.gpus_per_node, timeout=400)
     api = cluster.api_client()
     from torchyard_devcluster.crds import apply_crds
 
     apply_crds(api, ROOT / "crds")
     if args.allow_no_jobset and "trainer" in order and not kubeflow.ready("jobset"):
         trainer_without_jobset(api)
+    out = results_path(args.jobs, args.workers)
     sequence = [s for i in range(args.rounds) for s in (order if i % 2 == 0 else order[::-1])]
     runs = []
     try:
         start_kubeflow(cluster, api, order, args.workers)
         for system in sequence:
             print(f"== {system}", flush=True)
-            r = run_one(system, cluster, api, args.jobs, args.workers)
+            r = run_one(system, cluster, api, args.jobs, args.workers, args.until)
             print(json.dumps(r), flush=True)
             runs.append(r)
-            RESULTS.with_suffix(".partial.json").write_text(json.dumps(runs, indent=2))
+            out.with_suffix(".partial.json").write_text(json.dumps(runs, indent=2))
     finally:
         stop_kubeflow()
     medians = {s: _median(runs, s) for s in order}
@@ -660,6 +698,8 @@ def main() -> None:
         "jobs": args.jobs,
         "workers": args.workers,
         "nodes": args.nodes,
+        "gpus_per_node": args.gpus_per_node,
+        "until": args.until,
         "order": sequence,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
@@ -669,10 +709,10 @@ def main() -> None:
         "ratios": ratios,
         "notes": [*([NO_PODS_NOTE] if NO_PODS else []), *NOTES],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
     write_doc(data)
-    print(f"wrote {RESULTS} and {DOC}")
+    print(f"wrote {out} and {DOC}")
     api.close()
 
 
