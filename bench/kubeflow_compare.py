@@ -578,7 +578,11 @@ def section(data: dict[str, Any]) -> str:
         "(the Kubeflow controllers started once and left up, ours and the empty operator "
         "started per run), in the order "
         f"{', '.join(data['order'])}. Machine: {data['machine']}. Controllers: "
-        + "; ".join(f"{k} {v}" for k, v in data["versions"].items())
+        + "; ".join(
+            f"{k} {v}"
+            for k, v in data["versions"].items()
+            if any(k in SYSTEMS[s][1] for s in set(data["order"]))
+        )
         + ". Child = the batch Job (torchyard, baseline) or the JobSet (Trainer); the "
         "training-operator creates the pods itself. CPU and RSS are the controllers' processes "
         "summed (Trainer + JobSet); API req/job counts every request of the controllers' users "
@@ -587,12 +591,15 @@ def section(data: dict[str, Any]) -> str:
         "| system | " + " | ".join(c for c, _ in COLS) + " |",
         "|---|" + "---:|" * len(COLS),
     ]
-    rows = [*data["runs"], *[m for m in data["medians"].values() if m]]
+    # a median of one run is that run again
+    several = any(int(str(m["system"]).split("median of ")[-1].rstrip(")")) > 1
+                  for m in data["medians"].values() if m)  # fmt: skip
+    rows = [*data["runs"], *([m for m in data["medians"].values() if m] if several else [])]
     for r in rows:
         lines.append(f"| {r['system']} | " + " | ".join(_cell(r, k) for _, k in COLS) + " |")
     lines.append("")
     for k, v in data["ratios"].items():
-        lines.append(f"- {k} (torchyard ÷ the other, medians): **{v}**")
+        lines.append(f"- {k} (torchyard ÷ the other{', medians' if several else ''}): **{v}**")
     for note in data.get("notes", []):
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
