@@ -4,11 +4,13 @@ again while its workers are not all up."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from torchyard.api.constants import ConditionType, Phase, Reason
 from torchyard.state import JobInfo, JobView, Observed, PodInfo, decide, get_condition
+from torchyard.state.startup import RECHECK_SECONDS
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 IMAGE = "registry.example/torchyard/trainer:nope"
@@ -55,6 +57,27 @@ def test_pending_workers_ask_for_their_pods_and_a_recheck() -> None:
     assert decision.needs_pods
     assert decision.recheck_after is not None
     assert decision.recheck_after > 0
+
+
+def test_a_young_attempt_does_not_list_its_pods_until_it_is_a_recheck_old() -> None:
+    # In a burst every change of a young Job's counts reconciles the job; listing its pods each
+    # time cost ~5 namespace-wide lists per job. A stuck pod is only looked for from 10 s on.
+    body = JobView.from_body(_body({"phase": Phase.PENDING}))
+    young = replace(_job(), created=T0 - timedelta(seconds=3))
+    decision = decide(body, Observed(now=T0, job=young))
+    assert not decision.needs_pods
+    assert decision.recheck_after == RECHECK_SECONDS - 3  # the look comes when it is 10 s old
+    old = replace(_job(), created=T0 - timedelta(seconds=RECHECK_SECONDS))
+    decision = decide(body, Observed(now=T0, job=old))
+    assert decision.needs_pods
+    assert decision.recheck_after == RECHECK_SECONDS
+
+
+def test_job_info_reads_the_attempts_creation_time() -> None:
+    job = JobInfo.from_dict(
+        {"metadata": {"name": "j", "uid": "u", "creationTimestamp": "2026-01-01T11:59:57Z"}}
+    )
+    assert job.created == T0 - timedelta(seconds=3)
 
 
 def test_an_image_that_cannot_be_pulled_is_named_in_the_running_condition() -> None:

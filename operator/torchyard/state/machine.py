@@ -492,7 +492,7 @@ def _track_workers(
         if was_restarting:
             draft.cond(ConditionType.RESTARTING, False, Reason.WORKERS_RUNNING, "group restarted")
         return draft.done()
-    message = startup.note_stuck_worker(draft, pods, f"{up}/{workers} workers ready")
+    message = startup.note_stuck_worker(draft, job, pods, f"{up}/{workers} workers ready")
     if status.get("phase") == Phase.RESTARTING:
         status["message"] = f"restarting: {message}"
     elif status.get("phase") == Phase.RUNNING:

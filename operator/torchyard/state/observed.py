@@ -113,6 +113,8 @@ class JobInfo:
     owned: bool = True
     """False: a Job with this job's labels whose controller is another object (an earlier job
     of the same name, deleted and not yet garbage-collected): waited out, never touched."""
+    created: datetime | None = None
+    """The Job's creationTimestamp: when this attempt's pods could first exist."""
 
     @property
     def finished(self) -> bool:
@@ -151,6 +153,7 @@ class JobInfo:
             failed_reason=failed_reason,
             failed_message=failed_message,
             queue=(meta.get("labels") or {}).get(Label.KUEUE_QUEUE_NAME) or None,
+            created=parse_time(meta.get("creationTimestamp")),
         )
 
 

@@ -3,7 +3,10 @@ not pass by itself (an image that cannot be pulled, a missing Secret or ConfigMa
 
 Kubernetes keeps such a pod Pending for ever (the kubelet retries the pull with backoff), and
 its batch Job does not change, so nothing would tell the job. While not every worker is up the
-operator lists the pods (and looks again every :data:`RECHECK_SECONDS`); a pod stuck this way
+operator lists the pods (and looks again every :data:`RECHECK_SECONDS`), once the attempt's Job
+is :data:`RECHECK_SECONDS` old: before that its pods are still being created, scheduled and
+pulled, and every change of the Job's counts would list them again (about five lists per job
+in a burst, each a label-selected list over the whole namespace); a pod stuck this way
 gives the job's ``Running`` condition False with reason ``ImagePullFailed`` or
 ``WorkerStartFailed`` and a message naming the worker, the kubelet's reason and its message
 (which names the image), plus one Warning Event. The job stays Pending: a pull can succeed once
@@ -17,7 +20,7 @@ from typing import Final
 from torchyard.api.constants import ConditionType, Reason
 from torchyard.state.conditions import get_condition
 from torchyard.state.draft import StatusDraft
-from torchyard.state.observed import PodInfo
+from torchyard.state.observed import JobInfo, PodInfo
 
 RECHECK_SECONDS: Final = 10.0
 """How often a job whose workers are not all up looks at its pods again."""
@@ -51,12 +54,19 @@ def describe_stuck(pod: PodInfo) -> str:
     return f"{rank} cannot start: {pod.waiting_reason}{detail}"
 
 
-def note_stuck_worker(draft: StatusDraft, pods: tuple[PodInfo, ...] | None, message: str) -> str:
+def note_stuck_worker(
+    draft: StatusDraft, job: JobInfo, pods: tuple[PodInfo, ...] | None, message: str
+) -> str:
     """``message`` (the job's, while not every worker is up), with the stuck worker's cause
     added and put in the Running condition when one is stuck. Without ``pods`` the decision
-    asks for them; either way the job is looked at again in :data:`RECHECK_SECONDS`."""
+    asks for them once ``job`` is :data:`RECHECK_SECONDS` old; the job is looked at again in
+    :data:`RECHECK_SECONDS` (a young one when it turns that old)."""
     draft.decision.recheck_after = RECHECK_SECONDS
     if pods is None:
+        age = (draft.now - job.created).total_seconds() if job.created else RECHECK_SECONDS
+        if age < RECHECK_SECONDS:
+            draft.decision.recheck_after = RECHECK_SECONDS - age
+            return message
         draft.decision.needs_pods = True
         return message
     stuck = stuck_pod(pods)
