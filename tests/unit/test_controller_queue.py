@@ -171,7 +171,7 @@ def test_adds_wait_the_coalesce_delay_or_the_given_one() -> None:
 
 
 def test_adding_a_pending_key_keeps_its_first_delay() -> None:
-    # Deduplication is by key only: a sooner add does not move a pending key forward.
+    # A wait that must be kept (a throttle, a retry's backoff): a sooner add does not move it.
     async def main() -> Recorder:
         rec = Recorder()
         q, _ = _queue(rec)
@@ -183,6 +183,28 @@ def test_adding_a_pending_key_keeps_its_first_delay() -> None:
     rec = asyncio.run(main())
     assert rec.keys == ["a"]
     assert rec.runs[0][1] >= 0.095
+
+
+def test_an_event_moves_a_pending_look_again_timer_forward_and_runs_once() -> None:
+    # "Look again in 10 s" must not hold back a worker turning ready 1 s later: the reconcile
+    # that sets a recheck used to swallow every event until the recheck came.
+    async def main() -> tuple[Recorder, list[int]]:
+        rec = Recorder()
+        q, depths = _queue(rec)
+        q.add("a", 0.3, movable=True)
+        q.add("b", 0.3, movable=True)
+        q.add("a", 0.0)  # an event: sooner, so "a" runs now
+        q.add("b", 0.5)  # due later than b's timer: changes nothing
+        assert q.depth == 2
+        await _drain(q)
+        return rec, depths
+
+    rec, depths = asyncio.run(main())
+    assert rec.keys == ["a", "b"]  # each once: the superseded timer does not run "a" again
+    at = dict(rec.runs)
+    assert at["a"] < 0.2
+    assert 0.29 <= at["b"] < 0.45
+    assert depths == [1, 2, 1, 0]
 
 
 def test_a_key_added_while_it_runs_runs_again_after_never_alongside() -> None:

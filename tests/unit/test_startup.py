@@ -10,7 +10,7 @@ from typing import Any
 
 from torchyard.api.constants import ConditionType, Phase, Reason
 from torchyard.state import JobInfo, JobView, Observed, PodInfo, decide, get_condition
-from torchyard.state.startup import RECHECK_SECONDS
+from torchyard.state.startup import MAX_RECHECK_SECONDS, RECHECK_SECONDS
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 IMAGE = "registry.example/torchyard/trainer:nope"
@@ -71,6 +71,18 @@ def test_a_young_attempt_does_not_list_its_pods_until_it_is_a_recheck_old() -> N
     decision = decide(body, Observed(now=T0, job=old))
     assert decision.needs_pods
     assert decision.recheck_after == RECHECK_SECONDS
+
+
+def test_workers_waiting_long_are_looked_at_less_often() -> None:
+    body = JobView.from_body(_body({"phase": Phase.PENDING}))
+
+    def recheck(age: float) -> float | None:
+        job = replace(_job(), created=T0 - timedelta(seconds=age))
+        return decide(body, Observed(now=T0, job=job)).recheck_after
+
+    assert recheck(20) == RECHECK_SECONDS
+    assert recheck(90) == 30
+    assert recheck(3600) == MAX_RECHECK_SECONDS
 
 
 def test_job_info_reads_the_attempts_creation_time() -> None:

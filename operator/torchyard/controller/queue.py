@@ -6,14 +6,16 @@
 - :class:`Retries`: consecutive failures per key, the delay before the next try, an optional
   limit (the count starts over once the limit is reached, and on :meth:`Retries.reset`).
 - :class:`WorkQueue`: one pending entry per key (adding a key that is already pending does
-  nothing, whatever its delay), delayed adds, at most ``concurrency`` keys processed at once
-  and one run per key at a time (a key added while it runs is processed again afterwards).
-  :meth:`WorkQueue.add` may be called from any thread.
+  nothing, whatever its delay — unless the pending entry is a *movable* look-again timer and
+  the new add is due sooner: then the key runs at the sooner time), delayed adds, at most
+  ``concurrency`` keys processed at once and one run per key at a time (a key added while it
+  runs is processed again afterwards). :meth:`WorkQueue.add` may be called from any thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -75,6 +77,16 @@ class Retries(Generic[K]):
         self._failures.pop(key, None)
 
 
+@dataclass(frozen=True)
+class _Pending:
+    due: float
+    """Event-loop time at which the key runs."""
+    token: int
+    """Which scheduled start is this entry's: a superseded one finds another token."""
+    movable: bool
+    """A look-again timer: an add due sooner replaces it (see :meth:`WorkQueue.add`)."""
+
+
 class WorkQueue(Generic[K]):
     """Keys to process, deduplicated while pending, each after a delay.
 
@@ -96,7 +108,8 @@ class WorkQueue(Generic[K]):
         """Default delay of :meth:`add`: how long a key waits for more events."""
         self._concurrency = concurrency
         self._on_depth = on_depth
-        self._pending: set[K] = set()
+        self._pending: dict[K, _Pending] = {}
+        self._tokens = itertools.count()
         self._locks: dict[K, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sem: asyncio.Semaphore | None = None
@@ -118,28 +131,42 @@ class WorkQueue(Generic[K]):
     def is_pending(self, key: K) -> bool:
         return key in self._pending
 
-    def add(self, key: K, delay: float | None = None) -> None:
+    def add(self, key: K, delay: float | None = None, *, movable: bool = False) -> None:
         """Process ``key`` after ``delay`` seconds (default :attr:`coalesce`), unless it is
-        pending already. Thread-safe."""
+        pending already. Thread-safe.
+
+        ``movable``: this add is a look-again timer ("if nothing happens, look in 10 s"), not
+        a wait that must be kept (a throttle, a retry's backoff): a later add due sooner — an
+        event — moves the key forward instead of being dropped, so a timer never delays what
+        an event says by up to its length."""
         loop = self._loop
-        if key in self._pending or loop is None:
+        if loop is None:
             return
-        self._pending.add(key)
-        self._depth_changed()
         wait = self.coalesce if delay is None else delay
+        due = loop.time() + wait
+        pending = self._pending.get(key)
+        if pending is not None and not (pending.movable and due < pending.due):
+            return
+        entry = _Pending(due, next(self._tokens), movable)
+        self._pending[key] = entry
+        if pending is None:
+            self._depth_changed()
 
         def start() -> None:
-            task = asyncio.ensure_future(self._run(key))
+            if self._pending.get(key) is not entry:
+                return  # moved forward by a sooner add, or already started
+            task = asyncio.ensure_future(self._run(key, entry))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        loop.call_soon_threadsafe(lambda: loop.call_later(wait, start))
+        loop.call_soon_threadsafe(lambda: loop.call_at(due, start))
 
-    async def _run(self, key: K) -> None:
+    async def _run(self, key: K, entry: _Pending) -> None:
         assert self._sem is not None
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with self._sem, lock:
-            self._pending.discard(key)
+            if self._pending.get(key) is entry:
+                del self._pending[key]
             self._depth_changed()
             await self._process(key)
         if self._locks.get(key) is lock and not lock.locked() and key not in self._pending:

@@ -121,8 +121,8 @@ class Reconciler:
     def relist_jobs(self, items: list[dict[str, Any]], namespace: str | None) -> None:
         self.cache.relist_jobs(items, namespace)
 
-    def enqueue(self, key: Key, delay: float | None = None) -> None:
-        self.queue.add(key, delay)
+    def enqueue(self, key: Key, delay: float | None = None, *, movable: bool = False) -> None:
+        self.queue.add(key, delay, movable=movable)
 
     @property
     def queue_depth(self) -> int:
@@ -239,7 +239,8 @@ class Reconciler:
         self.status.write(key, body, decision)
         self.children.run(key, body, view, decision.after_status)
         if decision.recheck_after is not None:  # nothing may change that would wake us
-            self.enqueue(key, decision.recheck_after)
+            # movable: an event before then (a worker turning ready) is not held back by it
+            self.enqueue(key, decision.recheck_after, movable=True)
         self.status.observe_metrics(key, body, view, decision, obs)
         if blocked is not None:
             raise blocked

@@ -23,7 +23,12 @@ from torchyard.state.draft import StatusDraft
 from torchyard.state.observed import JobInfo, PodInfo
 
 RECHECK_SECONDS: Final = 10.0
-"""How often a job whose workers are not all up looks at its pods again."""
+"""How old an attempt is when its pods are first looked at, and the shortest wait between
+two looks while its workers are not all up."""
+MAX_RECHECK_SECONDS: Final = 60.0
+"""The longest wait between two looks: a third of the attempt's age, at most this. Workers
+waiting long (for GPUs, for a queue) are not listed every 10 s: with hundreds of such jobs that
+was dozens of namespace-wide pod lists a second."""
 IMAGE_REASONS: Final = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 )
@@ -60,10 +65,11 @@ def note_stuck_worker(
     """``message`` (the job's, while not every worker is up), with the stuck worker's cause
     added and put in the Running condition when one is stuck. Without ``pods`` the decision
     asks for them once ``job`` is :data:`RECHECK_SECONDS` old; the job is looked at again in
-    :data:`RECHECK_SECONDS` (a young one when it turns that old)."""
-    draft.decision.recheck_after = RECHECK_SECONDS
+    a third of its age, from :data:`RECHECK_SECONDS` to :data:`MAX_RECHECK_SECONDS` (a young
+    one when it turns :data:`RECHECK_SECONDS` old)."""
+    age = (draft.now - job.created).total_seconds() if job.created else RECHECK_SECONDS
+    draft.decision.recheck_after = min(max(RECHECK_SECONDS, age / 3), MAX_RECHECK_SECONDS)
     if pods is None:
-        age = (draft.now - job.created).total_seconds() if job.created else RECHECK_SECONDS
         if age < RECHECK_SECONDS:
             draft.decision.recheck_after = RECHECK_SECONDS - age
             return message
@@ -81,4 +87,11 @@ def note_stuck_worker(
     return message
 
 
-__all__ = ["RECHECK_SECONDS", "describe_stuck", "note_stuck_worker", "stuck_pod", "stuck_reason"]
+__all__ = [
+    "MAX_RECHECK_SECONDS",
+    "RECHECK_SECONDS",
+    "describe_stuck",
+    "note_stuck_worker",
+    "stuck_pod",
+    "stuck_reason",
+]
