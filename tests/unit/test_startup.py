@@ -85,6 +85,19 @@ def test_workers_waiting_long_are_looked_at_less_often() -> None:
     assert recheck(3600) == MAX_RECHECK_SECONDS
 
 
+def test_the_jobs_own_events_do_not_list_its_pods_again_before_the_interval() -> None:
+    # A Job whose pods are created slowly changes its counts many times; each change
+    # reconciles the job, and each used to list its pods. Looks are spaced by the clock.
+    body = JobView.from_body(_body({"phase": Phase.PENDING}))
+    job = replace(_job(), created=T0 - timedelta(seconds=30))
+    listed = Observed(now=T0, job=job, pods_listed_at=T0 - timedelta(seconds=4))
+    decision = decide(body, listed)
+    assert not decision.needs_pods
+    assert decision.recheck_after == RECHECK_SECONDS - 4  # the next look is due then
+    due = Observed(now=T0, job=job, pods_listed_at=T0 - timedelta(seconds=RECHECK_SECONDS))
+    assert decide(body, due).needs_pods
+
+
 def test_job_info_reads_the_attempts_creation_time() -> None:
     job = JobInfo.from_dict(
         {"metadata": {"name": "j", "uid": "u", "creationTimestamp": "2026-01-01T11:59:57Z"}}

@@ -91,6 +91,8 @@ class Reconciler:
             on_depth=metrics.queue_depth.set,
         )
         self.cache = Cache(self.enqueue, self._forget, self.settings.child_coalesce_seconds)
+        self._pods_listed: dict[Key, datetime] = {}
+        """When each job's worker pods were last listed (spaces the looks for a stuck one)."""
         self.children = Children(self.kube, self.cache, self.gang, self.settings)
         self.status = StatusWriter(
             self.kube, self.cache, metrics, self.settings.count_update_seconds
@@ -151,6 +153,7 @@ class Reconciler:
         return True
 
     def _forget(self, key: Key) -> None:
+        self._pods_listed.pop(key, None)
         self._errors.reset(key)
         self._held.reset(key)
         self.status.forget(key)
@@ -263,7 +266,7 @@ class Reconciler:
             # A Job of an earlier object with the same name (deleted and re-created while
             # its children are still being garbage-collected): never ours, wait it out.
             job = replace(job, deleting=True, restart_count=-1, owned=False)
-        obs = Observed(now=now, job=job)
+        obs = Observed(now=now, job=job, pods_listed_at=self._pods_listed.get(key))
         timing = self.step_timing(key)
         storage = self.settings.default_storage
         decision = decide(view, obs, timing, storage)
@@ -282,6 +285,7 @@ class Reconciler:
         return obs, decision
 
     def _pods(self, key: Key, job: JobInfo) -> tuple[PodInfo, ...]:
+        self._pods_listed[key] = datetime.now(UTC)
         selector = f"{Label.JOB_CONTROLLER_UID}={job.uid}"
         pods = self.kube.list_items(
             "pods", self.kube.core.list_namespaced_pod, key[1], label_selector=selector

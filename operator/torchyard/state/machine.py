@@ -98,7 +98,7 @@ def decide(
         or _handle_failed_attempt(draft, job, obs.pods)
         or _wait_for_admission(draft, job)
         or _watch_for_stall(draft, job, timing)
-        or _track_workers(draft, job, obs.pods)
+        or _track_workers(draft, job, obs)
     )
 
 
@@ -471,9 +471,7 @@ def _note_kueue_admission(draft: StatusDraft, job: JobInfo) -> None:
         draft.status["startTime"] = rfc3339(draft.now)
 
 
-def _track_workers(
-    draft: StatusDraft, job: JobInfo, pods: tuple[PodInfo, ...] | None = None
-) -> Decision:
+def _track_workers(draft: StatusDraft, job: JobInfo, obs: Observed) -> Decision:
     """The attempt runs (or waits for its pods): Running once every worker is up; while one
     is not, its pods are looked at (:mod:`torchyard.state.startup`)."""
     _note_kueue_admission(draft, job)
@@ -492,7 +490,7 @@ def _track_workers(
         if was_restarting:
             draft.cond(ConditionType.RESTARTING, False, Reason.WORKERS_RUNNING, "group restarted")
         return draft.done()
-    message = startup.note_stuck_worker(draft, job, pods, f"{up}/{workers} workers ready")
+    message = startup.note_stuck_worker(draft, job, obs, f"{up}/{workers} workers ready")
     if status.get("phase") == Phase.RESTARTING:
         status["message"] = f"restarting: {message}"
     elif status.get("phase") == Phase.RUNNING:

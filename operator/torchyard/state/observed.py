@@ -190,6 +190,9 @@ class Observed:
     pods: tuple[PodInfo, ...] | None = None
     """Worker pods of the current attempt; None when not listed (see Decision.needs_pods)."""
     source: SourceInfo | None = None
+    pods_listed_at: datetime | None = None
+    """When this job's worker pods were last listed (the controller's memory; None: not since
+    it started): looks for a stuck worker are spaced by the clock, not by the Job's events."""
 
 
 @dataclass(frozen=True)

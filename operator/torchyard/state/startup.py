@@ -20,7 +20,7 @@ from typing import Final
 from torchyard.api.constants import ConditionType, Reason
 from torchyard.state.conditions import get_condition
 from torchyard.state.draft import StatusDraft
-from torchyard.state.observed import JobInfo, PodInfo
+from torchyard.state.observed import JobInfo, Observed, PodInfo
 
 RECHECK_SECONDS: Final = 10.0
 """How old an attempt is when its pods are first looked at, and the shortest wait between
@@ -59,21 +59,25 @@ def describe_stuck(pod: PodInfo) -> str:
     return f"{rank} cannot start: {pod.waiting_reason}{detail}"
 
 
-def note_stuck_worker(
-    draft: StatusDraft, job: JobInfo, pods: tuple[PodInfo, ...] | None, message: str
-) -> str:
+def note_stuck_worker(draft: StatusDraft, job: JobInfo, obs: Observed, message: str) -> str:
     """``message`` (the job's, while not every worker is up), with the stuck worker's cause
-    added and put in the Running condition when one is stuck. Without ``pods`` the decision
-    asks for them once ``job`` is :data:`RECHECK_SECONDS` old; the job is looked at again in
-    a third of its age, from :data:`RECHECK_SECONDS` to :data:`MAX_RECHECK_SECONDS` (a young
-    one when it turns :data:`RECHECK_SECONDS` old)."""
+    added and put in the Running condition when one is stuck. Without pods listed the
+    decision asks for them once ``job`` is :data:`RECHECK_SECONDS` old and the last look is
+    an interval ago — a third of the attempt's age, from :data:`RECHECK_SECONDS` to
+    :data:`MAX_RECHECK_SECONDS` — and the job is looked at again when the next one is due:
+    the Job's own events (its counts changing as pods are created) do not list them."""
     age = (draft.now - job.created).total_seconds() if job.created else RECHECK_SECONDS
-    draft.decision.recheck_after = min(max(RECHECK_SECONDS, age / 3), MAX_RECHECK_SECONDS)
+    interval = min(max(RECHECK_SECONDS, age / 3), MAX_RECHECK_SECONDS)
+    draft.decision.recheck_after = interval
+    pods = obs.pods
     if pods is None:
+        since = (draft.now - obs.pods_listed_at).total_seconds() if obs.pods_listed_at else None
         if age < RECHECK_SECONDS:
             draft.decision.recheck_after = RECHECK_SECONDS - age
-            return message
-        draft.decision.needs_pods = True
+        elif since is not None and since < interval:
+            draft.decision.recheck_after = interval - since
+        else:
+            draft.decision.needs_pods = True
         return message
     stuck = stuck_pod(pods)
     if stuck is None:
