@@ -94,16 +94,30 @@ def test_active_deadline_fails_the_job_and_stops_workers(
         assert condition(failed, ConditionType.FAILED)["reason"] == Reason.DEADLINE_EXCEEDED
         assert "activeDeadlineSeconds=4" in failed["status"]["message"]
         poll(lambda: not live_pods(kube, namespace, "digits-ddp"), what="workers stopped")
-        # the timer added our finalizer (not Kopf's default one)
-        finalizers = failed["metadata"].get("finalizers") or []
-        assert finalizers == ["torchyard.io/finalizer"]
-        # deleting it while the operator runs releases the finalizer
+        # the deadline is a timer of the operator's work queue: no finalizer on the job
+        assert not failed["metadata"].get("finalizers")
         kube.custom.delete_namespaced_custom_object(
             "torchyard.io", "v1alpha1", namespace, "trainingjobs", "digits-ddp"
         )
+        poll(lambda: get(kube, namespace, "TrainingJob", "digits-ddp") is None, what="deletion")
+
+
+def test_a_finalizer_of_the_earlier_lifetime_timers_is_removed(
+    kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    # Upgrading from a version whose Kopf timers put torchyard.io/finalizer on jobs with a
+    # deadline or TTL: nothing needs it now, and a job left with it could not be deleted.
+    body = _ddp(ttlSecondsAfterFinished=600)
+    body["metadata"]["finalizers"] = ["torchyard.io/finalizer"]
+    create(kube, namespace, body)
+    with running_operator(kube, namespace, tmp_path):
         poll(
-            lambda: get(kube, namespace, "TrainingJob", "digits-ddp") is None,
-            what="deletion past our finalizer",
+            lambda: (
+                not (get(kube, namespace, "TrainingJob", "digits-ddp") or {})
+                .get("metadata", {})
+                .get("finalizers")
+            ),
+            what="the old finalizer removed",
         )
 
 

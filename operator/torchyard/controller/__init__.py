@@ -5,11 +5,11 @@ Importing this package registers the handlers with Kopf's default registry:
 - ``on.event`` of TrainingJobs and CompressionJobs, and a lean watch of the batch Jobs we
   own (:mod:`torchyard.controller.jobwatch`), feed the reconciler's caches and work queue
   (:mod:`torchyard.controller.reconciler`); no handler here changes anything itself, so Kopf
-  writes no progress/diff-base annotations and adds no finalizer to ordinary jobs — no extra
-  PATCH per event;
-- ``timer`` (only on jobs with ``activeDeadlineSeconds`` or ``ttlSecondsAfterFinished``)
-  fires the deadline (a reconcile fails the job) and the TTL (the job is deleted, its
-  children follow by garbage collection);
+  writes no progress/diff-base annotations and adds no finalizer — no extra PATCH per event.
+  ``activeDeadlineSeconds`` and ``ttlSecondsAfterFinished`` are look-again timers of the
+  reconciler's work queue, not Kopf timers (which woke each such job every second); a
+  ``torchyard.io/finalizer`` that the Kopf timers of earlier versions added is removed by Kopf
+  on the job's next event, as no handler needs it;
 - ``on.startup`` applies the operator settings (:func:`configure`) and starts the batch Job
   watches; ``/healthz`` and ``/readyz`` are ours (:mod:`torchyard.controller.leader`), served
   before Kopf starts, so that a standby replica answers them too.
@@ -28,7 +28,6 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -47,21 +46,20 @@ from torchyard.controller.progress_server import BOOK, ProgressConfig, ProgressS
 from torchyard.controller.reconciler import Reconciler, Settings
 from torchyard.controller.stall_watch import start_stall_watch
 from torchyard.metrics import OperatorMetrics
-from torchyard.state import lifetime_due
 
 log = logging.getLogger("torchyard.operator")
 
 FINALIZER = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX = GROUP
-LIFETIME_TIMER_INTERVAL = 1.0
 KINDS = {TRAINING_JOB_PLURAL: "TrainingJob", COMPRESSION_JOB_PLURAL: "CompressionJob"}
 
 
 def configure(settings: kopf.OperatorSettings, *, peering: str | None = None) -> None:
     """Production settings (see docs/operator.md)."""
-    # Our own prefix for everything Kopf stores on objects: the finalizer (timers need one)
-    # and handler progress/diff-base in annotations — never in status, which stays
-    # schema-clean (the CRD's status schema has no room for Kopf's fields).
+    # Our own prefix for everything Kopf stores on objects: the finalizer (none is needed
+    # now; Kopf removes the one earlier versions' timers added) and handler
+    # progress/diff-base in annotations — never in status, which stays schema-clean (the
+    # CRD's status schema has no room for Kopf's fields).
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
@@ -189,49 +187,6 @@ async def _compression_job_event(
     event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     _reconciler(memo).observe_object("CompressionJob", _plain(body), event.get("type"))
-
-
-def _has_lifetime_policy(spec: kopf.Spec, **_: Any) -> bool:
-    policy = spec.get("runPolicy") or {}
-    return (
-        policy.get("activeDeadlineSeconds") is not None
-        or policy.get("ttlSecondsAfterFinished") is not None
-    )
-
-
-async def _lifetime(kind: str, body: kopf.Body, memo: kopf.Memo) -> None:
-    due = lifetime_due(_plain(body), datetime.now(UTC))
-    key = (kind, str(body.metadata.namespace), str(body.metadata.name))
-    r = _reconciler(memo)
-    if due == "deadline":
-        r.enqueue(key, 0.0)
-    elif due == "ttl":
-        from kubernetes import client
-
-        try:
-            deleted = await asyncio.to_thread(r.delete_object, key)
-        except client.ApiException as exc:
-            raise kopf.TemporaryError(f"could not delete after TTL: {exc.reason}", delay=5) from exc
-        if deleted:
-            log.info("%s %s/%s deleted: ttlSecondsAfterFinished passed", *key)
-
-
-@kopf.timer(
-    GROUP, VERSION, TRAINING_JOB_PLURAL, interval=LIFETIME_TIMER_INTERVAL, when=_has_lifetime_policy
-)
-async def _training_job_lifetime(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _lifetime("TrainingJob", body, memo)
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    COMPRESSION_JOB_PLURAL,
-    interval=LIFETIME_TIMER_INTERVAL,
-    when=_has_lifetime_policy,
-)
-async def _compression_job_lifetime(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _lifetime("CompressionJob", body, memo)
 
 
 def _api_client() -> Any:

@@ -29,7 +29,7 @@ from torchyard.state.conditions import (
 from torchyard.state.decision import Action, ActionKind, Decision, Event, status_patch
 from torchyard.state.draft import StatusDraft, worker_counts, worker_selector
 from torchyard.state.kueue import WorkloadStep, workload_step
-from torchyard.state.lifetime import deadline_at, lifetime_due, ttl_at
+from torchyard.state.lifetime import deadline_at, lifetime_due, lifetime_next, ttl_at
 from torchyard.state.machine import decide, decide_blocked, decide_failure
 from torchyard.state.observed import (
     JobInfo,
@@ -83,6 +83,7 @@ __all__ = [
     "decide_failure",
     "get_condition",
     "lifetime_due",
+    "lifetime_next",
     "parse_result",
     "parse_time",
     "pod_security_refusal",
