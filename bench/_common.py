@@ -57,6 +57,19 @@ def machine() -> str:
     return f"{platform.node()}: {os.cpu_count()} cores, {dev}, torch {tv}, Python {py}"
 
 
+def replace_doc_section(doc: Path, title: str, section: str) -> None:
+    """Put ``section`` (starting with its ``## title`` line) in place of the doc's section of
+    that title — up to the next ``## `` heading — or at the end when it has none yet."""
+    text = doc.read_text() if doc.exists() else ""
+    if title in text:
+        start = text.index(title)
+        nxt = text.find("\n## ", start + len(title))
+        text = text[:start] + section + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    doc.write_text(text)
+
+
 def write(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -54,6 +54,7 @@ os.environ.setdefault(
 sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import replace_doc_section  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 from operator_scale import PodWatch, _pct, _proc_stats, _start_operator  # noqa: E402
 
@@ -606,15 +607,7 @@ def section(data: dict[str, Any]) -> str:
 
 
 def write_doc(data: dict[str, Any]) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Operator scale benchmark\n"
-    title = section_title(data["jobs"], data["workers"])
-    if title in text:
-        start = text.index(title)
-        nxt = text.find("\n## ", start + len(title))
-        text = text[:start] + section(data) + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section(data)
-    DOC.write_text(text)
+    replace_doc_section(DOC, section_title(data["jobs"], data["workers"]), section(data))
 
 
 def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> float | None:

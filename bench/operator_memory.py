@@ -66,6 +66,7 @@ signal.signal(signal.SIGUSR2, _dump)
 sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import replace_doc_section  # noqa: E402
 from kubernetes import client  # noqa: E402
 from operator_scale import _manifest, _proc_stats, _rss_now, _start_operator  # noqa: E402
 
@@ -129,14 +130,7 @@ def section(data: dict[str, Any]) -> str:
 
 
 def write_doc(data: dict[str, Any]) -> None:
-    text = DOC.read_text()
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section(data) + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section(data)
-    DOC.write_text(text)
+    replace_doc_section(DOC, SECTION, section(data))
 
 
 def main() -> None:
