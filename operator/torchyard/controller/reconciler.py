@@ -268,7 +268,9 @@ class Reconciler:
             if self.delete_object(key):
                 log.info("%s %s/%s deleted: ttlSecondsAfterFinished passed", *key)
             return True
-        self.enqueue(key, max(wait, 0.0), movable=True)
+        # A deadline already past that decide() did not act on (a step before it settled the
+        # decision): look again each second, as the Kopf timer did, never in a tight loop.
+        self.enqueue(key, wait if wait > 0 else 1.0, movable=True)
         return False
 
     def _observe_and_decide(
