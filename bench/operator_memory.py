@@ -16,7 +16,7 @@ docs/benchmarks-operator.md. Only our operator: the empty Kopf operator has no T
 ``--tracemalloc``: where the memory is, not how much (tracing slows the operator and adds its
 own overhead, so the RSS figures of such a run are not comparable): the operator runs with
 ``PYTHONTRACEMALLOC`` and writes the top allocation sites (by size, 10-frame tracebacks) after
-each burst and at idle to bench/results/logs/memory-tracemalloc-<n>.txt.
+each burst, while its jobs are live and at idle to bench/results/logs/memory-tracemalloc.txt.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,31 @@ TTL_SECONDS = 5
 SITECUSTOMIZE = """
 import os, signal, tracemalloc
 
+def _census(out):
+    # TrainingJob bodies still alive (after a burst every job is deleted: each is a leak)
+    # and, for three of them, what holds them, three referrers deep.
+    import gc
+    bodies = [o for o in gc.get_objects() if type(o) is dict and o.get("kind") == "TrainingJob"
+              and isinstance(o.get("metadata"), dict)]
+    out.write(f"=== census: {len(bodies)} TrainingJob bodies alive\\n")
+    for body in bodies[:3]:
+        out.write(f"  body {body['metadata'].get('name')}\\n")
+        level = [body]
+        mine = {id(bodies), id(level)}
+        for depth in range(3):
+            refs = [r for o in level for r in gc.get_referrers(o)
+                    if id(r) not in mine and type(r).__name__ != "frame"]
+            mine.add(id(refs))
+            out.write(f"    {depth}: " + ", ".join(
+                f"{type(r).__module__}.{type(r).__qualname__}" for r in refs[:6]) + "\\n")
+            level = refs[:3]
+            mine.add(id(level))
+
 def _dump(signum, frame):
+    with open(os.environ["TORCHYARD_TRACEMALLOC_OUT"], "a") as out:
+        _census(out)
+    if not tracemalloc.is_tracing():
+        return
     snap = tracemalloc.take_snapshot().filter_traces(
         [tracemalloc.Filter(False, tracemalloc.__file__)]
     )
@@ -81,9 +106,18 @@ def _left(custom: Any, ns: str) -> int:
     return len(page["items"]) + int(page["metadata"].get("remainingItemCount") or 0)
 
 
-def burst(custom: Any, ns: str, k: int, jobs: int, workers: int, timeout: float) -> float:
-    """Submit ``jobs`` jobs whose pods complete (no hold) and wait until the operator has
-    deleted them all. Seconds taken; raises if they are not gone in ``timeout``."""
+def burst(
+    custom: Any,
+    ns: str,
+    k: int,
+    jobs: int,
+    workers: int,
+    timeout: float,
+    on_submitted: Callable[[], None] = lambda: None,
+) -> float:
+    """Submit ``jobs`` jobs whose pods complete (no hold), call ``on_submitted`` (the jobs are
+    live then) and wait until the operator has deleted them all. Seconds taken; raises if they
+    are not gone in ``timeout``."""
 
     def submit(i: int) -> None:
         body = _manifest(f"b{k}-j{i:04d}", workers, TTL_SECONDS)
@@ -93,6 +127,7 @@ def burst(custom: Any, ns: str, k: int, jobs: int, workers: int, timeout: float)
     t0 = time.time()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(submit, range(jobs)))
+    on_submitted()
     deadline = time.monotonic() + timeout
     while (left := _left(custom, ns)) and time.monotonic() < deadline:
         time.sleep(2.0)
@@ -142,6 +177,11 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per burst")
     p.add_argument("--render", action="store_true", help="only rewrite the doc section")
     p.add_argument("--tracemalloc", action="store_true", help="allocation sites, not figures")
+    p.add_argument(
+        "--census-only",
+        action="store_true",
+        help="with --tracemalloc: only count live TrainingJob bodies and their holders",
+    )
     args = p.parse_args()
     if args.render:
         write_doc(json.loads(RESULTS.read_text()))
@@ -169,7 +209,8 @@ def main() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(
             [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
-        os.environ["PYTHONTRACEMALLOC"] = "10"
+        if not args.census_only:
+            os.environ["PYTHONTRACEMALLOC"] = "10"
         os.environ["TORCHYARD_TRACEMALLOC_OUT"] = str(trace_out)
     proc, _port = _start_operator("torchyard", ns, cluster.kubeconfig, log_dir / "memory.log")
 
@@ -185,7 +226,7 @@ def main() -> None:
         load0 = round(os.getloadavg()[0], 2)
         snapshot()
         for k in range(1, args.bursts + 1):
-            seconds = burst(custom, ns, k, args.jobs, args.workers, args.timeout)
+            seconds = burst(custom, ns, k, args.jobs, args.workers, args.timeout, snapshot)
             time.sleep(5.0)  # the operator forgets a job on its delete event
             cpu, peak = _proc_stats(proc.pid)
             bursts.append(
