@@ -49,7 +49,9 @@ HOLD = "kwok.torchyard.io/hold"
 TTL_SECONDS = 5  # --finish: finished jobs are deleted this long after they finished
 
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import replace_doc_section  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 
 import torchyard_devcluster as devcluster  # noqa: E402
@@ -642,15 +644,7 @@ def scale_section(results: list[dict[str, Any]]) -> str:
 
 def render_scale(paths: list[Path]) -> None:
     results = [json.loads(p.read_text()) for p in paths if p.exists()]
-    text = DOC.read_text()
-    section = scale_section(results)
-    if SCALE_SECTION in text:
-        start = text.index(SCALE_SECTION)
-        nxt = text.find("\n## ", start + len(SCALE_SECTION))
-        text = text[:start] + section + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    DOC.write_text(text)
+    replace_doc_section(DOC, SCALE_SECTION, scale_section(results))
 
 
 def _median_run(runs: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
