@@ -158,6 +158,38 @@ def test_the_tee_archives_the_process_and_its_children_and_keeps_the_console(
     assert rec.reason == "failed"
 
 
+SPLIT_LINES_SCRIPT = textwrap.dedent(
+    """
+    import os, time
+    from torchyard_trainer.logtee import archived_output
+    with archived_output(os.environ) as archive:
+        os.write(1, b"out-start ")  # half a line; the other stream speaks before its end
+        time.sleep(0.3)
+        os.write(2, b"err-line\\n")
+        time.sleep(0.3)
+        os.write(1, b"out-end\\n")
+        os.write(1, b"no end at exit")
+        archive.ended(0)
+    """
+)
+
+
+def test_the_two_streams_never_split_each_others_lines_in_the_archive(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"spec": {"output": {"storage": f"file://{tmp_path}/store"}}}))
+    env = {**os.environ, "TORCHYARD_SPEC": str(spec), "TORCHYARD_JOB_NAME": "split"}
+    done = subprocess.run(
+        [sys.executable, "-c", SPLIT_LINES_SCRIPT], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"out-start out-end\nno end at exit"  # the console is not held back
+    text = logarchive.read_log(tmp_path / "store" / ".logs" / "default" / "split", 0, 0)
+    assert text is not None
+    assert b"out-start out-end\n" in text
+    assert b"err-line\n" in text
+    assert text.endswith(b"no end at exit")
+
+
 def test_without_a_job_or_with_a_zero_bound_nothing_is_archived(tmp_path: Path) -> None:
     from torchyard_trainer.logtee import archive_for
 

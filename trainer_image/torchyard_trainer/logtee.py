@@ -192,12 +192,25 @@ class Tee:
             self.threads.append(t)
 
     def _pump(self, read: int, original: int) -> None:
+        # stdout and stderr share one archive file: a pump hands it whole lines only, or a
+        # line read in two pieces would have the other stream's lines spliced into it. The
+        # console gets every chunk at once; a line without an end goes to the archive when
+        # the pipe closes or once it is a chunk long.
+        partial = b""
         while chunk := os.read(read, PIPE_CHUNK):
             with contextlib.suppress(OSError):  # a closed console must not stop the archive
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(original, view) :]
-            self.sink.write(chunk)
+            partial += chunk
+            end = max(partial.rfind(b"\n"), partial.rfind(b"\r")) + 1
+            if end == 0 and len(partial) >= PIPE_CHUNK:
+                end = len(partial)
+            if end:
+                self.sink.write(partial[:end])
+                partial = partial[end:]
+        if partial:
+            self.sink.write(partial)
         os.close(read)
 
     def stop(self) -> None:
