@@ -8,6 +8,7 @@ from prometheus_client import generate_latest
 
 from torchyard.controller import FINALIZER, configure
 from torchyard.controller.gang import choose_gang
+from torchyard.controller.modelversions import has_model_to_record
 from torchyard.metrics import OperatorMetrics
 
 ALL = {"kueue.x-k8s.io", "scheduling.volcano.sh", "scheduling.x-k8s.io"}
@@ -72,6 +73,29 @@ def test_settings_use_our_prefix_not_kopfs() -> None:
     configure(settings, peering="torchyard")
     assert settings.peering.standalone is False
     assert settings.peering.name == "torchyard"
+
+
+def test_no_diff_base_is_built_for_kinds_that_have_only_event_handlers() -> None:
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    diffbase = settings.persistence.diffbase_storage
+    spec = {"spec": {"model": {"name": "m"}, "replicas": 2}}
+    job = {"apiVersion": "torchyard.io/v1alpha1", "kind": "TrainingJob", "metadata": {}, **spec}
+    version = {**job, "kind": "ModelVersion"}
+    other = {**job, "apiVersion": "example.com/v1"}  # our kind's name, someone else's group
+    assert diffbase.build(body=kopf.Body(job)) == {}
+    assert diffbase.build(body=kopf.Body({**job, "kind": "CompressionJob"})) == {}
+    # ModelVersions have on.delete and a timer: Kopf needs their real diff base
+    assert diffbase.build(body=kopf.Body(version))["spec"] == spec["spec"]
+    assert diffbase.build(body=kopf.Body(other))["spec"] == spec["spec"]
+
+
+def test_only_a_succeeded_job_with_a_model_is_recorded() -> None:
+    model = {"name": "digits", "uri": "pvc://models/digits/v1", "version": 1}
+    assert has_model_to_record({"status": {"phase": "Succeeded", "model": model}})
+    assert not has_model_to_record({"status": {"phase": "Running", "model": model}})
+    assert not has_model_to_record({"status": {"phase": "Succeeded", "model": {"name": "d"}}})
+    assert not has_model_to_record({})
 
 
 def test_compression_report_series_go_with_the_job() -> None:

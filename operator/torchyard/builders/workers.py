@@ -44,6 +44,7 @@ Manifest = dict[str, Any]
 GangMode = Literal["volcano", "coscheduling", "kueue", "none"]
 
 SPEC_FILE = "spec.yaml"
+_SAFE_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 # torchrun itself, through a wrapper that keeps the failed rank's exit code (plain torchrun
 # exits 1 for any failure, which would make an OOM kill look like a permanent user error).
 DEFAULT_COMMAND = ("python", "-m", "torchyard_trainer.launch", "-m", "torchyard_trainer")
@@ -325,7 +326,9 @@ def build_spec_configmap(job: TrainingJob | CompressionJob, w: Workload) -> Mani
             "namespace": w.namespace,
             "labels": _common_labels(w),
         },
-        "data": {SPEC_FILE: yaml.safe_dump(resolved, sort_keys=False)},
+        # libyaml's emitter where PyYAML has it: the pure-Python one was a tenth of the
+        # operator's CPU in a 2,000-job burst (the same YAML, read back by safe_load).
+        "data": {SPEC_FILE: yaml.dump(resolved, Dumper=_SAFE_DUMPER, sort_keys=False)},
     }
 
 

@@ -18,11 +18,11 @@ from urllib.parse import quote
 
 import urllib3
 from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
 
-_JSON = "application/json"
-# Object patches of built-in types use strategic merge (what CoreV1Api sends for a dict body).
-_STRATEGIC = "application/strategic-merge-patch+json"
+from torchyard.controller.rawapi import JSON, STRATEGIC_MERGE, request, selectors
+
+_JSON = JSON
+_STRATEGIC = STRATEGIC_MERGE
 
 
 class CoreV1:
@@ -44,28 +44,15 @@ class CoreV1:
         _request_timeout: Any = None,
         **_: Any,
     ) -> urllib3.BaseHTTPResponse:
-        query = [
-            (k, v)
-            for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector))
-            if v is not None
-        ]
-        headers = {"Accept": _JSON}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        request = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query,
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
+        return request(
+            self.api,
+            method,
+            path,
+            body,
+            content_type=content_type,
+            query=selectors(label_selector, field_selector),
+            _request_timeout=_request_timeout,
         )
-        response = self.api.call_api(*request, _request_timeout=_request_timeout)
-        if not 200 <= response.status <= 299:
-            response.read()  # type: ignore[no-untyped-call]
-            raise ApiException.from_response(http_resp=response, body=None, data=None)
-        raw: urllib3.BaseHTTPResponse = response.response
-        return raw
 
     @staticmethod
     def _path(namespace: str, plural: str, name: str | None = None) -> str:

@@ -14,6 +14,7 @@ import urllib3
 from kubernetes import client
 
 from torchyard.controller.corev1 import CoreV1
+from torchyard.controller.rawapi import BatchV1, CustomObjects
 from torchyard.metrics import OperatorMetrics
 from torchyard.state import Refusal
 
@@ -56,9 +57,10 @@ class Kube:
         self.api = api
         # Not the generated CoreV1Api: its module alone is ~20 MiB of RSS (corev1.py).
         self.core = CoreV1(api)
-        # Typed as Any: the manifests are plain dicts, which the client accepts as bodies.
-        self.batch: Any = client.BatchV1Api(api)
-        self.custom: Any = client.CustomObjectsApi(api)
+        # Not the generated BatchV1Api/CustomObjectsApi either: they validate every dict body
+        # into typed models and back (rawapi.py). Typed as Any: bodies are plain dicts.
+        self.batch: Any = BatchV1(api)
+        self.custom: Any = CustomObjects(api)
         self.metrics = metrics
 
     def call(self, verb: str, resource: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
