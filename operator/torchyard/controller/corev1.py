@@ -17,42 +17,20 @@ from typing import Any
 from urllib.parse import quote
 
 import urllib3
-from kubernetes.client import ApiClient
 
-from torchyard.controller.rawapi import JSON, STRATEGIC_MERGE, request, selectors
-
-_JSON = JSON
-_STRATEGIC = STRATEGIC_MERGE
+from torchyard.controller.rawapi import STRATEGIC_MERGE, RawApi
 
 
-class CoreV1:
+class CoreV1(RawApi):
     """core/v1, raw answers; unknown keyword arguments of the generated API are accepted and
     ignored except ``label_selector``, ``field_selector`` and ``_request_timeout``."""
 
-    def __init__(self, api: ApiClient) -> None:
-        self.api = api
-
     def _request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        content_type: str = _JSON,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        _request_timeout: Any = None,
-        **_: Any,
+        self, method: str, path: str, body: Any = None, **kw: Any
     ) -> urllib3.BaseHTTPResponse:
-        return request(
-            self.api,
-            method,
-            path,
-            body,
-            content_type=content_type,
-            query=selectors(label_selector, field_selector),
-            _request_timeout=_request_timeout,
-        )
+        kw["_preload_content"] = False  # always raw: the callers read .data themselves
+        raw: urllib3.BaseHTTPResponse = self._call(method, path, body, **kw)
+        return raw
 
     @staticmethod
     def _path(namespace: str, plural: str, name: str | None = None) -> str:
@@ -68,7 +46,7 @@ class CoreV1:
 
     def patch_namespaced_config_map(self, name: str, namespace: str, body: Any, **kw: Any) -> Any:
         path = self._path(namespace, "configmaps", name)
-        return self._request("PATCH", path, body, content_type=_STRATEGIC, **kw)
+        return self._request("PATCH", path, body, content_type=STRATEGIC_MERGE, **kw)
 
     # Services
     def create_namespaced_service(self, namespace: str, body: Any, **kw: Any) -> Any:
@@ -91,7 +69,7 @@ class CoreV1:
 
     def patch_namespaced_pod(self, name: str, namespace: str, body: Any, **kw: Any) -> Any:
         path = self._path(namespace, "pods", name)
-        return self._request("PATCH", path, body, content_type=_STRATEGIC, **kw)
+        return self._request("PATCH", path, body, content_type=STRATEGIC_MERGE, **kw)
 
     def delete_namespaced_pod(self, name: str, namespace: str, **kw: Any) -> Any:
         return self._request("DELETE", self._path(namespace, "pods", name), **kw)

@@ -70,7 +70,10 @@ def _segment(value: str) -> str:
     return quote(value, safe="")  # a name never escapes its path segment
 
 
-class _Api:
+class RawApi:
+    """Calls on the client's ``ApiClient``: the answer parsed, or the raw response where the
+    caller passes ``_preload_content=False``."""
+
     def __init__(self, api: ApiClient) -> None:
         self.api = api
 
@@ -99,7 +102,7 @@ class _Api:
         return json.loads(raw.data) if _preload_content else raw
 
 
-class BatchV1(_Api):
+class BatchV1(RawApi):
     """batch/v1 Jobs."""
 
     @staticmethod
@@ -121,7 +124,7 @@ class BatchV1(_Api):
         return self._call("DELETE", self._path(namespace, name), body, **kw)
 
 
-class CustomObjects(_Api):
+class CustomObjects(RawApi):
     """Namespaced custom objects (our own kinds, Volcano PodGroups, Kueue Workloads)."""
 
     @staticmethod
@@ -190,6 +193,7 @@ __all__ = [
     "STRATEGIC_MERGE",
     "BatchV1",
     "CustomObjects",
+    "RawApi",
     "request",
     "selectors",
 ]
