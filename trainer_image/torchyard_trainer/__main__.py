@@ -83,22 +83,26 @@ def run(env: WorkerEnv) -> dict[str, Any]:
 
 
 def _write_failure(env: WorkerEnv, code: int, exc: BaseException) -> None:
-    if env.rank != 0:
-        return
+    """Rank 0's failure result. An invalid job (exit 2) is found alike by every rank, and
+    torchrun's agent stops the group at the first rank to exit: when that is not rank 0, rank
+    0 is stopped before it writes, and the reason would be lost. So another rank writes an
+    invalid job's result too, where none is there yet, and only by an atomic replace (never
+    in place: ``/dev/termination-log`` is rank 0's alone)."""
     from torchyard_trainer.artifacts import write_result
 
+    result = {
+        "status": "Failed",
+        "exitCode": code,
+        "retryable": code >= ExitCode.SIGNALS_FROM,
+        "reason": type(exc).__name__,
+        "message": str(exc)[:2500],  # the termination message holds 4 KiB
+        "restarts": env.restart_count,
+    }
     with contextlib.suppress(OSError):
-        write_result(
-            env.result_file,
-            {
-                "status": "Failed",
-                "exitCode": code,
-                "retryable": code >= ExitCode.SIGNALS_FROM,
-                "reason": type(exc).__name__,
-                "message": str(exc)[:2500],  # the termination message holds 4 KiB
-                "restarts": env.restart_count,
-            },
-        )
+        if env.rank == 0:
+            write_result(env.result_file, result)
+        elif code == ExitCode.CONFIG and not env.result_file.exists():
+            write_result(env.result_file, result, in_place=False)
 
 
 def main() -> int:
