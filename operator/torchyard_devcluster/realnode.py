@@ -182,6 +182,13 @@ def teardown(state_dir: Path, *, drain_timeout: float = 60.0) -> list[str]:
     with contextlib.suppress(Exception):
         _drain(state_dir, state, drain_timeout)
     for p in reversed(state.processes):
+        if p.name.startswith("containerd-") and procs.alive(p):
+            # The kubelet is stopped (it was started after this containerd): clear the
+            # containers, keep the images (realstart.keep_image_store below).
+            node = next((n for n in state.nodes if p.name == f"containerd-{n.name}"), None)
+            if node is not None:
+                with contextlib.suppress(Exception):
+                    realstart.forget_containers(node)
         procs.stop(p, grace=15.0)
     proxy = node_bin_dir() / "kube-proxy"
     if proxy.is_file():
@@ -198,6 +205,9 @@ def teardown(state_dir: Path, *, drain_timeout: float = 60.0) -> list[str]:
     realclean.clean_iptables()
     left = realclean.leftovers(state.nodes)
     if not any(line.startswith("mount ") for line in left):
+        for node in state.nodes:
+            with contextlib.suppress(OSError):
+                realstart.keep_image_store(node)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(state.run, ignore_errors=True)
         with contextlib.suppress(OSError):

@@ -7,13 +7,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from torchyard_devcluster import certs, ociimage, procs, realclean
+from torchyard_devcluster import certs, ociimage, paths, procs, realclean
 from torchyard_devcluster.realconfig import (
     CGROUP_V1_CONTROLLERS,
     REAL_NODE_LABEL,
@@ -133,6 +134,55 @@ def ctr_import(node: RealNode, archive: Path) -> None:
     sh(["ctr", "--address", str(node.socket), "-n", "k8s.io", "images", "import", str(archive)])
 
 
+# --- the image store kept between clusters -----------------------------------------------------
+
+
+def containerd_root(node: RealNode) -> Path:
+    return node.base / "containerd" / "root"
+
+
+def image_store(node: RealNode) -> Path:
+    """Where node ``i``'s containerd root waits between ``dev-cluster down`` and the next ``up``:
+    the images it pulled (the CPU trainer's ~5 GB among them) stay, as on a real node that
+    reboots, instead of being pulled and unpacked again by every new cluster."""
+    return paths.cache_dir() / "real-node-images" / f"node-{node.index}"
+
+
+def restore_image_store(node: RealNode) -> bool:
+    """Move the kept store back in as the node's containerd root (before containerd starts)."""
+    store, root = image_store(node), containerd_root(node)
+    if not store.is_dir() or root.exists():
+        return False
+    root.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(store, root)  # a rename: the cache and the cluster's state share a filesystem
+    return True
+
+
+def forget_containers(node: RealNode) -> None:
+    """Delete every container (and its snapshot) of the node's CRI namespace, keeping images: run
+    at teardown while containerd still answers and the kubelet is stopped, so the kept store
+    holds no sandbox that the next kubelet would find without its pod."""
+    ctr = ["ctr", "--address", str(node.socket), "-n", "k8s.io"]
+    for task in sh([*ctr, "tasks", "ls", "-q"], check=False).stdout.split():
+        sh([*ctr, "tasks", "kill", "--signal", "SIGKILL", task], check=False)
+        sh([*ctr, "tasks", "delete", "--force", task], check=False)
+    ids = sh([*ctr, "containers", "ls", "-q"], check=False).stdout.split()
+    if ids:
+        sh([*ctr, "containers", "delete", *ids], check=False)
+
+
+def keep_image_store(node: RealNode) -> None:
+    """After teardown (nothing mounted under the node any more): the containerd root becomes
+    the kept store, replacing the previous one."""
+    root, store = containerd_root(node), image_store(node)
+    if not root.is_dir():
+        return
+    if store.exists():
+        shutil.rmtree(store, ignore_errors=True)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(root, store)
+
+
 # --- processes --------------------------------------------------------------------------------
 
 
@@ -167,6 +217,7 @@ def start_containerd(state: RealState, node: RealNode, cni_bin: str, logs: Path)
     (node.base / "net.d" / "10-torchyard.conflist").write_text(json.dumps(cni_conflist(node)))
     pause = pause_ref(node_versions()["PAUSE_VERSION"])
     conf.write_text(containerd_config(node, cni_bin_dir=cni_bin, pause_image=pause))
+    restore_image_store(node)
     p = _launch(state, f"containerd-{node.name}", ["containerd", f"--config={conf}"], logs)
     version = ["ctr", "--address", str(node.socket), "version"]
     _wait(p, "socket answers", lambda: sh(version, check=False).returncode == 0, 60)

@@ -1,9 +1,10 @@
 """Fixtures for the ``real`` tier: pods run by a real kubelet + containerd on this machine
 (``torchyard dev-cluster up --real-nodes N``, see docs/dev-cluster.md "Real nodes").
 
-Opt-in for now: every test here is skipped unless ``TORCHYARD_REAL=1`` (needs root, Debian's
-containerd/runc/containernetworking-plugins and busybox-static, and builds kubelet, kube-proxy
-and CoreDNS on first use).
+Every test here is skipped unless ``TORCHYARD_REAL=1``, which ``make test`` sets when run as root
+(real nodes need it) after ``hack/real-setup.sh`` has installed Debian's
+containerd/runc/containernetworking-plugins/busybox-static/Docker/skopeo, built the node
+binaries and pushed the images to the local registry.
 
 - ``real_cluster`` (session): its own dev cluster (state ``~/.cache/torchyard/dev-cluster-real``,
   or ``TORCHYARD_REAL_CLUSTER_DIR``) with no KWOK nodes and one real node, its API server
@@ -51,7 +52,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.real)
     if os.environ.get("TORCHYARD_REAL") == "1":
         return
-    skip = pytest.mark.skip(reason="real-node tier is opt-in: set TORCHYARD_REAL=1 (needs root)")
+    skip = pytest.mark.skip(
+        reason="real-node tier: needs root and TORCHYARD_REAL=1 (make test sets it as root)"
+    )
     for item in mine:
         item.add_marker(skip)
 
@@ -61,8 +64,48 @@ def real_state_dir() -> Path:
     return Path(override) if override else paths.cache_dir() / "dev-cluster-real"
 
 
+#: How long the tier waits for ``make test``'s background ``hack/real-setup.sh`` (from an empty
+#: cache: Docker, the images, the node binaries; the other tiers ran meanwhile).
+REAL_SETUP_TIMEOUT_S = 75 * 60
+
+
+def wait_for_real_setup(
+    status_path: str | None, timeout: float = REAL_SETUP_TIMEOUT_S, poll: float = 5.0
+) -> None:
+    """Wait for the background setup that ``make test`` started (its status file: ``starting``,
+    ``running PID``, ``ok``, ``failed RC``); fail with its log's tail when it failed or died.
+    Without ``TORCHYARD_REAL_SETUP_STATUS`` (a run by hand) there is nothing to wait for."""
+    if not status_path:
+        return
+    status = Path(status_path)
+    log = status.with_suffix(".log")
+    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+
+    def read() -> list[str]:
+        return status.read_text().split() if status.exists() else []
+
+    while True:
+        words = read()
+        state = words[0] if words else "missing"
+        if state == "ok":
+            return
+        alive = state == "running" and len(words) > 1 and Path(f"/proc/{words[1]}").exists()
+        early = state == "starting" and time.monotonic() - started < 60
+        if state == "failed" or not (alive or early) or time.monotonic() > deadline:
+            time.sleep(min(poll, 1.0))  # it may have just written its last word
+            if read()[:1] == ["ok"]:
+                return
+            lines = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
+            pytest.fail(
+                f"hack/real-setup.sh: {' '.join(read()) or state} (log {log}):\n" + "\n".join(lines)
+            )
+        time.sleep(poll)
+
+
 @pytest.fixture(scope="session")
 def real_cluster() -> Iterator[devcluster.DevCluster]:
+    wait_for_real_setup(os.environ.get("TORCHYARD_REAL_SETUP_STATUS"))
     sdir = real_state_dir()
     c = devcluster.up(nodes=0, state_dir=sdir, pod_network=True)
     if not c.pod_network and not cluster_mod.other_users(sdir):

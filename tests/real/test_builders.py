@@ -8,9 +8,10 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
 import yaml
 
-from torchyard_devcluster import ociimage, realclean, realconfig
+from torchyard_devcluster import ociimage, realclean, realconfig, realstart
 from torchyard_devcluster.realconfig import RealNode
 
 
@@ -141,3 +142,32 @@ def test_mounts_under_a_prefix_deepest_first() -> None:
         "/s/real/node-0/k/pods/x y",
         "/s/real/node-0/k",
     ]
+
+
+def test_the_image_store_outlives_the_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dev-cluster down`` keeps the node's containerd root (its images) in the cache and the
+    next ``up`` starts containerd on it, so a 5 GB image is pulled once, not per cluster."""
+    monkeypatch.setenv("TORCHYARD_CACHE", str(tmp_path / "cache"))
+    node = _node(tmp_path)
+    root = realstart.containerd_root(node)
+    blob = Path("io.containerd.content.v1.content/blobs/sha256/ab")
+    (root / blob).parent.mkdir(parents=True)
+    (root / blob).write_bytes(b"layer")
+    assert not realstart.restore_image_store(node)  # nothing kept yet
+
+    realstart.keep_image_store(node)
+    store = realstart.image_store(node)
+    assert store.is_relative_to(tmp_path / "cache")
+    assert not root.exists()
+    assert (store / blob).read_bytes() == b"layer"
+
+    assert realstart.restore_image_store(node)
+    assert (root / blob).read_bytes() == b"layer"
+    assert not store.exists()
+
+    # A newer root replaces the kept one; a root already in place is never overwritten.
+    (root / blob).write_bytes(b"newer")
+    realstart.keep_image_store(node)
+    root.mkdir(parents=True)
+    assert not realstart.restore_image_store(node)
+    assert (store / blob).read_bytes() == b"newer"

@@ -58,18 +58,50 @@ def test_upstream_bases_stay_the_defaults(dockerfile: str) -> None:
     assert defaults["PIP_SOURCE"] == "index"
 
 
+def _ancestry(stages: list[str], stage: str) -> list[str]:
+    """``stage`` and every stage it is built FROM, by name (``base-${VARIANT}`` matches each
+    ``base-*``), up to the external bases (``${PYTHON_IMAGE}``)."""
+    named = {m.group(1): s for s in stages if (m := re.match(r"FROM\s+\S+\s+AS\s+(\S+)", s))}
+    out, todo = [], [stage]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        parent = current.split()[1]
+        if parent.startswith("${"):  # a base image given by build arg: not a stage
+            continue
+        pattern = re.compile(re.sub(r"\\\$\\\{\w+\\\}", ".+", re.escape(parent)) + "$")
+        todo += [s for name, s in named.items() if pattern.match(name) and s not in out]
+    return out
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_wheelhouse_stays_out_of_the_final_image(dockerfile: str) -> None:
-    """Wheels are copied into a build stage only; the final stage copies the installed venv."""
+    """Wheels reach a build stage only (copied or bind-mounted); no stage the final image is
+    built from holds them, and the final stage copies our build in."""
     stages = _stages((REPO / dockerfile).read_text())
     final = stages[-1]
     assert re.match(r"FROM\s+\S+\s*$", final.splitlines()[0]), "final stage must be unnamed"
-    assert "wheelhouse" not in final
     assert re.findall(r"^COPY --from=build ", final, re.M)
     copying = [s for s in stages if re.search(r"^COPY wheelhouse/ /wheels/", s, re.M)]
     assert len(copying) == 1
-    assert copying[0].startswith(f"FROM {stages[-1].split()[1]} AS wheels-wheelhouse")
+    assert re.match(r"FROM\s+\S+\s+AS\s+wheels-wheelhouse\s*$", copying[0].splitlines()[0])
+    for stage in _ancestry(stages, final):
+        assert "wheelhouse/" not in stage, stage.splitlines()[0]
+        assert not re.search(r"^COPY --from=wheels", stage, re.M), stage.splitlines()[0]
     assert "!wheelhouse/" in (REPO / ".dockerignore").read_text().splitlines()
+
+
+def test_trainer_venv_is_written_once() -> None:
+    """The trainer's final image starts from the stage that installs /opt/venv (its wheels
+    bind-mounted): a ``COPY --from=… /opt/venv`` would write the ~5 GB venv a second time."""
+    stages = _stages((REPO / "trainer_image/Dockerfile").read_text())
+    final = stages[-1]
+    assert not re.search(r"^COPY --from=\S+ /opt/venv", final, re.M)
+    venv_stage = [s for s in stages if "python3 -m venv /opt/venv" in s]
+    assert len(venv_stage) == 1
+    assert final.split()[1] == venv_stage[0].split()[3]
+    installs = re.findall(r"^RUN (--mount=\S+)", venv_stage[0], re.M)
+    assert installs == ["--mount=type=bind,from=wheels,source=/wheels,target=/wheels"] * 2
 
 
 def _torch_index(variant: str, cuda_version: str) -> str:
