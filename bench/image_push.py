@@ -208,7 +208,8 @@ def render(out: dict[str, Any]) -> None:
         f"zstd ÷ gzip (medians): push **{ratios['push_s']}×**, pull + unpack "
         f"**{ratios['pull_and_unpack_s']}×**, compressed size {ratios['compressed_mb']}×.",
     ]
-    lines += [f"- {n}" for n in out["notes"]]
+    if out["notes"]:
+        lines += [""] + [f"- {n}" for n in out["notes"]]
     title = "## Image push and pull: docker push (gzip) vs skopeo (zstd)"
     replace_doc_section(
         ROOT / "docs" / "benchmarks.md", title, title + "\n\n" + "\n".join(lines) + "\n"

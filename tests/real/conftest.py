@@ -6,12 +6,13 @@ Every test here is skipped unless ``TORCHYARD_REAL=1``, which ``make test`` sets
 containerd/runc/containernetworking-plugins/busybox-static/Docker/skopeo, built the node
 binaries and pushed the images to the local registry.
 
-- ``real_cluster`` (session): its own dev cluster (state ``~/.cache/torchyard/dev-cluster-real``,
-  or ``TORCHYARD_REAL_CLUSTER_DIR``) with no KWOK nodes and one real node, its API server
-  reachable from pods (``pod_network``), reused when running;
-  stopped at the end, real node and all, unless this session did not start it or
-  ``TORCHYARD_KEEP_CLUSTER=1``.
-- ``busybox_image`` (session): ``torchyard.local/busybox:1`` - Debian's static busybox in a
+- ``real_cluster`` (package): its own dev cluster (state
+  ``~/.cache/torchyard/dev-cluster-real``, or ``TORCHYARD_REAL_CLUSTER_DIR``) with no KWOK nodes
+  and one real node, its API server reachable from pods (``pod_network``), reused when running;
+  stopped when tests/real is done (not at the end of the session: the node, its pods and the
+  chart's operator would otherwise run beside the tiers after it), real node and all, unless
+  this session did not start it or ``TORCHYARD_KEEP_CLUSTER=1``.
+- ``busybox_image`` (package): ``torchyard.local/busybox:1`` - Debian's static busybox in a
   ``FROM scratch`` OCI image, imported into the real nodes' containerd (no registry, no Docker).
 - ``namespace`` (function): a fresh namespace, deleted after.
 """
@@ -103,7 +104,7 @@ def wait_for_real_setup(
         time.sleep(poll)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def real_cluster() -> Iterator[devcluster.DevCluster]:
     wait_for_real_setup(os.environ.get("TORCHYARD_REAL_SETUP_STATUS"))
     sdir = real_state_dir()
@@ -123,14 +124,14 @@ def real_cluster() -> Iterator[devcluster.DevCluster]:
             devcluster.down(state_dir=sdir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kube(real_cluster: devcluster.DevCluster) -> Iterator[Kube]:
     k = Kube.connect(real_cluster)
     yield k
     k.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def busybox_image(
     real_cluster: devcluster.DevCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
@@ -202,7 +203,7 @@ def _registry_image(ref: str) -> str:
     return f"{ref.rpartition(':')[0]}@{digest}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def operator_image(real_cluster: devcluster.DevCluster) -> str:
     """The operator image, pulled by the real node from the local registry."""
     return _registry_image(OPERATOR_REF)
@@ -215,7 +216,7 @@ def operator_image(real_cluster: devcluster.DevCluster) -> str:
 TRAINER_IMPORTED = os.environ.get("TORCHYARD_REAL_TRAINER_IMPORTED") == "1"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def trainer_image(real_cluster: devcluster.DevCluster) -> str:
     """The trainer image (CPU variant), pulled by the real node from the local registry."""
     return TRAINER_REF if TRAINER_IMPORTED else _registry_image(TRAINER_REF)
@@ -230,7 +231,7 @@ def trainer_ref() -> str:
     return f"{TRAINER_REF.rpartition(':')[0]}@{digest}" if digest else TRAINER_REF
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def release(
     real_cluster: devcluster.DevCluster, kube: Kube, operator_image: str
 ) -> Iterator[jobkit.Release]:
