@@ -17,7 +17,7 @@ run: venv
 
 # The real-node tier (tests/real) runs where it can: as root (Docker, bridges, iptables,
 # cgroups, mounts); elsewhere it is skipped, and pytest says why. Its setup (Debian packages,
-# images, registry, node binaries: ~20 min from an empty cache) runs in the background while
+# images, registry, node binaries: 13 min from an empty cache) runs in the background while
 # the chart, cluster and end-to-end tiers run (they mostly wait on the control plane); the
 # real tier's first fixture waits for it (tests/real/conftest.py, wait_for_real_setup).
 ifeq ($(shell id -u),0)
