@@ -76,6 +76,12 @@ class RealNode:
     def cgroup_root(self) -> str:
         return f"/torchyard-{self.name}"
 
+    @property
+    def containerd_root(self) -> Path:
+        """containerd's ``root`` (images, snapshots, metadata); kept between clusters by
+        ``realstart.keep_image_store``."""
+        return self.base / "containerd" / "root"
+
 
 def pause_ref(version: str) -> str:
     return f"{PAUSE_REPO}:{version}"
@@ -107,7 +113,7 @@ def containerd_config(
     """
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     return f"""version = 2
-root = "{node.base / "containerd" / "root"}"
+root = "{node.containerd_root}"
 state = "{node.base / "containerd" / "state"}"
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]

@@ -137,10 +137,6 @@ def ctr_import(node: RealNode, archive: Path) -> None:
 # --- the image store kept between clusters -----------------------------------------------------
 
 
-def containerd_root(node: RealNode) -> Path:
-    return node.base / "containerd" / "root"
-
-
 def image_store(node: RealNode) -> Path:
     """Where node ``i``'s containerd root waits between ``dev-cluster down`` and the next ``up``:
     the images it pulled (the CPU trainer's ~5 GB among them) stay, as on a real node that
@@ -150,7 +146,7 @@ def image_store(node: RealNode) -> Path:
 
 def restore_image_store(node: RealNode) -> bool:
     """Move the kept store back in as the node's containerd root (before containerd starts)."""
-    store, root = image_store(node), containerd_root(node)
+    store, root = image_store(node), node.containerd_root
     if not store.is_dir() or root.exists():
         return False
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +170,7 @@ def forget_containers(node: RealNode) -> None:
 def keep_image_store(node: RealNode) -> None:
     """After teardown (nothing mounted under the node any more): the containerd root becomes
     the kept store, replacing the previous one."""
-    root, store = containerd_root(node), image_store(node)
+    root, store = node.containerd_root, image_store(node)
     if not root.is_dir():
         return
     if store.exists():

@@ -149,7 +149,7 @@ def test_the_image_store_outlives_the_node(tmp_path: Path, monkeypatch: pytest.M
     next ``up`` starts containerd on it, so a 5 GB image is pulled once, not per cluster."""
     monkeypatch.setenv("TORCHYARD_CACHE", str(tmp_path / "cache"))
     node = _node(tmp_path)
-    root = realstart.containerd_root(node)
+    root = node.containerd_root
     blob = Path("io.containerd.content.v1.content/blobs/sha256/ab")
     (root / blob).parent.mkdir(parents=True)
     (root / blob).write_bytes(b"layer")
