@@ -137,3 +137,31 @@ def test_pods_that_are_only_starting_are_not_stuck() -> None:
     decision = _decide({"phase": Phase.PENDING}, [_pod(0, "ContainerCreating"), _pod(1, None)])
     assert get_condition(decision.status, ConditionType.RUNNING) is None
     assert not decision.events
+
+
+def test_pods_are_not_listed_while_every_active_pod_is_ready() -> None:
+    # In a burst most workers are not created yet (the Job controller is behind): a pod that
+    # does not exist cannot be stuck, and the look cost one namespace-wide pod list per job.
+    body = JobView.from_body(_body({"phase": Phase.PENDING}))
+    old = T0 - timedelta(seconds=3 * RECHECK_SECONDS)
+    for active, ready in ((0, 0), (1, 1)):
+        job = replace(_job(), created=old, active=active, ready=ready)
+        decision = decide(body, Observed(now=T0, job=job))
+        assert not decision.needs_pods, (active, ready)
+        assert decision.status["message"] == f"{ready}/2 workers ready"
+    # One pod exists and is not ready: it may be stuck, so it is looked at.
+    job = replace(_job(), created=old, active=2, ready=1)
+    assert decide(body, Observed(now=T0, job=job)).needs_pods
+
+
+def test_the_look_waits_for_a_pod_that_has_waited_not_for_an_old_job() -> None:
+    # The Job is a minute old but its pod was created (active > ready) 3 s ago: the Job
+    # controller was behind. The pod is looked at when it has waited 10 s.
+    body = JobView.from_body(_body({"phase": Phase.PENDING}))
+    job = replace(_job(), created=T0 - timedelta(seconds=60), active=2, ready=0)
+    recent = Observed(now=T0, job=job, unready_since=T0 - timedelta(seconds=3))
+    decision = decide(body, recent)
+    assert not decision.needs_pods
+    assert decision.recheck_after == RECHECK_SECONDS - 3
+    waited = replace(recent, unready_since=T0 - timedelta(seconds=RECHECK_SECONDS))
+    assert decide(body, waited).needs_pods

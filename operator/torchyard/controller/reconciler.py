@@ -93,6 +93,8 @@ class Reconciler:
         )
         self.cache = Cache(self.enqueue, self._forget, self.settings.child_coalesce_seconds)
         self._pods_listed: dict[Key, datetime] = {}
+        self._unready: dict[Key, tuple[str, datetime]] = {}
+        """Per job: the attempt's Job uid and since when it has had an active pod not ready."""
         """When each job's worker pods were last listed (spaces the looks for a stuck one)."""
         self.children = Children(self.kube, self.cache, self.gang, self.settings)
         self.status = StatusWriter(
@@ -155,6 +157,7 @@ class Reconciler:
 
     def _forget(self, key: Key) -> None:
         self._pods_listed.pop(key, None)
+        self._unready.pop(key, None)
         self._errors.reset(key)
         self._held.reset(key)
         self.status.forget(key)
@@ -289,7 +292,12 @@ class Reconciler:
             # A Job of an earlier object with the same name (deleted and re-created while
             # its children are still being garbage-collected): never ours, wait it out.
             job = replace(job, deleting=True, restart_count=-1, owned=False)
-        obs = Observed(now=now, job=job, pods_listed_at=self._pods_listed.get(key))
+        obs = Observed(
+            now=now,
+            job=job,
+            pods_listed_at=self._pods_listed.get(key),
+            unready_since=self._unready_since(key, job, now),
+        )
         timing = self.step_timing(key)
         storage = self.settings.default_storage
         decision = decide(view, obs, timing, storage)
@@ -306,6 +314,16 @@ class Reconciler:
             obs = replace(obs, pods=self._pods(key, obs.job))
             decision = decide(view, obs, timing, storage)
         return obs, decision
+
+    def _unready_since(self, key: Key, job: JobInfo | None, now: datetime) -> datetime | None:
+        if job is None or job.active <= job.ready:
+            self._unready.pop(key, None)
+            return None
+        uid, since = self._unready.get(key) or ("", now)
+        if uid != job.uid:
+            uid, since = job.uid, now
+            self._unready[key] = (uid, since)
+        return since
 
     def _pods(self, key: Key, job: JobInfo) -> tuple[PodInfo, ...]:
         self._pods_listed[key] = datetime.now(UTC)

@@ -47,21 +47,32 @@ class StatusWriter:
         self._event_pool = ThreadPoolExecutor(2, thread_name_prefix="events")
         self.instance = socket.gethostname()
         self._last_write: dict[Key, float] = {}
+        self._count_pending: dict[Key, float] = {}
         self._seen_pods_created: set[Key] = set()
         self._seen_running: set[Key] = set()
 
     def forget(self, key: Key) -> None:
         self._last_write.pop(key, None)
+        self._count_pending.pop(key, None)
         self._seen_pods_created.discard(key)
         self._seen_running.discard(key)
 
     def throttle(self, key: Key, body: dict[str, Any], decision: Decision) -> float:
         """Seconds to defer this write by (0: write now): a write that only refreshes counts
-        waits until ``count_update_seconds`` after the previous write."""
+        waits until ``count_update_seconds`` after the previous write and after the first
+        change it would carry: a group's pods are created and turn ready within seconds of
+        each other, and one write then carries them all — and the Running transition too when
+        it comes within that time (a write with a transition or an Event is never held)."""
         patch = status_patch(dict(body.get("status") or {}), decision.status)
         if not patch or not set(patch) <= COUNT_KEYS or decision.actions or decision.events:
+            self._count_pending.pop(key, None)
             return 0.0
-        wait = self.count_update_seconds - (time.monotonic() - self._last_write.get(key, 0.0))
+        now = time.monotonic()
+        first = self._count_pending.setdefault(key, now)
+        wait = max(
+            self.count_update_seconds - (now - self._last_write.get(key, 0.0)),
+            self.count_update_seconds - (now - first),
+        )
         return max(wait, 0.0)
 
     def write(self, key: Key, body: dict[str, Any], decision: Decision) -> None:
@@ -90,6 +101,7 @@ class StatusWriter:
                     return
                 raise
             self._last_write[key] = time.monotonic()
+            self._count_pending.pop(key, None)
             if isinstance(updated, dict):
                 self.cache.offer_object(key, updated)
             body = updated if isinstance(updated, dict) else body

@@ -193,6 +193,11 @@ class Observed:
     pods_listed_at: datetime | None = None
     """When this job's worker pods were last listed (the controller's memory; None: not since
     it started): looks for a stuck worker are spaced by the clock, not by the Job's events."""
+    unready_since: datetime | None = None
+    """Since when the current attempt's Job has had an active pod that is not ready (the
+    controller's memory; None: none such, or not known): a stuck worker is looked for once a pod
+    has waited :data:`~torchyard.state.startup.RECHECK_SECONDS`, not once the Job is that old
+    (in a burst the Job controller creates the pods long after their Job)."""
 
 
 @dataclass(frozen=True)

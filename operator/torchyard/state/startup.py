@@ -62,11 +62,22 @@ def describe_stuck(pod: PodInfo) -> str:
 def note_stuck_worker(draft: StatusDraft, job: JobInfo, obs: Observed, message: str) -> str:
     """``message`` (the job's, while not every worker is up), with the stuck worker's cause
     added and put in the Running condition when one is stuck. Without pods listed the
-    decision asks for them once ``job`` is :data:`RECHECK_SECONDS` old and the last look is
-    an interval ago — a third of the attempt's age, from :data:`RECHECK_SECONDS` to
+    decision asks for them once a pod has waited :data:`RECHECK_SECONDS` and the last look is
+    an interval ago — a third of the wait, from :data:`RECHECK_SECONDS` to
     :data:`MAX_RECHECK_SECONDS` — and the job is looked at again when the next one is due:
-    the Job's own events (its counts changing as pods are created) do not list them."""
-    age = (draft.now - job.created).total_seconds() if job.created else RECHECK_SECONDS
+    the Job's own events (its counts changing as pods are created) do not list them.
+
+    Only while one of the Job's active pods is not ready (``active > ready``), and the clock
+    runs from when that began (``Observed.unready_since``) when it is later than the Job's
+    creation: a pod not yet created cannot be stuck, and in a burst the Job controller creates
+    the pods many seconds after their Job — looking then found nothing, or pods a moment old,
+    and cost a namespace-wide pod list per job."""
+    if obs.pods is None and job.active <= job.ready:
+        return message
+    waiting_from = job.created
+    if obs.unready_since is not None and (waiting_from is None or obs.unready_since > waiting_from):
+        waiting_from = obs.unready_since
+    age = (draft.now - waiting_from).total_seconds() if waiting_from else RECHECK_SECONDS
     interval = min(max(RECHECK_SECONDS, age / 3), MAX_RECHECK_SECONDS)
     draft.decision.recheck_after = interval
     pods = obs.pods

@@ -1,0 +1,65 @@
+"""The status writer's throttle (torchyard/controller/status_writer.py): a write that only
+refreshes the worker counts waits for the group's other changes, one that carries a transition
+goes at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from torchyard.controller import status_writer
+from torchyard.controller.status_writer import StatusWriter
+from torchyard.state import Decision, Event
+
+KEY = ("TrainingJob", "ml", "digits")
+BODY: dict[str, Any] = {
+    "status": {"phase": "Pending", "workers": {"active": 0, "ready": 0}, "message": "0/4"}
+}
+
+
+def _counts(active: int, ready: int) -> Decision:
+    return Decision(
+        status={
+            "phase": "Pending",
+            "workers": {"active": active, "ready": ready},
+            "message": f"{ready}/4",
+        }
+    )
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [1000.0]
+    monkeypatch.setattr(status_writer.time, "monotonic", lambda: now[0])
+    return now
+
+
+def _writer(count_update_seconds: float) -> StatusWriter:
+    return StatusWriter(None, None, None, count_update_seconds)  # type: ignore[arg-type]
+
+
+def test_a_count_refresh_waits_for_the_rest_of_the_group(clock: list[float]) -> None:
+    writer = _writer(3.0)
+    # Long after the last write: the first pod's creation still waits count_update_seconds ...
+    assert writer.throttle(KEY, BODY, _counts(1, 0)) == 3.0
+    clock[0] += 0.4
+    # ... counted from the first change it would carry, not from the latest.
+    assert writer.throttle(KEY, BODY, _counts(3, 0)) == pytest.approx(2.6)
+    clock[0] += 2.6
+    assert writer.throttle(KEY, BODY, _counts(4, 0)) == 0.0
+
+
+def test_a_transition_is_never_held(clock: list[float]) -> None:
+    writer = _writer(3.0)
+    assert writer.throttle(KEY, BODY, _counts(1, 0)) > 0
+    running = _counts(4, 4)
+    running.status["phase"] = "Running"
+    running.events.append(Event("Normal", "WorkersRunning", "4/4 workers running"))
+    assert writer.throttle(KEY, BODY, running) == 0.0
+    # The held count refresh was superseded: the next one settles afresh.
+    assert writer.throttle(KEY, BODY, _counts(2, 2)) == 3.0
+
+
+def test_count_update_seconds_zero_writes_every_change_at_once(clock: list[float]) -> None:
+    assert _writer(0.0).throttle(KEY, BODY, _counts(1, 0)) == 0.0
