@@ -93,9 +93,9 @@ class Reconciler:
         )
         self.cache = Cache(self.enqueue, self._forget, self.settings.child_coalesce_seconds)
         self._pods_listed: dict[Key, datetime] = {}
+        """When each job's worker pods were last listed (spaces the looks for a stuck one)."""
         self._unready: dict[Key, tuple[str, datetime]] = {}
         """Per job: the attempt's Job uid and since when it has had an active pod not ready."""
-        """When each job's worker pods were last listed (spaces the looks for a stuck one)."""
         self.children = Children(self.kube, self.cache, self.gang, self.settings)
         self.status = StatusWriter(
             self.kube, self.cache, metrics, self.settings.count_update_seconds

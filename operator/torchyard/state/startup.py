@@ -74,9 +74,7 @@ def note_stuck_worker(draft: StatusDraft, job: JobInfo, obs: Observed, message: 
     and cost a namespace-wide pod list per job."""
     if obs.pods is None and job.active <= job.ready:
         return message
-    waiting_from = job.created
-    if obs.unready_since is not None and (waiting_from is None or obs.unready_since > waiting_from):
-        waiting_from = obs.unready_since
+    waiting_from = max((t for t in (job.created, obs.unready_since) if t), default=None)
     age = (draft.now - waiting_from).total_seconds() if waiting_from else RECHECK_SECONDS
     interval = min(max(RECHECK_SECONDS, age / 3), MAX_RECHECK_SECONDS)
     draft.decision.recheck_after = interval
