@@ -171,7 +171,7 @@ def test_adds_wait_the_coalesce_delay_or_the_given_one() -> None:
 
 
 def test_adding_a_pending_key_keeps_its_first_delay() -> None:
-    # A wait that must be kept (a throttle, a retry's backoff): a sooner add does not move it.
+    # A wait that must be kept (a retry's backoff): a sooner add does not move it.
     async def main() -> Recorder:
         rec = Recorder()
         q, _ = _queue(rec)

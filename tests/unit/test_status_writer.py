@@ -1,6 +1,6 @@
 """The status writer's throttle (torchyard/controller/status_writer.py): a write that only
 refreshes the worker counts waits for the group's other changes, one that carries a transition
-goes at once."""
+goes at once; one whose only news is pods created waits longer, for their readiness."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ BODY: dict[str, Any] = {
 
 
 def _counts(active: int, ready: int) -> Decision:
+    """A count refresh of a 4-worker group: ``ready`` of them ready (the message says so)."""
     return Decision(
         status={
             "phase": "Pending",
@@ -35,24 +36,48 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return now
 
 
-def _writer(count_update_seconds: float) -> StatusWriter:
-    return StatusWriter(None, None, None, count_update_seconds)  # type: ignore[arg-type]
+def _writer(count_update_seconds: float, created_update_seconds: float = 10.0) -> StatusWriter:
+    return StatusWriter(
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        count_update_seconds,
+        created_update_seconds,
+    )
 
 
 def test_a_count_refresh_waits_for_the_rest_of_the_group(clock: list[float]) -> None:
     writer = _writer(3.0)
-    # Long after the last write: the first pod's creation still waits count_update_seconds ...
-    assert writer.throttle(KEY, BODY, _counts(1, 0)) == 3.0
+    # Long after the last write: the first worker's readiness still waits count_update_seconds
+    assert writer.throttle(KEY, BODY, _counts(4, 1)) == 3.0
     clock[0] += 0.4
     # ... counted from the first change it would carry, not from the latest.
-    assert writer.throttle(KEY, BODY, _counts(3, 0)) == pytest.approx(2.6)
+    assert writer.throttle(KEY, BODY, _counts(4, 3)) == pytest.approx(2.6)
     clock[0] += 2.6
+    assert writer.throttle(KEY, BODY, _counts(4, 3)) == 0.0
+
+
+def test_pods_created_wait_for_their_readiness(clock: list[float]) -> None:
+    writer = _writer(3.0, created_update_seconds=10.0)
+    # Pods created, none ready: that news alone waits created_update_seconds ...
+    assert writer.throttle(KEY, BODY, _counts(2, 0)) == 10.0
+    clock[0] += 3.5
+    assert writer.throttle(KEY, BODY, _counts(4, 0)) == pytest.approx(6.5)
+    # ... until a worker turns ready: then the count_update_seconds from the first change
+    # (past already) apply, and one write carries both.
+    assert writer.throttle(KEY, BODY, _counts(4, 1)) == 0.0
+
+
+def test_pods_created_alone_are_written_after_created_update_seconds(clock: list[float]) -> None:
+    writer = _writer(3.0, created_update_seconds=10.0)
+    assert writer.throttle(KEY, BODY, _counts(4, 0)) == 10.0
+    clock[0] += 10.0
     assert writer.throttle(KEY, BODY, _counts(4, 0)) == 0.0
 
 
 def test_a_transition_is_never_held(clock: list[float]) -> None:
     writer = _writer(3.0)
-    assert writer.throttle(KEY, BODY, _counts(1, 0)) > 0
+    assert writer.throttle(KEY, BODY, _counts(4, 1)) > 0
     running = _counts(4, 4)
     running.status["phase"] = "Running"
     running.events.append(Event("Normal", "WorkersRunning", "4/4 workers running"))

@@ -98,7 +98,11 @@ class Reconciler:
         """Per job: the attempt's Job uid and since when it has had an active pod not ready."""
         self.children = Children(self.kube, self.cache, self.gang, self.settings)
         self.status = StatusWriter(
-            self.kube, self.cache, metrics, self.settings.count_update_seconds
+            self.kube,
+            self.cache,
+            metrics,
+            self.settings.count_update_seconds,
+            self.settings.created_update_seconds,
         )
         self._errors: Retries[Key] = Retries(backoff, limit=MAX_ATTEMPTS)
         self._held: Retries[Key] = Retries(backoff)  # Blocked and Retry: without limit
@@ -240,7 +244,9 @@ class Reconciler:
         if blocked is None:
             wait = self.status.throttle(key, body, decision)
             if wait > 0:
-                self.enqueue(key, wait)
+                # movable: an event before then (a worker turning ready) is decided at once;
+                # the throttle then holds what is still only a count refresh for what is left.
+                self.enqueue(key, wait, movable=True)
                 self.status.observe_metrics(key, body, view, decision, obs)
                 return
         self.status.write(key, body, decision)

@@ -20,6 +20,12 @@ class Settings:
     count_update_seconds: float = 3.0
     """Least time between two status writes that only refresh worker counts/message (phase
     and condition changes are written at once)."""
+    created_update_seconds: float = 10.0
+    """The same wait, from the first change it carries, for a write whose only news is that
+    worker pods were created or removed (``status.workers.active``; no worker turned ready,
+    succeeded or failed): a starting job waits for ready workers, and in a burst the Job
+    controller reports readiness seconds after creation, so that write mostly rides with the
+    readiness (or ``Running``) one instead of costing its own."""
     child_coalesce_seconds: float = 0.25
     """The same for events of a job's batch Job: pods becoming ready one by one change its
     counts in bursts; one status write per burst, not one per pod."""

@@ -38,12 +38,18 @@ COMPONENT = "torchyard-operator"
 
 class StatusWriter:
     def __init__(
-        self, kube: Kube, cache: Cache, metrics: OperatorMetrics, count_update_seconds: float
+        self,
+        kube: Kube,
+        cache: Cache,
+        metrics: OperatorMetrics,
+        count_update_seconds: float,
+        created_update_seconds: float,
     ) -> None:
         self.kube = kube
         self.cache = cache
         self.metrics = metrics
         self.count_update_seconds = count_update_seconds
+        self.created_update_seconds = created_update_seconds
         self._event_pool = ThreadPoolExecutor(2, thread_name_prefix="events")
         self.instance = socket.gethostname()
         self._last_write: dict[Key, float] = {}
@@ -62,16 +68,22 @@ class StatusWriter:
         waits until ``count_update_seconds`` after the previous write and after the first
         change it would carry: a group's pods are created and turn ready within seconds of
         each other, and one write then carries them all — and the Running transition too when
-        it comes within that time (a write with a transition or an Event is never held)."""
-        patch = status_patch(dict(body.get("status") or {}), decision.status)
+        it comes within that time (a write with a transition or an Event is never held). One
+        whose only news is pods created or removed waits ``created_update_seconds`` from its
+        first change: readiness, not creation, is what a starting job waits for."""
+        old = dict(body.get("status") or {})
+        patch = status_patch(old, decision.status)
         if not patch or not set(patch) <= COUNT_KEYS or decision.actions or decision.events:
             self._count_pending.pop(key, None)
             return 0.0
         now = time.monotonic()
         first = self._count_pending.setdefault(key, now)
+        settle = self.count_update_seconds
+        if settle > 0 and _only_active_changed(patch, old):
+            settle = max(settle, self.created_update_seconds)
         wait = max(
             self.count_update_seconds - (now - self._last_write.get(key, 0.0)),
-            self.count_update_seconds - (now - first),
+            settle - (now - first),
         )
         return max(wait, 0.0)
 
@@ -215,6 +227,15 @@ class StatusWriter:
             self.metrics.running_seconds.labels(kind).observe(
                 max(0.0, obs.now.timestamp() - created)
             )
+
+
+def _only_active_changed(patch: dict[str, Any], old: dict[str, Any]) -> bool:
+    """The patch changes ``status.workers.active`` and nothing else."""
+    new, before = patch.get("workers"), old.get("workers") or {}
+    if set(patch) != {"workers"} or not isinstance(new, dict) or not isinstance(before, dict):
+        return False
+    changed = {k for k in {*new, *before} if new.get(k) != before.get(k)}
+    return changed == {"active"}
 
 
 def _creation(body: dict[str, Any]) -> float | None:
