@@ -135,10 +135,10 @@ class WorkQueue(Generic[K]):
         """Process ``key`` after ``delay`` seconds (default :attr:`coalesce`), unless it is
         pending already. Thread-safe.
 
-        ``movable``: this add is a look-again timer ("if nothing happens, look in 10 s"), not
-        a wait that must be kept (a throttle, a retry's backoff): a later add due sooner — an
-        event — moves the key forward instead of being dropped, so a timer never delays what
-        an event says by up to its length."""
+        ``movable``: this add is a look-again timer ("if nothing happens, look in 10 s", a
+        held count write), not a wait that must be kept (a retry's backoff): a later add due
+        sooner — an event — moves the key forward instead of being dropped, so a timer never
+        delays what an event says by up to its length."""
         loop = self._loop
         if loop is None:
             return
