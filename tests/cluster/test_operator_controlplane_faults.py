@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -34,7 +35,8 @@ from tests.cluster.opkit import (
 )
 
 from torchyard.api.constants import Phase
-from torchyard_devcluster.faults import kill_component, start_component
+from torchyard_devcluster.faults import kill_component, resync_fake_nodes, start_component
+from torchyard_devcluster.nodes import NODE_PREFIX, pod_control_annotations
 from torchyard_devcluster.testing import Kube, poll
 
 pytestmark = pytest.mark.cluster
@@ -117,6 +119,40 @@ def _run(kube: Kube, ns: str, op: OperatorProcess, component: str) -> None:
     assert op.alive()
     assert op.starts == 1
     _assert_one_of_each_child(kube, ns)
+
+
+def test_resynced_fake_nodes_run_a_pod_they_missed(own_kube: Kube) -> None:
+    """What the restarts above lean on (``start_component`` resyncs the fake nodes after etcd
+    or the API server): kwok drops a pod whose status patch failed during the outage, and a
+    restarted kwok plays that pod's stage again. Here kwok is down while a pod is bound to its
+    node, so only the resync can make it Running."""
+    kube = own_kube
+    ns = f"cp-resync-{uuid.uuid4().hex[:6]}"
+    kube.core.create_namespace({"metadata": {"name": ns}})
+    poll(lambda: _has_default_sa(kube, ns), timeout=WAIT, what="default ServiceAccount")
+    sdir = kube.cluster.state_dir
+    kill_component(sdir, "kwok")
+    try:
+        kube.core.create_namespaced_pod(
+            ns,
+            {
+                "metadata": {"name": "missed", "annotations": pod_control_annotations(hold=True)},
+                "spec": {
+                    "nodeName": f"{NODE_PREFIX}0",
+                    "containers": [{"name": "c", "image": "registry.invalid/none:0"}],
+                },
+            },
+        )
+        time.sleep(2.0)  # long enough for a live kwok to have marked it Running
+        assert kube.core.read_namespaced_pod("missed", ns).status.phase == "Pending"
+    finally:
+        resync_fake_nodes(sdir)
+    poll(
+        lambda: kube.core.read_namespaced_pod("missed", ns).status.phase == "Running",
+        timeout=WAIT,
+        what="the missed pod Running after the resync",
+    )
+    kube.core.delete_namespace(ns)
 
 
 def _unready_without_api(op: OperatorProcess) -> bool:
