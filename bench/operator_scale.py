@@ -16,6 +16,10 @@ that only creates the same objects (bench/baseline_operator.py):
   the operator's RSS (VmRSS) then, beside its RSS before the burst: memory must not grow
   with finished jobs.
 
+``--order`` may also name ``baseline-status``: the empty operator plus the status writes and
+Events a user sees from ours at one worker (``TORCHYARD_BASELINE_STATUS=1``, see
+bench/baseline_operator.py), to tell how much of a gap those writes are.
+
 Worker pods are held Running (KWOK hold annotation), so "Running" is a stable state.
 Writes bench/results/operator_scale.json and docs/benchmarks-operator.md.
 
@@ -51,6 +55,7 @@ TTL_SECONDS = 5  # --finish: finished jobs are deleted this long after they fini
 sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import urllib3  # noqa: E402
 from _common import replace_doc_section  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 
@@ -278,6 +283,8 @@ def _start_operator(kind: str, namespace: str, kubeconfig: Path, log: Path) -> t
         ]
         url = f"http://127.0.0.1:{port}/metrics"
     else:
+        if kind == "baseline-status":  # the empty operator plus the status writes users see
+            env["TORCHYARD_BASELINE_STATUS"] = "1"
         cmd = [
             sys.executable,
             "-m",
@@ -467,11 +474,14 @@ def run_one(
 
 def _tolerate_timeout(delete: Any, *args: Any, **kwargs: Any) -> None:
     """A cleanup delete whose answer does not matter: one that outlasts the API server's
-    request timeout (504) goes on behind it, and the namespace's deletion finishes the rest."""
+    request timeout (504, or its answer — the deleted objects — cut off mid-stream) goes on
+    behind it, and the namespace's deletion finishes the rest."""
     try:
         delete(*args, **kwargs)
     except client.ApiException as e:
         print(f"cleanup: {delete.__name__} answered {e.status}; going on", flush=True)
+    except urllib3.exceptions.HTTPError as e:
+        print(f"cleanup: {delete.__name__} was cut off ({e!r}); going on", flush=True)
 
 
 def _cell(r: dict[str, Any], key: str) -> str:
@@ -638,6 +648,9 @@ def scale_section(results: list[dict[str, Any]]) -> str:
         b = next((r for r in data["runs"] if r["operator"] == "baseline"), None)
         ours = [(i, r) for i, r in enumerate(data["runs"], 1) if r["operator"] == "torchyard"]
         paced = bool(data["runs"] and data["runs"][0].get("submit_rate_per_s"))
+        if data.get("baseline_status"):  # three systems, ABC..CBA: compare the medians
+            ratios.extend(_three_way_ratios(size, data))
+            ours = []
         for i, o in ours if b and not paced else []:  # paced: jobs/s is the submit rate
             for label, key in (("Job created", "operator_jobs_per_s"), ("all pods", "jobs_per_s")):
                 if o.get(key) and b and b.get(key):
@@ -647,6 +660,28 @@ def scale_section(results: list[dict[str, Any]]) -> str:
                     )
     notes = [f"- {n}" for data in results for n in data.get("notes", [])]
     return "\n".join([*lines, "", *ratios, *notes]) + "\n"
+
+
+def _three_way_ratios(size: str, data: dict[str, Any]) -> list[str]:
+    """Ours, the empty operator and the empty operator with ours' status writes: the ratios
+    of their medians (jobs/s to all pods created)."""
+    medians = {
+        "ours": data["ours"],
+        "the empty operator": data["baseline"],
+        "the empty operator + status writes": data["baseline_status"],
+    }
+    n = {k: str(v["operator"]).rsplit("median of ", 1)[-1].rstrip(")") for k, v in medians.items()}
+    pairs = [
+        ("ours", "the empty operator"),
+        ("the empty operator + status writes", "the empty operator"),
+        ("ours", "the empty operator + status writes"),
+    ]
+    return [
+        f"- {size}, medians ({n[a]} and {n[b]} runs), {a} ÷ {b}, jobs/s to all pods: "
+        f"**{round(medians[a]['jobs_per_s'] / medians[b]['jobs_per_s'], 2)}**"
+        for a, b in pairs
+        if medians[a].get("jobs_per_s") and medians[b].get("jobs_per_s")
+    ]
 
 
 def render_scale(paths: list[Path]) -> None:
@@ -734,6 +769,7 @@ def main() -> None:
         print(json.dumps(r, indent=2), flush=True)
         runs.append(r)
     ours, base = _median_run(runs, "torchyard"), _median_run(runs, "baseline")
+    with_status = _median_run(runs, "baseline-status")
     data: dict[str, Any] = {
         "title": "Operator scale: burst of TrainingJobs (ours vs empty Kopf operator)",
         "jobs": args.jobs,
@@ -752,6 +788,19 @@ def main() -> None:
         )
         if ours and base and ours.get("operator_jobs_per_s") and base.get("operator_jobs_per_s")
         else None,
+        **(
+            {
+                "baseline_status": with_status,
+                "throughput_vs_baseline_status": round(
+                    ours["jobs_per_s"] / with_status["jobs_per_s"], 2
+                ),
+                "baseline_status_vs_baseline": round(
+                    with_status["jobs_per_s"] / base["jobs_per_s"], 2
+                ),
+            }
+            if ours and base and with_status and with_status["jobs_per_s"] and base["jobs_per_s"]
+            else {}
+        ),
         "table_note": "runs in order, then the per-operator medians",
         "table": {
             "columns": [k for k, v in runs[0].items() if not isinstance(v, dict)],
