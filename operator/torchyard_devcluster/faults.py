@@ -54,12 +54,9 @@ def kill_component(state_dir: Path, name: str, sig: int = signal.SIGKILL) -> Non
         time.sleep(0.05)
 
 
-def start_component(
-    state_dir: Path, name: str, *, timeout: float = 120.0, resync_nodes: bool = True
-) -> None:
-    """Start a killed component again from its recorded command line and wait until the API
-    server answers ``/readyz`` (which checks etcd too). After etcd or the API server, the fake
-    nodes are resynced (:func:`resync_fake_nodes`) unless ``resync_nodes`` is false."""
+def _launch_again(state_dir: Path, name: str) -> tuple[ClusterState, procs.Proc]:
+    """Start a stopped component from its recorded command line (same log, ports, data) and
+    record the new process in the cluster's state."""
     with _locked(state_dir):
         state = _state(state_dir)
         old = _component(state, name)
@@ -68,6 +65,16 @@ def start_component(
         new = procs.start(name, old.argv, Path(old.log), cwd=state_dir)
         state.processes[state.processes.index(old)] = new
         state.save()
+    return state, new
+
+
+def start_component(
+    state_dir: Path, name: str, *, timeout: float = 120.0, resync_nodes: bool = True
+) -> None:
+    """Start a killed component again from its recorded command line and wait until the API
+    server answers ``/readyz`` (which checks etcd too). After etcd or the API server, the fake
+    nodes are resynced (:func:`resync_fake_nodes`) unless ``resync_nodes`` is false."""
+    state, new = _launch_again(state_dir, name)
     deadline = time.monotonic() + timeout
     while not _apiserver_ready(state, timeout=2.0):
         if not procs.alive(new):
@@ -88,13 +95,8 @@ def resync_fake_nodes(state_dir: Path, *, timeout: float = 60.0) -> None:
     Ready at that instant stays Pending for good. A real kubelet re-syncs its pods' status every
     sync period; restarting kwok is the fake nodes' equivalent. It touches only pod and node
     status, never an object the operator under test writes."""
-    with _locked(state_dir):
-        state = _state(state_dir)
-        old = _component(state, "kwok")
-        procs.stop(old)
-        new = procs.start("kwok", old.argv, Path(old.log), cwd=state_dir)
-        state.processes[state.processes.index(old)] = new
-        state.save()
+    kill_component(state_dir, "kwok")
+    state, new = _launch_again(state_dir, "kwok")
     wait_http(new, f"http://127.0.0.1:{state.ports['kwok']}/healthz", timeout=timeout)
 
 
