@@ -650,7 +650,7 @@ def scale_section(results: list[dict[str, Any]]) -> str:
         paced = bool(data["runs"] and data["runs"][0].get("submit_rate_per_s"))
         if data.get("baseline_status"):  # three systems, ABC..CBA: compare the medians
             ratios.extend(_three_way_ratios(size, data))
-            ours = []
+            continue
         for i, o in ours if b and not paced else []:  # paced: jobs/s is the submit rate
             for label, key in (("Job created", "operator_jobs_per_s"), ("all pods", "jobs_per_s")):
                 if o.get(key) and b and b.get(key):
@@ -670,7 +670,9 @@ def _three_way_ratios(size: str, data: dict[str, Any]) -> list[str]:
         "the empty operator": data["baseline"],
         "the empty operator + status writes": data["baseline_status"],
     }
-    n = {k: str(v["operator"]).rsplit("median of ", 1)[-1].rstrip(")") for k, v in medians.items()}
+    kinds = {"ours": "torchyard", "the empty operator": "baseline"}
+    kinds["the empty operator + status writes"] = "baseline-status"
+    n = {k: sum(r["operator"] == kind for r in data["runs"]) for k, kind in kinds.items()}
     pairs = [
         ("ours", "the empty operator"),
         ("the empty operator + status writes", "the empty operator"),

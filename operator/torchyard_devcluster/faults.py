@@ -68,12 +68,10 @@ def _launch_again(state_dir: Path, name: str) -> tuple[ClusterState, procs.Proc]
     return state, new
 
 
-def start_component(
-    state_dir: Path, name: str, *, timeout: float = 120.0, resync_nodes: bool = True
-) -> None:
+def start_component(state_dir: Path, name: str, *, timeout: float = 120.0) -> None:
     """Start a killed component again from its recorded command line and wait until the API
     server answers ``/readyz`` (which checks etcd too). After etcd or the API server, the fake
-    nodes are resynced (:func:`resync_fake_nodes`) unless ``resync_nodes`` is false."""
+    nodes are resynced (:func:`resync_fake_nodes`)."""
     state, new = _launch_again(state_dir, name)
     deadline = time.monotonic() + timeout
     while not _apiserver_ready(state, timeout=2.0):
@@ -82,7 +80,7 @@ def start_component(
         if time.monotonic() > deadline:
             raise DevClusterError(f"API server not ready {timeout:.0f} s after {name} restarted")
         time.sleep(0.2)
-    if resync_nodes and name in _BREAK_IN_FLIGHT_REQUESTS:
+    if name in _BREAK_IN_FLIGHT_REQUESTS:
         resync_fake_nodes(state_dir, timeout=max(deadline - time.monotonic(), 30.0))
 
 
