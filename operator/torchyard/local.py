@@ -53,6 +53,7 @@ from torchyard.api import (
     parse_job,
 )
 from torchyard.api.contract import (
+    LOOPBACK_HOST,
     Env,
     ExitCode,
     exit_code_of_returncode,
@@ -100,7 +101,7 @@ POLL_SECONDS = 0.2
 
 
 METRICS_TARGETS_FILE = "metrics-targets.json"
-LOCAL_HOST = "127.0.0.1"
+LOCAL_HOST = LOOPBACK_HOST
 MAX_PORT = 65535
 PORT_TRIES = 100
 

@@ -50,15 +50,21 @@ def test_example_runs_to_succeeded(kube: Kube, namespace: str, tmp_path: Path, n
     with running_operator(kube, namespace, tmp_path) as op:
         tj = create(kube, namespace, held(manifest))
 
-        # Children: Service, ConfigMap, Indexed Job — owned by the TrainingJob.
-        svc = poll(lambda: _read(kube.core.read_namespaced_service, job_name, namespace))
+        # Children: ConfigMap, Indexed Job and (more than one worker) a headless Service —
+        # owned by the TrainingJob.
         cm_name = f"{job_name}-spec"
         cm = poll(lambda: _read(kube.core.read_namespaced_config_map, cm_name, namespace))
         job = poll(lambda: _read(kube.batch.read_namespaced_job, job_name, namespace))
-        for obj in (svc, cm, job):
+        for obj in (cm, job):
             assert _owned_by(obj, tj), obj.metadata
-        assert svc.spec.cluster_ip == "None"
-        assert svc.spec.publish_not_ready_addresses is True
+        svc = _read(kube.core.read_namespaced_service, job_name, namespace)
+        if workers > 1:
+            assert svc is not None
+            assert _owned_by(svc, tj), svc.metadata
+            assert svc.spec.cluster_ip == "None"
+            assert svc.spec.publish_not_ready_addresses is True
+        else:  # one pod: rank 0 is its loopback address, nothing to look up
+            assert svc is None, svc.metadata
         assert "spec.yaml" in cm.data
         assert job.spec.completion_mode == "Indexed"
         assert job.spec.completions == job.spec.parallelism == workers
@@ -76,11 +82,12 @@ def test_example_runs_to_succeeded(kube: Kube, namespace: str, tmp_path: Path, n
             assert env["PET_NNODES"] == str(workers)
             assert env["PET_NPROC_PER_NODE"] == str(spec.get("procsPerWorker", 1))
             assert env["PET_NODE_RANK"][1].endswith("job-completion-index']")
-            assert env["PET_MASTER_ADDR"] == f"{job_name}-0.{job_name}.{namespace}.svc"
+            rank0 = f"{job_name}-0.{job_name}.{namespace}.svc" if workers > 1 else "127.0.0.1"
+            assert env["PET_MASTER_ADDR"] == rank0
             assert env["PET_MASTER_PORT"] == "29500"
             assert env["TORCHYARD_SPEC"] == "/etc/torchyard/spec.yaml"
             assert env["TORCHYARD_METRICS_PORT"] == "9400"
-            assert p.spec.subdomain == job_name
+            assert p.spec.subdomain == (job_name if workers > 1 else None)
             ranks.add(p.metadata.annotations["batch.kubernetes.io/job-completion-index"])
             gpus = (spec.get("resources") or {}).get("gpu", 0)
             requests = c.resources.requests or {}

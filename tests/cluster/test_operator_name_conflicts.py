@@ -121,7 +121,7 @@ def test_compression_job_does_not_take_a_training_jobs_children(
         wait_running_pods(kube, namespace, TJ_NAME, 1, kind="trainingjob")
         wait_phase(kube, namespace, TRAINING_JOB_KIND, TJ_NAME, Phase.RUNNING)
         before = _children(kube, namespace, TRAINING_JOB_KIND, TJ_NAME)
-        assert set(before) == {"Job", "Service", "ConfigMap"}
+        assert set(before) == {"Job", "ConfigMap"}  # one worker: no Service
         assert {tuple(c[2]) for c in before.values()} == {(tj["metadata"]["uid"],)}
 
         cj = create(kube, namespace, _compression(CJ_NAME))
@@ -155,7 +155,7 @@ def test_compression_job_does_not_take_a_training_jobs_children(
         c = condition(running, ConditionType.CREATED)
         assert (c["status"], c["reason"]) == ("True", Reason.JOB_CREATED)
         mine = _children(kube, namespace, COMPRESSION_JOB_KIND, CJ_NAME)
-        assert set(mine) == {"Job", "Service", "ConfigMap"}
+        assert set(mine) == {"Job", "ConfigMap"}
         assert {tuple(v[2]) for v in mine.values()} == {(cj["metadata"]["uid"],)}
         assert {v[0] for v in mine.values()}.isdisjoint({v[0] for v in before.values()})
 

@@ -36,6 +36,7 @@ def test_indexed_job_matches_the_worker_contract() -> None:
     job = children.job
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    assert children.service is not None
     assert job["spec"]["template"]["spec"]["subdomain"] == children.service["metadata"]["name"]
     env = env_of(job)
     assert env["PET_NNODES"] == "2"
@@ -48,6 +49,7 @@ def test_indexed_job_matches_the_worker_contract() -> None:
 
 def test_service_is_headless_and_publishes_not_ready_addresses() -> None:
     svc = build_children(digits()).service
+    assert svc is not None
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
 
@@ -144,7 +146,9 @@ def test_training_job_children_keep_the_job_name() -> None:
 
 def test_training_and_compression_job_of_the_same_name_get_their_own_children() -> None:
     tj = build_children(digits(), namespace="ml", gang="volcano")
-    cj = build_children(quantize("digits-ddp"), namespace="ml", gang="volcano")
+    compress = quantize("digits-ddp")
+    compress.spec.workers = 2  # a Service only for more than one worker
+    cj = build_children(compress, namespace="ml", gang="volcano")
     assert names(cj) == {
         "ConfigMap": "digits-ddp-cj-spec",
         "Service": "digits-ddp-cj",
@@ -163,8 +167,29 @@ def test_training_and_compression_job_of_the_same_name_get_their_own_children() 
     assert env["TORCHYARD_JOB_NAME"] == "digits-ddp"
     assert pod["metadata"]["labels"]["torchyard.io/job-name"] == "digits-ddp"
     assert pod["metadata"]["labels"]["torchyard.io/job-kind"] == "compressionjob"
+    assert cj.service is not None
+    assert tj.service is not None
     assert cj.service["spec"]["selector"]["torchyard.io/job-kind"] == "compressionjob"
     assert tj.service["spec"]["selector"]["torchyard.io/job-kind"] == "trainingjob"
+
+
+@pytest.mark.parametrize("procs", [1, 4])
+def test_a_one_worker_job_rendezvous_on_loopback_without_a_service(procs: int) -> None:
+    """One pod holds every process: rank 0 is the pod's loopback address, as under
+    ``torchyard run``, and no Service (nor subdomain naming one) is made for it."""
+    job = digits()
+    job.spec.workers = 1
+    job.spec.procs_per_worker = procs
+    children = build_children(job, namespace="ml")
+    assert children.service is None
+    assert set(names(children)) == {"ConfigMap", "Job"}
+    pod = children.job["spec"]["template"]["spec"]
+    assert "subdomain" not in pod
+    env = env_of(children.job)
+    assert env["PET_MASTER_ADDR"] == env["MASTER_ADDR"] == "127.0.0.1"
+    assert env["PET_NNODES"] == "1"
+    # A CompressionJob of one worker (the examples' usual shape) likewise.
+    assert build_children(quantize("q"), namespace="ml").service is None
 
 
 def _max_workers(spec: type) -> int:
@@ -227,5 +252,6 @@ def test_every_local_rank_declares_its_metrics_port(procs: int) -> None:
     assert len({p["containerPort"] for p in container["ports"]}) == len(declared)
     for name in declared:
         assert IANA_SVC_NAME.fullmatch(name), name
+    assert children.service is not None
     service = {p["name"]: p["targetPort"] for p in children.service["spec"]["ports"]}
     assert service == declared

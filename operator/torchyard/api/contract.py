@@ -120,6 +120,9 @@ RESERVED_ENV_NAMES: Final = (
 RESERVED_ENV_PREFIXES: Final = ("PET_", "TORCHYARD_")
 
 DEFAULT_MASTER_PORT: Final = 29500
+LOOPBACK_HOST: Final = "127.0.0.1"
+"""Rank 0's address where every process shares one host: a one-worker job's pod, and every
+job under ``torchyard run``. No Service, no DNS record to wait for."""
 
 # The worker pod's parts a pod template override may not take over (api/podtemplate.py).
 WORKER_CONTAINER: Final = "worker"

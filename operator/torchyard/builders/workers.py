@@ -1,7 +1,8 @@
 """Pure builders: a job spec in, the Kubernetes objects that run its workers out.
 
-Per job (DESIGN §3): a headless Service, a ConfigMap holding the resolved manifest, and an
-Indexed batch/v1 Job (one pod per worker, completion index = node rank). The operator applies
+Per job (DESIGN §3): a ConfigMap holding the resolved manifest, an Indexed batch/v1 Job (one
+pod per worker, completion index = node rank) and, when there is more than one worker, a
+headless Service giving the pods DNS names to rendezvous by. The operator applies
 these; `torchyard run` starts the same pod command with the same environment as local
 processes. Nothing here talks to a cluster, so everything here is unit-tested as data.
 """
@@ -26,6 +27,7 @@ from torchyard.api.contract import (
     DEFAULT_MASTER_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_PVC_ROOT,
+    LOOPBACK_HOST,
     POD_DISRUPTION_CONDITION,
     SPEC_MOUNT_DIR,
     TERMINATION_MESSAGE_PATH,
@@ -160,8 +162,19 @@ def worker_job_name(kind: str, name: str) -> str:
     return child_name(kind, name)
 
 
-def master_address(kind: str, name: str, namespace: str) -> str:
-    """DNS name of rank 0: the Indexed Job's pod hostname within the headless Service."""
+def needs_service(workers: int) -> bool:
+    """Only pods of a multi-worker job look each other up. A one-worker job's processes share
+    one pod and rendezvous on its loopback address, as under ``torchyard run``: no Service
+    (and no Endpoints/EndpointSlice the control plane keeps for it), which for a sweep of
+    one-worker jobs was three of the objects each job cost the cluster."""
+    return workers > 1
+
+
+def master_address(kind: str, name: str, namespace: str, workers: int) -> str:
+    """Rank 0's address: the Indexed Job's pod hostname within the headless Service, or the
+    loopback address when the job has a single worker (:func:`needs_service`)."""
+    if not needs_service(workers):
+        return LOOPBACK_HOST
     return f"{worker_job_name(kind, name)}-0.{service_name(kind, name)}.{namespace}.svc"
 
 
@@ -193,7 +206,7 @@ def metrics_ports(w: Workload) -> list[tuple[str, int]]:
 
 def worker_env(w: Workload, restart_count: int = 0) -> list[dict[str, Any]]:
     """The DESIGN §3 environment, in the order a reader expects it."""
-    master = master_address(w.kind, w.name, w.namespace)
+    master = master_address(w.kind, w.name, w.namespace, w.workers)
     env: list[dict[str, Any]] = [
         {"name": Env.NNODES, "value": str(w.workers)},
         {"name": Env.NPROC_PER_NODE, "value": str(w.procs_per_worker)},
@@ -438,7 +451,6 @@ def _pod_spec(
 ) -> dict[str, Any]:
     sched = w.scheduling
     pod_spec: dict[str, Any] = {
-        "subdomain": service_name(w.kind, w.name),
         "restartPolicy": "Never",
         "containers": [container],
         "volumes": volumes,
@@ -447,6 +459,8 @@ def _pod_spec(
         # root already has the group. spec.podTemplate may override both (docs/storage.md).
         "securityContext": {"fsGroup": TRAINER_GID, "fsGroupChangePolicy": "OnRootMismatch"},
     }
+    if needs_service(w.workers):
+        pod_spec = {"subdomain": service_name(w.kind, w.name), **pod_spec}
     if sched.node_selector:
         pod_spec["nodeSelector"] = dict(sched.node_selector)
     pod_spec.update(disruption_pod_fields(w.run_policy, list(sched.tolerations)))
@@ -545,7 +559,8 @@ class Children:
     """Everything one job attempt needs, in the order to create it."""
 
     configmap: Manifest
-    service: Manifest
+    service: Manifest | None
+    """The headless Service; None for a one-worker job (:func:`needs_service`)."""
     job: Manifest
     podgroup: Manifest | None
 
@@ -565,7 +580,7 @@ def build_children(
     w = workload_of(job, namespace)
     return Children(
         configmap=build_spec_configmap(job, w),
-        service=build_service(w),
+        service=build_service(w) if needs_service(w.workers) else None,
         job=build_worker_job(
             w,
             gang=gang,
