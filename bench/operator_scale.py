@@ -714,7 +714,47 @@ def scale_section(results: list[dict[str, Any]]) -> str:
                         f"**{round(o[key] / b[key], 2)}**"
                     )
     notes = [f"- {n}" for data in results for n in data.get("notes", [])]
-    return "\n".join([*lines, "", *ratios, *notes]) + "\n"
+    return "\n".join([*lines, "", *ratios, *notes, *_control_plane_table(results)]) + "\n"
+
+
+CONTROL_PLANE_COLS = [
+    ("Job created→pods p50 (s)", "job_to_pods_p50_s"),
+    ("p99 (s)", "job_to_pods_p99_s"),
+    ("Job controller busy s/job", "job_controller_busy_s_per_job"),
+    ("syncs/job", "job_controller_syncs_per_job"),
+    ("mean wait in its queue (s)", "job_queue_wait_mean_s"),
+    ("API server CPU (s)", "apiserver_cpu_s"),
+    ("controller-manager CPU (s)", "controller_manager_cpu_s"),
+    ("operator CPU (s)", "operator_cpu_s"),
+]
+
+
+def _control_plane_table(results: list[dict[str, Any]]) -> list[str]:
+    """The control plane's side of the runs that recorded it (files written since the
+    figures were added): where a burst waits once the operator has made the Job."""
+    rows = [
+        (data, r)
+        for data in results
+        for r in data["runs"]
+        if r.get("job_controller_busy_s_per_job") is not None
+    ]
+    if not rows:
+        return []
+    head = " | ".join(c for c, _ in CONTROL_PLANE_COLS)
+    lines = [
+        "",
+        "The control plane's side of the same runs (from the API server's and "
+        "kube-controller-manager's own /metrics, over the measured window; the Job controller "
+        "runs 10 workers, `--concurrent-job-syncs=10`):",
+        "",
+        f"| jobs × workers | operator | {head} |",
+        "|---|---|" + "---:|" * len(CONTROL_PLANE_COLS),
+    ]
+    for data, r in rows:
+        size = f"{data['jobs']:,} × {data['workers']}"
+        cells = " | ".join(_cell(r, k).replace("None", "–") for _, k in CONTROL_PLANE_COLS)
+        lines.append(f"| {size} | {r['operator']} | {cells} |")
+    return lines
 
 
 def _three_way_ratios(size: str, data: dict[str, Any]) -> list[str]:

@@ -101,7 +101,6 @@ POLL_SECONDS = 0.2
 
 
 METRICS_TARGETS_FILE = "metrics-targets.json"
-LOCAL_HOST = LOOPBACK_HOST
 MAX_PORT = 65535
 PORT_TRIES = 100
 
@@ -114,7 +113,7 @@ def free_port_blocks(sizes: list[int]) -> list[int]:
         for size in sizes:
             for _ in range(PORT_TRIES):
                 first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                first.bind((LOCAL_HOST, 0))
+                first.bind((LOOPBACK_HOST, 0))
                 start = int(first.getsockname()[1])
                 block = [first]
                 try:
@@ -123,7 +122,7 @@ def free_port_blocks(sizes: list[int]) -> list[int]:
                     for port in range(start + 1, start + size):
                         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                         block.append(sock)
-                        sock.bind((LOCAL_HOST, port))
+                        sock.bind((LOOPBACK_HOST, port))
                 except OSError:
                     for sock in block:
                         sock.close()
@@ -232,8 +231,8 @@ def plan_pods(
         base_metrics = metrics_bases[index]
         env.update(
             {
-                Env.MASTER_ADDR: LOCAL_HOST,
-                Env.TORCHRUN_MASTER_ADDR: LOCAL_HOST,
+                Env.MASTER_ADDR: LOOPBACK_HOST,
+                Env.TORCHRUN_MASTER_ADDR: LOOPBACK_HOST,
                 Env.MASTER_PORT: str(port),
                 Env.TORCHRUN_MASTER_PORT: str(port),
                 Env.SPEC: str(spec_path),
@@ -257,7 +256,7 @@ def metrics_targets(pods: list[PodPlan]) -> list[dict[str, Any]]:
     workers export their own torchyard_job/namespace/rank labels; these say which process it is."""
     return [
         {
-            "targets": [f"{LOCAL_HOST}:{port}"],
+            "targets": [f"{LOOPBACK_HOST}:{port}"],
             "labels": {"pod": f"pod-{pod.index}", "local_rank": str(local_rank)},
         }
         for pod in pods
@@ -273,7 +272,7 @@ def write_metrics_targets(path: Path, pods: list[PodPlan]) -> None:
 
 def metrics_summary(pods: list[PodPlan]) -> str:
     ranks = [port for pod in pods for port in pod.metrics_ports]
-    return ", ".join(f"rank {rank} {LOCAL_HOST}:{port}" for rank, port in enumerate(ranks))
+    return ", ".join(f"rank {rank} {LOOPBACK_HOST}:{port}" for rank, port in enumerate(ranks))
 
 
 # ---------------------------------------------------------------------------------------------
