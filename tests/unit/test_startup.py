@@ -10,6 +10,7 @@ from typing import Any
 
 from torchyard.api.constants import ConditionType, Phase, Reason
 from torchyard.state import JobInfo, JobView, Observed, PodInfo, decide, get_condition
+from torchyard.state.conditions import set_condition
 from torchyard.state.startup import MAX_RECHECK_SECONDS, RECHECK_SECONDS
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -17,6 +18,10 @@ IMAGE = "registry.example/torchyard/trainer:nope"
 
 
 def _body(status: dict[str, Any]) -> dict[str, Any]:
+    """A job whose worker Job was created (and said so: the Created write is not the news)."""
+    if status and not get_condition(status, ConditionType.CREATED):
+        status = dict(status)
+        set_condition(status, ConditionType.CREATED, True, Reason.JOB_CREATED, "created", T0)
     return {
         "apiVersion": "torchyard.io/v1alpha1",
         "kind": "TrainingJob",

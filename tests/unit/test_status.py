@@ -189,6 +189,20 @@ def test_first_look_at_the_created_job_writes_nothing() -> None:
     assert seen.actions == []
 
 
+def test_a_job_found_without_its_created_write_gets_it() -> None:
+    """The operator stopped between creating the Job and writing the status: the next look
+    finds the Job and writes Created (and its Event) with the rest, once."""
+    found = run(tj_body(), job=job(active=2, ready=1), now=T0 + timedelta(seconds=3))
+    assert found.actions == []
+    assert cond(found, ConditionType.CREATED)["status"] == "True"
+    assert cond(found, ConditionType.CREATED)["reason"] == Reason.JOB_CREATED
+    assert found.status["phase"] == Phase.PENDING
+    assert [e.reason for e in found.events] == [Reason.JOB_CREATED]
+    again = run(step(tj_body(), found), job=job(active=2, ready=1), now=T0 + timedelta(seconds=4))
+    assert again.events == []
+    assert status_patch(found.status, again.status) == {}
+
+
 def test_last_transition_time_moves_only_when_status_changes() -> None:
     status: dict[str, Any] = {}
     set_condition(status, "Running", True, "A", "m1", T0)

@@ -92,6 +92,7 @@ def decide(
     if job.deleting:
         return _wait_for_deletion(draft)
     draft.status["workers"] = worker_counts(job)
+    _say_created(draft)
     return (
         _apply_suspend_policy(draft, job)
         or _succeed_if_complete(draft, job, obs.pods)
@@ -246,12 +247,7 @@ def _create_attempt(draft: StatusDraft) -> Decision:
     status = draft.status
     draft.before(Action(ActionKind.CREATE, restart_count=draft.restarts))
     status["workers"] = worker_counts(None)
-    if not condition_true(status, ConditionType.CREATED):
-        if get_condition(status, ConditionType.CREATED) is not None:
-            # It was blocked (decide_blocked): the message said why, and no longer applies.
-            status["message"] = "worker Job created"
-        draft.cond(ConditionType.CREATED, True, Reason.JOB_CREATED, "worker Job created")
-        draft.event(Reason.JOB_CREATED, f"created the worker Job ({spec.workers} workers)")
+    _say_created(draft)
     if spec.run_policy.suspend:
         if status.get("phase") != Phase.SUSPENDED:
             draft.phase(Phase.SUSPENDED, "created suspended (runPolicy.suspend)")
@@ -266,6 +262,21 @@ def _create_attempt(draft: StatusDraft) -> Decision:
         if job_queue(_parsed(draft)) is None:  # Kueue may hold it: starts on admission
             status.setdefault("startTime", rfc3339(draft.now))
     return draft.done()
+
+
+def _say_created(draft: StatusDraft) -> None:
+    """``Created`` True (and its Event) once the attempt's Job is being created or exists: also
+    on the path that finds the Job already there, where the write that said so was lost (the
+    operator stopped between creating the Job and writing the status)."""
+    status = draft.status
+    if condition_true(status, ConditionType.CREATED):
+        return
+    if get_condition(status, ConditionType.CREATED) is not None:
+        # It was blocked (decide_blocked): the message said why, and no longer applies.
+        status["message"] = "worker Job created"
+    draft.cond(ConditionType.CREATED, True, Reason.JOB_CREATED, "worker Job created")
+    workers = _parsed(draft).spec.workers
+    draft.event(Reason.JOB_CREATED, f"created the worker Job ({workers} workers)")
 
 
 def _wait_for_deletion(draft: StatusDraft) -> Decision:
