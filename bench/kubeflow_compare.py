@@ -638,9 +638,18 @@ def main() -> None:
     p.add_argument(
         "--render", action="store_true", help="only rewrite the doc section from the JSON"
     )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default: bench/results/kubeflow_compare[_JOBSxWORKERS].json); "
+        "also what --render reads",
+    )
+    p.add_argument("--no-doc", action="store_true", help="do not rewrite the doc section")
     args = p.parse_args()
+    out = args.out or results_path(args.jobs, args.workers)
     if args.render:
-        write_doc(json.loads(results_path(args.jobs, args.workers).read_text()))
+        write_doc(json.loads(out.read_text()))
         return
     state_dir = Path(os.environ["TORCHYARD_DEV_CLUSTER_DIR"])
     if state_dir.resolve() == SHARED_DIR.resolve():
@@ -659,7 +668,6 @@ def main() -> None:
     apply_crds(api, ROOT / "crds")
     if args.allow_no_jobset and "trainer" in order and not kubeflow.ready("jobset"):
         trainer_without_jobset(api)
-    out = results_path(args.jobs, args.workers)
     sequence = [s for i in range(args.rounds) for s in (order if i % 2 == 0 else order[::-1])]
     runs = []
     try:
@@ -711,8 +719,11 @@ def main() -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")
-    write_doc(data)
-    print(f"wrote {out} and {DOC}")
+    if args.no_doc:
+        print(f"wrote {out}")
+    else:
+        write_doc(data)
+        print(f"wrote {out} and {DOC}")
     api.close()
 
 

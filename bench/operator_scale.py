@@ -97,9 +97,14 @@ def _manifest(name: str, workers: int, ttl: int | None = None) -> dict[str, Any]
     }
 
 
-def _apiserver_counts(api: Any) -> dict[tuple[str, str, str], float]:
+def _apiserver_metrics(api: Any) -> str:
     host = api.configuration.host
-    text = api.rest_client.pool_manager.request("GET", f"{host}/metrics").data.decode()
+    return str(api.rest_client.pool_manager.request("GET", f"{host}/metrics").data.decode())
+
+
+def _apiserver_counts(text: str) -> dict[tuple[str, str, str], float]:
+    """apiserver_request_total by (resource, subresource, verb), from the API server's
+    /metrics text."""
     out: dict[tuple[str, str, str], float] = {}
     for line in text.splitlines():
         if not line.startswith("apiserver_request_total{"):
@@ -110,7 +115,7 @@ def _apiserver_counts(api: Any) -> dict[tuple[str, str, str], float]:
     return out
 
 
-def _control_plane_counters(cluster: Any, api: Any) -> dict[str, float]:
+def _control_plane_counters(cluster: Any, apiserver: str) -> dict[str, float]:
     """The control plane's own CPU and the Job controller's work, from the API server's and
     kube-controller-manager's /metrics (as the admin user; the controller manager's serving
     certificate is self-signed, so it is not verified — a loopback port of our own cluster).
@@ -119,9 +124,7 @@ def _control_plane_counters(cluster: Any, api: Any) -> dict[str, float]:
     controller's step (2,000 x 1 on 2026-12-05: 15-18 s p50 beside ours, 0.4 s beside the
     empty operator, its ten workers busy the whole burst); these tell, per run, how busy it
     was, how long a Job waited in its queue, and what the API server and the controller
-    manager burnt meanwhile."""
-    host = api.configuration.host
-    apiserver = api.rest_client.pool_manager.request("GET", f"{host}/metrics").data.decode()
+    manager burnt meanwhile. ``apiserver``: the API server's /metrics text."""
     state = devcluster.cluster.ClusterState.load(cluster.state_dir)
     port = state.ports["controller-manager"] if state else 0
     pki = cluster.state_dir / "pki"
@@ -398,8 +401,9 @@ def run_one(
     cpu0, _ = _proc_stats(proc.pid)
     rss0 = _rss_now(proc.pid)
     load0 = round(os.getloadavg()[0], 2)
-    counts0 = _apiserver_counts(api)
-    control0 = _control_plane_counters(cluster, api)
+    metrics0 = _apiserver_metrics(api)
+    counts0 = _apiserver_counts(metrics0)
+    control0 = _control_plane_counters(cluster, metrics0)
     submitted: dict[str, float] = {}
 
     def submit(i: int) -> None:
@@ -431,10 +435,10 @@ def run_one(
         created = dict(pods.created_at)
         running = dict(pods.running_at)
     cpu1, rss = _proc_stats(proc.pid)
-    control1 = _control_plane_counters(cluster, api)
+    control1 = _control_plane_counters(cluster, _apiserver_metrics(api))
     # let trailing status writes land before counting requests
     time.sleep(3.0)
-    counts1 = _apiserver_counts(api)
+    counts1 = _apiserver_counts(_apiserver_metrics(api))
     own = None
     own_by: dict[str, float] = {}
     if kind == "torchyard":

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from torchyard.controller import status_writer
 from torchyard.controller.status_writer import StatusWriter
 from torchyard.state import Decision, Event
 
@@ -30,24 +29,26 @@ def _counts(active: int, ready: int) -> Decision:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    now = [1000.0]
-    monkeypatch.setattr(status_writer.time, "monotonic", lambda: now[0])
-    return now
+def clock() -> list[float]:
+    """The writer's monotonic clock, moved by the test."""
+    return [1000.0]
 
 
-def _writer(count_update_seconds: float, created_update_seconds: float = 10.0) -> StatusWriter:
+def _writer(
+    clock: list[float], count_update_seconds: float, created_update_seconds: float = 10.0
+) -> StatusWriter:
     return StatusWriter(
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         count_update_seconds,
         created_update_seconds,
+        clock=lambda: clock[0],
     )
 
 
 def test_a_count_refresh_waits_for_the_rest_of_the_group(clock: list[float]) -> None:
-    writer = _writer(3.0)
+    writer = _writer(clock, 3.0)
     # Long after the last write: the first worker's readiness still waits count_update_seconds
     assert writer.throttle(KEY, BODY, _counts(4, 1)) == 3.0
     clock[0] += 0.4
@@ -58,7 +59,7 @@ def test_a_count_refresh_waits_for_the_rest_of_the_group(clock: list[float]) -> 
 
 
 def test_pods_created_wait_for_their_readiness(clock: list[float]) -> None:
-    writer = _writer(3.0, created_update_seconds=10.0)
+    writer = _writer(clock, 3.0, created_update_seconds=10.0)
     # Pods created, none ready: that news alone waits created_update_seconds ...
     assert writer.throttle(KEY, BODY, _counts(2, 0)) == 10.0
     clock[0] += 3.5
@@ -69,14 +70,14 @@ def test_pods_created_wait_for_their_readiness(clock: list[float]) -> None:
 
 
 def test_pods_created_alone_are_written_after_created_update_seconds(clock: list[float]) -> None:
-    writer = _writer(3.0, created_update_seconds=10.0)
+    writer = _writer(clock, 3.0, created_update_seconds=10.0)
     assert writer.throttle(KEY, BODY, _counts(4, 0)) == 10.0
     clock[0] += 10.0
     assert writer.throttle(KEY, BODY, _counts(4, 0)) == 0.0
 
 
 def test_a_transition_is_never_held(clock: list[float]) -> None:
-    writer = _writer(3.0)
+    writer = _writer(clock, 3.0)
     assert writer.throttle(KEY, BODY, _counts(4, 1)) > 0
     running = _counts(4, 4)
     running.status["phase"] = "Running"
@@ -87,4 +88,4 @@ def test_a_transition_is_never_held(clock: list[float]) -> None:
 
 
 def test_count_update_seconds_zero_writes_every_change_at_once(clock: list[float]) -> None:
-    assert _writer(0.0).throttle(KEY, BODY, _counts(1, 0)) == 0.0
+    assert _writer(clock, 0.0).throttle(KEY, BODY, _counts(1, 0)) == 0.0

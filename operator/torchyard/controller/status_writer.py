@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -44,8 +45,11 @@ class StatusWriter:
         metrics: OperatorMetrics,
         count_update_seconds: float,
         created_update_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
+        self.clock = clock
+        """Seconds for the throttle's waits (monotonic; a test passes its own)."""
         self.cache = cache
         self.metrics = metrics
         self.count_update_seconds = count_update_seconds
@@ -76,7 +80,7 @@ class StatusWriter:
         if not patch or not set(patch) <= COUNT_KEYS or decision.actions or decision.events:
             self._count_pending.pop(key, None)
             return 0.0
-        now = time.monotonic()
+        now = self.clock()
         first = self._count_pending.setdefault(key, now)
         settle = self.count_update_seconds
         if settle > 0 and _only_active_changed(patch, old):
@@ -112,7 +116,7 @@ class StatusWriter:
                 if exc.status == 404:
                     return
                 raise
-            self._last_write[key] = time.monotonic()
+            self._last_write[key] = self.clock()
             self._count_pending.pop(key, None)
             if isinstance(updated, dict):
                 self.cache.offer_object(key, updated)
