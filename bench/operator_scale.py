@@ -16,9 +16,9 @@ that only creates the same objects (bench/baseline_operator.py):
   the operator's RSS (VmRSS) then, beside its RSS before the burst: memory must not grow
   with finished jobs.
 
-``--order`` may also name ``baseline-status``: the empty operator plus the status writes and
-Events a user sees from ours at one worker (``TORCHYARD_BASELINE_STATUS=1``, see
-bench/baseline_operator.py), to tell how much of a gap those writes are.
+``--order`` may also name ``baseline-status``: the empty operator plus two status writes and
+two Events per job, as ours made before it held a new job's first status for its workers
+(``TORCHYARD_BASELINE_STATUS=1``, see bench/baseline_operator.py).
 
 Worker pods are held Running (KWOK hold annotation), so "Running" is a stable state.
 Writes bench/results/operator_scale.json and docs/benchmarks-operator.md.

@@ -96,6 +96,7 @@ def job(
     deleting: bool = False,
     uid: str = "job-uid",
     queue: str | None = None,
+    created: datetime | None = None,
 ) -> JobInfo:
     return JobInfo(
         name="digits",
@@ -110,6 +111,7 @@ def job(
         complete=complete,
         failed_reason=failed_reason,
         queue=queue,
+        created=created,
     )
 
 
@@ -201,6 +203,20 @@ def test_a_job_found_without_its_created_write_gets_it() -> None:
     again = run(step(tj_body(), found), job=job(active=2, ready=1), now=T0 + timedelta(seconds=4))
     assert again.events == []
     assert status_patch(found.status, again.status) == {}
+
+
+def test_a_held_first_status_dates_its_start_from_the_jobs_creation() -> None:
+    """The first status was held for the workers (controller/status_writer.py): written 40 s
+    after the Job was created, it dates startTime (activeDeadlineSeconds counts from it) and
+    Created from the Job's creation, not from the write."""
+    created = T0 + timedelta(seconds=2)
+    written = T0 + timedelta(seconds=40)
+    later = run(tj_body(), job=job(active=2, ready=2, created=created), now=written)
+    assert later.status["phase"] == Phase.RUNNING
+    assert later.status["startTime"] == rfc3339(created)
+    assert cond(later, ConditionType.CREATED)["lastTransitionTime"] == rfc3339(created)
+    assert cond(later, ConditionType.RUNNING)["lastTransitionTime"] == rfc3339(written)
+    assert [e.reason for e in later.events] == [Reason.JOB_CREATED, Reason.WORKERS_RUNNING]
 
 
 def test_last_transition_time_moves_only_when_status_changes() -> None:

@@ -4,6 +4,7 @@ goes at once; one whose only news is pods created waits longer, for their readin
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -35,7 +36,10 @@ def clock() -> list[float]:
 
 
 def _writer(
-    clock: list[float], count_update_seconds: float, created_update_seconds: float = 10.0
+    clock: list[float],
+    count_update_seconds: float,
+    created_update_seconds: float = 10.0,
+    first_status_seconds: float = 60.0,
 ) -> StatusWriter:
     return StatusWriter(
         None,  # type: ignore[arg-type]
@@ -43,6 +47,7 @@ def _writer(
         None,  # type: ignore[arg-type]
         count_update_seconds,
         created_update_seconds,
+        first_status_seconds,
         clock=lambda: clock[0],
     )
 
@@ -89,3 +94,100 @@ def test_a_transition_is_never_held(clock: list[float]) -> None:
 
 def test_count_update_seconds_zero_writes_every_change_at_once(clock: list[float]) -> None:
     assert _writer(clock, 0.0).throttle(KEY, BODY, _counts(1, 0)) == 0.0
+
+
+# A new job's first status: held until its workers are up, so one write says Created and
+# Running; its JobCreated Event goes at once.
+
+NEW: dict[str, Any] = {"metadata": {"name": "digits", "namespace": "ml", "resourceVersion": "7"}}
+CREATED = Event("Normal", "JobCreated", "created the worker Job (4 workers)")
+RUNNING = Event("Normal", "WorkersRunning", "4/4 workers running")
+
+
+def _started(active: int, *, running: bool = False) -> Decision:
+    """A new job's first decision: its Job created, ``active`` pods (all ready: ``running``)."""
+    conditions = [{"type": "Created", "status": "True", "reason": "JobCreated"}]
+    events = [CREATED]
+    if running:
+        conditions.append({"type": "Running", "status": "True", "reason": "WorkersRunning"})
+        events.append(RUNNING)
+    return Decision(
+        status={
+            "phase": "Running" if running else "Pending",
+            "workers": {"active": active, "ready": active if running else 0},
+            "conditions": conditions,
+        },
+        events=events,
+    )
+
+
+def test_a_new_jobs_first_status_waits_for_its_worker_pods(clock: list[float]) -> None:
+    writer = _writer(clock, 3.0, created_update_seconds=10.0, first_status_seconds=60.0)
+    # The Job is created, the Job controller has not made its pods: up to first_status_seconds
+    assert writer.throttle(KEY, NEW, _started(0)) == 60.0
+    clock[0] += 20
+    assert writer.throttle(KEY, NEW, _started(0)) == pytest.approx(40.0)
+    # Pods created: created_update_seconds more for their readiness ...
+    assert writer.throttle(KEY, NEW, _started(4)) == pytest.approx(10.0)
+    clock[0] += 4
+    assert writer.throttle(KEY, NEW, _started(4)) == pytest.approx(6.0)
+    # ... and the Running transition is never held: one write carries both.
+    assert writer.throttle(KEY, NEW, _started(4, running=True)) == 0.0
+
+
+def test_a_new_job_whose_pods_never_come_is_written_after_first_status_seconds(
+    clock: list[float],
+) -> None:
+    writer = _writer(clock, 3.0, first_status_seconds=60.0)
+    assert writer.throttle(KEY, NEW, _started(0)) == 60.0
+    clock[0] += 60
+    assert writer.throttle(KEY, NEW, _started(0)) == 0.0
+
+
+def test_only_a_first_status_is_held_for_the_workers(clock: list[float]) -> None:
+    writer = _writer(clock, 3.0, first_status_seconds=60.0)
+    # A job that already has a status (e.g. Created False while a quota held it back) says
+    # Created True at once.
+    assert writer.throttle(KEY, BODY, _started(0)) == 0.0
+    # A first status with news besides the start (a Warning) is not held either.
+    warned = _started(0)
+    warned.events.append(Event("Warning", "WorkerStuck", "worker 0 cannot start"))
+    assert writer.throttle(KEY, NEW, warned) == 0.0
+    # first_status_seconds 0: every first status goes at once.
+    assert _writer(clock, 3.0, first_status_seconds=0.0).throttle(KEY, NEW, _started(0)) == 0.0
+
+
+class _Kube:
+    """Answers the status patch with the patched object (the write's only call)."""
+
+    custom = SimpleNamespace(patch_namespaced_custom_object_status=None)
+
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    def call(self, verb: str, resource: str, fn: object, *args: Any, **kw: Any) -> Any:
+        assert (verb, resource) == ("patch", "trainingjobs/status")
+        self.patches.append(args[-1])
+        return {**NEW, "status": args[-1]["status"]}
+
+
+class _Cache:
+    def offer_object(self, key: object, obj: object) -> None:
+        pass
+
+
+def test_a_held_first_status_posts_its_event_at_once_and_once(clock: list[float]) -> None:
+    kube = _Kube()
+    metrics: Any = None
+    writer = StatusWriter(kube, _Cache(), metrics, 3.0, 10.0, 60.0, clock=lambda: clock[0])  # type: ignore[arg-type]
+    posted: list[str] = []
+    writer._post_event = lambda body, event: posted.append(event.reason)  # type: ignore[method-assign]
+    held = _started(0)
+    assert writer.throttle(KEY, NEW, held) > 0
+    writer.announce(KEY, NEW, held)
+    writer.announce(KEY, NEW, _started(2))  # held again later: not posted twice
+    writer.write(KEY, NEW, _started(4, running=True))
+    writer._event_pool.shutdown(wait=True)
+    assert posted == ["JobCreated", "WorkersRunning"]
+    assert len(kube.patches) == 1
+    assert kube.patches[0]["status"]["phase"] == "Running"

@@ -103,6 +103,7 @@ class Reconciler:
             metrics,
             self.settings.count_update_seconds,
             self.settings.created_update_seconds,
+            self.settings.first_status_seconds,
         )
         self._errors: Retries[Key] = Retries(backoff, limit=MAX_ATTEMPTS)
         self._held: Retries[Key] = Retries(backoff)  # Blocked and Retry: without limit
@@ -246,7 +247,9 @@ class Reconciler:
             if wait > 0:
                 # movable: an event before then (a worker turning ready) is decided at once;
                 # the throttle then holds what is still only a count refresh for what is left.
-                self.enqueue(key, wait, movable=True)
+                # A recheck the decision asks for sooner (a deadline, a stuck pod) still comes.
+                self.enqueue(key, min(wait, decision.recheck_after or wait), movable=True)
+                self.status.announce(key, body, decision)
                 self.status.observe_metrics(key, body, view, decision, obs)
                 return
         self.status.write(key, body, decision)

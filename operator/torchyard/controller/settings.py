@@ -26,6 +26,13 @@ class Settings:
     succeeded or failed): a starting job waits for ready workers, and in a burst the Job
     controller reports readiness seconds after creation, so that write mostly rides with the
     readiness (or ``Running``) one instead of costing its own."""
+    first_status_seconds: float = 60.0
+    """Longest a new job's first status (Pending, ``Created``) waits for its worker pods to be
+    created; once they are, ``created_update_seconds`` applies. Where the workers start within
+    that time, one status write says ``Created`` and ``Running`` (the ``JobCreated`` Event is
+    posted at once all the same). In a burst the worker Jobs wait tens of seconds in the Job
+    controller's queue, and a second write per job is API-server work taken from it. 0: write
+    at once."""
     child_coalesce_seconds: float = 0.25
     """The same for events of a job's batch Job: pods becoming ready one by one change its
     counts in bursts; one status write per burst, not one per pod."""

@@ -3,7 +3,10 @@
 The status goes through the status subresource with ``metadata.resourceVersion`` as an
 optimistic-concurrency precondition (a stale cache gets a 409: :class:`Conflict`, reconcile
 again — a restart is never counted twice). A write that would only refresh the worker
-counts/message is throttled. Events are posted fire-and-forget, one per transition.
+counts/message is throttled, and so is a new job's first status (Pending, ``Created``) until its
+pods are up: in a burst the worker Jobs wait tens of seconds in the Job controller's queue, and
+one write then carries ``Created`` and ``Running`` instead of two. Events are posted
+fire-and-forget, one per transition — a held write's at once.
 """
 
 from __future__ import annotations
@@ -23,12 +26,22 @@ from torchyard.api.constants import (
     GROUP,
     TRAINING_JOB_PLURAL,
     VERSION,
+    ConditionType,
     Phase,
+    Reason,
 )
 from torchyard.controller.cache import Cache
 from torchyard.controller.kube import RAW, Conflict, Key, Kube, reason
 from torchyard.metrics import OperatorMetrics
-from torchyard.state import Decision, Event, JobView, Observed, rfc3339, status_patch
+from torchyard.state import (
+    Decision,
+    Event,
+    JobView,
+    Observed,
+    condition_true,
+    rfc3339,
+    status_patch,
+)
 
 log = logging.getLogger("torchyard.operator")
 
@@ -45,6 +58,7 @@ class StatusWriter:
         metrics: OperatorMetrics,
         count_update_seconds: float,
         created_update_seconds: float,
+        first_status_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
@@ -54,16 +68,23 @@ class StatusWriter:
         self.metrics = metrics
         self.count_update_seconds = count_update_seconds
         self.created_update_seconds = created_update_seconds
+        self.first_status_seconds = first_status_seconds
         self._event_pool = ThreadPoolExecutor(2, thread_name_prefix="events")
         self.instance = socket.gethostname()
         self._last_write: dict[Key, float] = {}
         self._count_pending: dict[Key, float] = {}
+        self._first_pending: dict[Key, float] = {}
+        """Per new job whose first status is held: when it was first held."""
+        self._announced: dict[Key, set[Event]] = {}
+        """Per job: Events of a held write, posted already (its write leaves them out)."""
         self._seen_pods_created: set[Key] = set()
         self._seen_running: set[Key] = set()
 
     def forget(self, key: Key) -> None:
         self._last_write.pop(key, None)
         self._count_pending.pop(key, None)
+        self._first_pending.pop(key, None)
+        self._announced.pop(key, None)
         self._seen_pods_created.discard(key)
         self._seen_running.discard(key)
 
@@ -74,9 +95,12 @@ class StatusWriter:
         each other, and one write then carries them all — and the Running transition too when
         it comes within that time (a write with a transition or an Event is never held). One
         whose only news is pods created or removed waits ``created_update_seconds`` from its
-        first change: readiness, not creation, is what a starting job waits for."""
+        first change: readiness, not creation, is what a starting job waits for. A new job's
+        first status is held too (:meth:`_hold_first_status`)."""
         old = dict(body.get("status") or {})
         patch = status_patch(old, decision.status)
+        if patch and _only_a_start(old, decision):
+            return self._hold_first_status(key, decision)
         if not patch or not set(patch) <= COUNT_KEYS or decision.actions or decision.events:
             self._count_pending.pop(key, None)
             return 0.0
@@ -90,6 +114,30 @@ class StatusWriter:
             settle - (now - first),
         )
         return max(wait, 0.0)
+
+    def _hold_first_status(self, key: Key, decision: Decision) -> float:
+        """Seconds a new job's first status (Pending, ``Created``) waits: until its worker
+        pods exist, at most ``first_status_seconds`` from when it was first held; once they
+        do, ``created_update_seconds`` for their readiness, as any pods-created news. A job
+        whose workers turn ready by then gets one write saying ``Created`` and ``Running``
+        (the Running transition is never held); its ``JobCreated`` Event goes at once
+        (:meth:`announce`). Crash-safe: the held write is decided again from the Job that
+        exists (``startTime`` and ``Created`` from the Job's creation time)."""
+        now = self.clock()
+        wait = self.first_status_seconds - (now - self._first_pending.setdefault(key, now))
+        if (decision.status.get("workers") or {}).get("active"):
+            pods_since = self._count_pending.setdefault(key, now)
+            wait = min(wait, self.created_update_seconds - (now - pods_since))
+        return max(wait, 0.0)
+
+    def announce(self, key: Key, body: dict[str, Any], decision: Decision) -> None:
+        """Post the Events of a write being held, once: a user sees ``JobCreated`` when the
+        Job is created, not when the status catches up; the write then leaves them out."""
+        posted = self._announced.setdefault(key, set())
+        for event in decision.events:
+            if event not in posted:
+                posted.add(event)
+                self._event_pool.submit(self._post_event, body, event)
 
     def write(self, key: Key, body: dict[str, Any], decision: Decision) -> None:
         """Write the status the decision wants (if it differs) and post its Events."""
@@ -118,10 +166,14 @@ class StatusWriter:
                 raise
             self._last_write[key] = self.clock()
             self._count_pending.pop(key, None)
+            self._first_pending.pop(key, None)
             if isinstance(updated, dict):
                 self.cache.offer_object(key, updated)
             body = updated if isinstance(updated, dict) else body
+        posted = self._announced.pop(key, set())
         for event in decision.events:
+            if event in posted:
+                continue
             # Fire and forget: an Event never holds up the next job's reconcile.
             self._event_pool.submit(self._post_event, body, event)
 
@@ -231,6 +283,20 @@ class StatusWriter:
             self.metrics.running_seconds.labels(kind).observe(
                 max(0.0, obs.now.timestamp() - created)
             )
+
+
+def _only_a_start(old: dict[str, Any], decision: Decision) -> bool:
+    """A new job's first status with nothing in it but its start: Pending with ``Created``
+    True (its Job was just created), worker counts, ``JobCreated``. Anything more — another
+    phase, a Warning, a step to take after the write, a status written before — is not held."""
+    status = decision.status
+    return (
+        not old.get("phase")
+        and status.get("phase") == Phase.PENDING
+        and condition_true(status, ConditionType.CREATED)
+        and not decision.after_status
+        and all(event.reason == Reason.JOB_CREATED for event in decision.events)
+    )
 
 
 def _only_active_changed(patch: dict[str, Any], old: dict[str, Any]) -> bool:

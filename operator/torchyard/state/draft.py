@@ -59,8 +59,12 @@ class StatusDraft:
         """The attempt the job should be on (``status.restarts``)."""
         return int(self.status.get("restarts") or 0)
 
-    def cond(self, ctype: str, value: bool, reason: str, message: str) -> bool:
-        return set_condition(self.status, ctype, value, reason, message, self.now, self.gen)
+    def cond(
+        self, ctype: str, value: bool, reason: str, message: str, since: datetime | None = None
+    ) -> bool:
+        """Set one condition; ``since``: when it became so, where that was before now."""
+        at = since or self.now
+        return set_condition(self.status, ctype, value, reason, message, at, self.gen)
 
     def clear(self, ctype: str, reason: str, message: str) -> None:
         clear_condition(self.status, ctype, reason, message, self.now, self.gen)

@@ -29,6 +29,8 @@ the next step (returns None).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from torchyard.api import CompressionJob, TrainingJob
 from torchyard.api.constants import ConditionType, Phase, Reason
 from torchyard.state import startup
@@ -92,7 +94,7 @@ def decide(
     if job.deleting:
         return _wait_for_deletion(draft)
     draft.status["workers"] = worker_counts(job)
-    _say_created(draft)
+    _say_created(draft, job.created)
     return (
         _apply_suspend_policy(draft, job)
         or _succeed_if_complete(draft, job, obs.pods)
@@ -264,17 +266,18 @@ def _create_attempt(draft: StatusDraft) -> Decision:
     return draft.done()
 
 
-def _say_created(draft: StatusDraft) -> None:
+def _say_created(draft: StatusDraft, since: datetime | None = None) -> None:
     """``Created`` True (and its Event) once the attempt's Job is being created or exists: also
-    on the path that finds the Job already there, where the write that said so was lost (the
-    operator stopped between creating the Job and writing the status)."""
+    on the path that finds the Job already there, where the status did not say so yet (the
+    write was held for the workers to start — controller/status_writer.py — or lost when the
+    operator stopped). ``since``: that Job's creation time."""
     status = draft.status
     if condition_true(status, ConditionType.CREATED):
         return
     if get_condition(status, ConditionType.CREATED) is not None:
         # It was blocked (decide_blocked): the message said why, and no longer applies.
         status["message"] = "worker Job created"
-    draft.cond(ConditionType.CREATED, True, Reason.JOB_CREATED, "worker Job created")
+    draft.cond(ConditionType.CREATED, True, Reason.JOB_CREATED, "worker Job created", since)
     workers = _parsed(draft).spec.workers
     draft.event(Reason.JOB_CREATED, f"created the worker Job ({workers} workers)")
 
@@ -487,8 +490,8 @@ def _track_workers(draft: StatusDraft, job: JobInfo, obs: Observed) -> Decision:
     is not, its pods are looked at (:mod:`torchyard.state.startup`)."""
     _note_kueue_admission(draft, job)
     status, workers, restarts = draft.status, _parsed(draft).spec.workers, draft.restarts
-    if not status.get("startTime"):
-        status["startTime"] = rfc3339(draft.now)
+    if not status.get("startTime"):  # the attempt started when its Job was created
+        status["startTime"] = rfc3339(job.created or draft.now)
     up = job.ready + job.succeeded
     if up >= workers and job.active + job.succeeded >= workers:
         message = f"{workers}/{workers} workers running"
