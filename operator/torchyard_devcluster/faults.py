@@ -129,12 +129,10 @@ def resync_fake_nodes(state_dir: Path, *, timeout: float = 60.0) -> None:
         state, new = _launch_again(state_dir, "kwok")
         deadline = time.monotonic() + timeout
         wait_http(new, f"http://127.0.0.1:{state.ports['kwok']}/healthz", timeout=timeout)
-        held = {n for n in nodes if _lease_exists(leases, n)}
-        while held != set(nodes):
+        while missing := [n for n in nodes if not _lease_exists(leases, n)]:
             if time.monotonic() > deadline:
-                raise DevClusterError(f"kwok took no Lease for {sorted(set(nodes) - held)}")
+                raise DevClusterError(f"kwok took no Lease for {missing}")
             time.sleep(0.2)
-            held = {n for n in nodes if _lease_exists(leases, n)}
         time.sleep(1.0)  # kwok's own Lease cache: a watch event behind the API's answer
         touched = _touch_pods(core, set(nodes), phases=("Pending", "Running"))
         while touched and time.monotonic() < deadline:
