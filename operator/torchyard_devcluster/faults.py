@@ -24,7 +24,8 @@ from torchyard_devcluster.cluster import (
     _locked,
     wait_http,
 )
-from torchyard_devcluster.stages import ANNOTATION_PREFIX, FAKE_NODE_ANNOTATION, FAKE_NODE_VALUE
+from torchyard_devcluster.nodes import MANAGED_LABEL
+from torchyard_devcluster.stages import ANNOTATION_PREFIX
 
 #: Where kubelets (and kwok for its fake nodes) keep their node Leases.
 NODE_LEASE_NAMESPACE = "kube-node-lease"
@@ -118,11 +119,7 @@ def resync_fake_nodes(state_dir: Path, *, timeout: float = 60.0) -> None:
     try:
         core: Any = client.CoreV1Api(api)
         leases: Any = client.CoordinationV1Api(api)
-        nodes = [
-            n.metadata.name
-            for n in core.list_node().items
-            if (n.metadata.annotations or {}).get(FAKE_NODE_ANNOTATION) == FAKE_NODE_VALUE
-        ]
+        nodes = [n.metadata.name for n in core.list_node(label_selector=MANAGED_LABEL).items]
         kill_component(state_dir, "kwok")
         for node in nodes:
             _ignore_not_found(leases.delete_namespaced_lease, node, NODE_LEASE_NAMESPACE)
