@@ -45,6 +45,7 @@ from torchyard.controller.modelversions import resolve_source_version
 from torchyard.controller.queue import Backoff, Retries, WorkQueue
 from torchyard.controller.settings import Settings
 from torchyard.controller.status_writer import PLURALS, StatusWriter
+from torchyard.controller.waiting_pods import WaitingPods
 from torchyard.metrics import OperatorMetrics
 from torchyard.state import (
     Decision,
@@ -93,7 +94,8 @@ class Reconciler:
         )
         self.cache = Cache(self.enqueue, self._forget, self.settings.child_coalesce_seconds)
         self._pods_listed: dict[Key, datetime] = {}
-        """When each job's worker pods were last listed (spaces the looks for a stuck one)."""
+        """When each job's worker pods were last looked at (spaces the looks for a stuck one)."""
+        self.waiting_pods = WaitingPods(self.kube)
         self._unready: dict[Key, tuple[str, datetime]] = {}
         """Per job: the attempt's Job uid and since when it has had an active pod not ready."""
         self.children = Children(self.kube, self.cache, self.gang, self.settings)
@@ -335,6 +337,12 @@ class Reconciler:
         return since
 
     def _pods(self, key: Key, job: JobInfo) -> tuple[PodInfo, ...]:
+        """A finished Job's pods, all of them (exit codes, results); a running attempt's, those
+        waiting on a node (the only ones that can be stuck), from the namespace's shared look."""
+        if not job.complete and job.failed_reason is None:
+            at, waiting = self.waiting_pods.of(key[1], job.uid)
+            self._pods_listed[key] = at
+            return waiting
         self._pods_listed[key] = datetime.now(UTC)
         selector = f"{Label.JOB_CONTROLLER_UID}={job.uid}"
         pods = self.kube.list_items(

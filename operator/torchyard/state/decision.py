@@ -55,7 +55,8 @@ class Decision:
     after_status: list[Action] = field(default_factory=list)
     """Actions to take once the status is written (a restart: the count is persisted first)."""
     needs_pods: bool = False
-    """Decide again with ``Observed.pods`` filled in (the Job finished: exit codes/results)."""
+    """Decide again with ``Observed.pods`` filled in (the Job finished: exit codes/results;
+    workers not all up: a stuck one, :mod:`torchyard.state.startup`)."""
     needs_source: bool = False
     """Decide again with ``Observed.source`` filled in (CompressionJob trainingJobRef)."""
     recheck_after: float | None = None

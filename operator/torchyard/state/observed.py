@@ -188,11 +188,13 @@ class Observed:
     now: datetime
     job: JobInfo | None = None
     pods: tuple[PodInfo, ...] | None = None
-    """Worker pods of the current attempt; None when not listed (see Decision.needs_pods)."""
+    """Worker pods of the current attempt; None when not listed (see Decision.needs_pods). Of
+    a finished Job all of them; of a running one only those waiting on a node (phase
+    Pending, scheduled), the only ones that can be stuck (:mod:`torchyard.state.startup`)."""
     source: SourceInfo | None = None
     pods_listed_at: datetime | None = None
-    """When this job's worker pods were last listed (the controller's memory; None: not since
-    it started): looks for a stuck worker are spaced by the clock, not by the Job's events."""
+    """When this job's worker pods were last looked at (the controller's memory; None: not
+    since it started): looks for a stuck worker are spaced by the clock, not by the Job's events."""
     unready_since: datetime | None = None
     """Since when the current attempt's Job has had an active pod that is not ready (the
     controller's memory; None: none such, or not known): a stuck worker is looked for once a pod

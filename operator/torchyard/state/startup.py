@@ -3,10 +3,12 @@ not pass by itself (an image that cannot be pulled, a missing Secret or ConfigMa
 
 Kubernetes keeps such a pod Pending for ever (the kubelet retries the pull with backoff), and
 its batch Job does not change, so nothing would tell the job. While not every worker is up the
-operator lists the pods (and looks again every :data:`RECHECK_SECONDS`), once the attempt's Job
-is :data:`RECHECK_SECONDS` old: before that its pods are still being created, scheduled and
-pulled, and every change of the Job's counts would list them again (about five lists per job
-in a burst, each a label-selected list over the whole namespace); a pod stuck this way
+operator looks at the pods (and looks again every :data:`RECHECK_SECONDS`), once a pod has
+waited :data:`RECHECK_SECONDS`: before that its pods are still being created, scheduled and
+pulled, and every change of the Job's counts would look again (about five lists per job in a
+burst, each a label-selected list over the whole namespace). The controller answers a look
+from one list of the namespace's scheduled Pending worker pods that every job shares for a few
+seconds (:mod:`torchyard.controller.waiting_pods`); a pod stuck this way
 gives the job's ``Running`` condition False with reason ``ImagePullFailed`` or
 ``WorkerStartFailed`` and a message naming the worker, the kubelet's reason and its message
 (which names the image), plus one Warning Event. The job stays Pending: a pull can succeed once
