@@ -339,7 +339,7 @@ class Reconciler:
     def _pods(self, key: Key, job: JobInfo) -> tuple[PodInfo, ...]:
         """A finished Job's pods, all of them (exit codes, results); a running attempt's, those
         waiting on a node (the only ones that can be stuck), from the namespace's shared look."""
-        if not job.complete and job.failed_reason is None:
+        if not job.finished:
             at, waiting = self.waiting_pods.of(key[1], job.uid)
             self._pods_listed[key] = at
             return waiting
