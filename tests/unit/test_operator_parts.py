@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import kopf
 import pytest
 from prometheus_client import generate_latest
 
+from torchyard.api.constants import COMPRESSION_JOB_PLURAL, GROUP, TRAINING_JOB_PLURAL, VERSION
 from torchyard.controller import FINALIZER, configure
 from torchyard.controller.gang import choose_gang
 from torchyard.controller.modelversions import has_model_to_record
@@ -88,6 +91,32 @@ def test_no_diff_base_is_built_for_kinds_that_have_only_event_handlers() -> None
     # ModelVersions have on.delete and a timer: Kopf needs their real diff base
     assert diffbase.build(body=kopf.Body(version))["spec"] == spec["spec"]
     assert diffbase.build(body=kopf.Body(other))["spec"] == spec["spec"]
+
+
+def test_no_stored_diff_base_is_read_for_kinds_that_have_only_event_handlers() -> None:
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    diffbase = settings.persistence.diffbase_storage
+    stored = {"spec": {"replicas": 1}}
+    meta = {"annotations": {"torchyard.io/last-handled-configuration": json.dumps(stored)}}
+    job = {"apiVersion": "torchyard.io/v1alpha1", "kind": "TrainingJob", "metadata": meta}
+    # what an earlier version's on.create handlers left on a job is not read: the diff of
+    # an event-only kind is always empty
+    assert diffbase.fetch(body=kopf.Body(job)) == {}
+    assert diffbase.fetch(body=kopf.Body({**job, "kind": "CompressionJob"})) == {}
+    assert diffbase.fetch(body=kopf.Body({**job, "kind": "ModelVersion"})) == stored
+
+
+def test_each_job_kind_has_one_event_handler() -> None:
+    """Kopf's work around a handler call is paid per handler and event: one handler per job
+    kind does the reconciler's part and the ModelVersion's."""
+    registry = kopf.get_default_registry()
+    for plural in (TRAINING_JOB_PLURAL, COMPRESSION_JOB_PLURAL):
+        resource = kopf.Resource(GROUP, VERSION, plural)
+        handlers = [
+            h for h in registry._watching.get_all_handlers() if h.selector.check(resource)
+        ]
+        assert len(handlers) == 1, [h.id for h in handlers]
 
 
 def test_only_a_succeeded_job_with_a_model_is_recorded() -> None:
