@@ -200,6 +200,19 @@ def test_the_periodic_check_enqueues_only_flips() -> None:
     assert watch.timing(key).last_step_time == at(55)
 
 
+def test_a_job_that_stepped_stays_judged_when_its_step_time_is_no_longer_known() -> None:
+    """The check skips jobs that never reported a step; one that did keeps its clock's last
+    step time when the book and the status stop telling it (a book entry forgotten)."""
+    key = ("TrainingJob", "ml", "digits")
+    objects = {key: running({"stallTimeoutSeconds": 30})}
+    book = Book()
+    watch = StallWatch(objects, lambda k, delay: None, book)
+    book.times[key] = at(5).timestamp()
+    assert watch.check(at(20)) == []
+    del book.times[key]
+    assert watch.check(at(40)) == [key]
+
+
 def test_after_an_operator_restart_the_status_stands_in_for_the_empty_book() -> None:
     key = ("TrainingJob", "ml", "digits")
     body = running({"stallTimeoutSeconds": 30})

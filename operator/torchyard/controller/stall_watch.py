@@ -62,16 +62,31 @@ class StallWatch:
 
     def timing(self, key: Key) -> StepTiming:
         """The job's step timing now (what ``decide`` judges a stall by)."""
+        return self._timing(key, self._last_step(key, self.objects.get(key)))
+
+    def _last_step(self, key: Key, body: dict[str, Any] | None) -> float | None:
         last = self.source.last_step_time(key)
         if last is None:
             # The book is in memory: after an operator restart, a job that hung before it
             # would never be judged. The status keeps the last progress write (at most one
             # write interval after the step: the window only gets that much longer).
-            last = _last_progress_write(self.objects.get(key))
+            last = _last_progress_write(body)
+        return last
+
+    def _timing(self, key: Key, last: float | None) -> StepTiming:
         with self._lock:
             clock = self._clocks.setdefault(key, StepClock())
             clock.observe(last)
             return clock.timing()
+
+    def _never_stepped(self, key: Key, last: float | None) -> bool:
+        """No step time now nor before: ``judge_stall`` has nothing to judge. Most running
+        jobs of a burst are such (their workers still start), and the check skips them
+        without a clock of their own."""
+        if last is not None:
+            return False
+        clock = self._clocks.get(key)
+        return clock is None or not clock.stepped
 
     def check(self, now: datetime) -> list[Key]:
         """Enqueue a reconcile of each running job whose Stalled condition must flip; returns
@@ -83,7 +98,12 @@ class StallWatch:
                 del self._clocks[gone]
         for key, body in objects.items():
             status = body.get("status") or {}
-            if status.get("phase") == Phase.RUNNING and _flip_due(body, self.timing(key), now):
+            if status.get("phase") != Phase.RUNNING:
+                continue
+            last = self._last_step(key, body)
+            if self._never_stepped(key, last):
+                continue
+            if _flip_due(body, self._timing(key, last), now):
                 due.append(key)
                 self.enqueue(key, 0.0)
         return due

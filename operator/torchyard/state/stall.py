@@ -92,6 +92,11 @@ class StepClock:
             self._intervals.clear()  # a new record (a new attempt): measured afresh
         self._last = last_step_time
 
+    @property
+    def stepped(self) -> bool:
+        """Whether a step time was ever observed (else :meth:`timing` has nothing to judge)."""
+        return self._last is not None
+
     def timing(self) -> StepTiming:
         last = None if self._last is None else datetime.fromtimestamp(self._last, UTC)
         median = statistics.median(self._intervals) if self._intervals else None
