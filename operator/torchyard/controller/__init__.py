@@ -39,7 +39,7 @@ from torchyard.api.constants import (
     VERSION,
 )
 from torchyard.api.contract import Label
-from torchyard.controller import modelversions as _modelversions  # its handlers register
+from torchyard.controller import modelversions as _modelversions  # + its ModelVersion handlers
 from torchyard.controller.jobwatch import start_job_watches
 from torchyard.controller.leader import LeaseSettings, fence_client, fence_trace, wait_for_turn
 from torchyard.controller.progress_server import BOOK, ProgressConfig, ProgressServer
