@@ -383,7 +383,8 @@ def _kwok_argv(
     conf.write_text(
         stages.kwok_config(server_address=f"127.0.0.1:{ports['kwok']}", pod_run_ms=pod_run_ms)
     )
-    return [binary, f"--kubeconfig={kubeconfig}", f"--config={conf}", f"--v={verbosity}"]
+    level = componentargs.kwok_log_level(verbosity)
+    return [binary, f"--kubeconfig={kubeconfig}", f"--config={conf}", f"--v={level}"]
 
 
 def _wait_healthy(

@@ -36,6 +36,16 @@ def etcd_argv(binary: str, data_dir: Path, client_port: int, peer_port: int) -> 
     ]
 
 
+def kwok_log_level(verbosity: int) -> str:
+    """KWOK's ``--v``: a slog level, not klog's verbosity. Its INFO — its default, and what
+    ``--v=0`` means to it — writes a line for every pod patch and node-lease renewal (90 MB
+    in one session of 2,000-pod bursts); at the cluster's verbosity 0 it is as quiet as the
+    klog components (warnings and errors), more verbose only when asked."""
+    if verbosity <= 0:
+        return "WARN"
+    return "INFO" if verbosity < 4 else "DEBUG"
+
+
 def controller_manager_argv(
     binary: str, kubeconfig: Path, port: int, pki: certs.ClusterCerts, verbosity: int
 ) -> list[str]:
