@@ -79,20 +79,26 @@ def _geomean(xs: list[float]) -> float:
     return math.exp(statistics.fmean(math.log(x) for x in xs))
 
 
+def _ratio_of_means(a: list[float], b: list[float]) -> float:
+    return statistics.fmean(a) / statistics.fmean(b)
+
+
+def _pooled(per_file: list[tuple[list[float], list[float]]]) -> float:
+    """Geometric mean over files of each file's ratio of the means."""
+    return _geomean([_ratio_of_means(a, b) for a, b in per_file])
+
+
 def pooled_ratio(
     per_file: list[tuple[list[float], list[float]]], resamples: int = RESAMPLES, seed: int = SEED
 ) -> tuple[float, float, float]:
     """Geometric mean over files of (mean ours ÷ mean other), and its 95 % stratified
     bootstrap interval (resampling runs within each file and system)."""
-    point = _geomean([statistics.fmean(a) / statistics.fmean(b) for a, b in per_file])
+    point = _pooled(per_file)
     rng = random.Random(seed)
-    boots = []
-    for _ in range(resamples):
-        ratios = [
-            statistics.fmean(rng.choices(a, k=len(a))) / statistics.fmean(rng.choices(b, k=len(b)))
-            for a, b in per_file
-        ]
-        boots.append(_geomean(ratios))
+    boots = [
+        _pooled([(rng.choices(a, k=len(a)), rng.choices(b, k=len(b))) for a, b in per_file])
+        for _ in range(resamples)
+    ]
     boots.sort()
     lo, hi = boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1]
     return point, lo, hi
@@ -115,7 +121,7 @@ def pool(paths: list[Path], ours: str, other: str) -> dict[str, Any]:
                 entry["figures"][name] = {
                     ours: a,
                     other: b,
-                    "ratio_of_means": round(statistics.fmean(a) / statistics.fmean(b), 3),
+                    "ratio_of_means": round(_ratio_of_means(a, b), 3),
                 }
         files.append(entry)
     out: dict[str, Any] = {
@@ -145,9 +151,7 @@ def pool(paths: list[Path], ours: str, other: str) -> dict[str, Any]:
             if sub:
                 by_first[f"{who} first"] = {
                     "files": len(sub),
-                    "ratio": round(
-                        _geomean([statistics.fmean(a) / statistics.fmean(b) for a, b in sub]), 3
-                    ),
+                    "ratio": round(_pooled(sub), 3),
                 }
         out["pooled"][name] = {
             "files": len(have),
