@@ -4,6 +4,11 @@ winner and reason out. Synthetic timings only — nothing here is timed."""
 from __future__ import annotations
 
 import random
+import statistics
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from torchyard_trainer.compress.timing import (
     NOISE_NOTE,
@@ -11,6 +16,7 @@ from torchyard_trainer.compress.timing import (
     clearly_faster,
     decide,
     interleaved,
+    needs_confirmation,
     required_wins,
 )
 
@@ -164,3 +170,104 @@ def test_interleaved_rotates_the_order_and_warms_up_first() -> None:
     per_slot = 1 + 2  # the untimed call, then two timed
     firsts = [slots[i] for i in range(0, len(slots), per_slot)]
     assert firsts == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_a_lead_the_second_block_does_not_repeat_is_noise() -> None:
+    """The first block shows perChannel 25% faster in 9/9 rounds (a stretch of load that
+    favoured it, CI's case); the second block shows them level: within noise, size wins, and
+    the reason says the lead was not confirmed. The medians are over both blocks."""
+    pt = [100.0 + i for i in range(9)]
+    first = {PER_TENSOR.name: pt, PER_CHANNEL.name: [x * 0.75 for x in pt]}
+    second = {PER_TENSOR.name: pt, PER_CHANNEL.name: [x * (1.01 if i % 2 else 0.99)
+                                                     for i, x in enumerate(pt)]}
+    assert needs_confirmation(first)
+    assert not needs_confirmation(second)
+    alone = decide([PER_TENSOR, PER_CHANNEL], first)
+    assert alone.winner == PER_CHANNEL.name  # one block alone would have picked the bigger file
+    d = decide([PER_TENSOR, PER_CHANNEL], first, confirm=second)
+    assert d.winner == PER_TENSOR.name
+    assert d.by_size
+    assert NOISE_NOTE in d.reason
+    assert "not confirmed" in d.reason
+    assert "two blocks of 9 interleaved rounds" in d.reason
+    both = first[PER_CHANNEL.name] + second[PER_CHANNEL.name]
+    assert d.medians[PER_CHANNEL.name] == statistics.median(both)
+
+
+def test_a_lead_both_blocks_show_wins() -> None:
+    pt = [100.0 + i for i in range(9)]
+    first = {PER_TENSOR.name: pt, PER_CHANNEL.name: [x * 0.7 for x in pt]}
+    second = {PER_TENSOR.name: pt, PER_CHANNEL.name: [x * 0.7 for x in pt[:8]] + [200.0]}
+    d = decide([PER_TENSOR, PER_CHANNEL], first, confirm=second)
+    assert d.winner == PER_CHANNEL.name
+    assert not d.by_size
+    assert "faster in 9/9 and 8/9 interleaved rounds (two blocks)" in d.reason
+    assert "not confirmed" not in d.reason
+
+
+def test_confirmation_cuts_false_picks_when_load_favours_one_model_for_a_block() -> None:
+    """Same kernels; in a fifth of the blocks a stretch of load slows one of the two (either)
+    by 30% in every round — the sign test, which takes rounds as independent, believes it.
+    One block picks the bigger file about a tenth of the time; with the second block asked
+    for exactly when the first shows a lead (as settle_latency does), about a fiftieth."""
+    rng = random.Random(0)
+
+    def block() -> dict[str, list[float]]:
+        base = [rng.uniform(90, 110) for _ in range(9)]
+        slowed = rng.choice([PER_TENSOR.name, PER_CHANNEL.name]) if rng.random() < 0.2 else ""
+        return {e.name: [b * rng.uniform(0.98, 1.02) * (1.3 if e.name == slowed else 1.0)
+                         for b in base] for e in (PER_TENSOR, PER_CHANNEL)}
+
+    n, one, two = 1000, 0, 0
+    for _ in range(n):
+        first = block()
+        one += decide([PER_TENSOR, PER_CHANNEL], first).winner == PER_CHANNEL.name
+        confirm = block() if needs_confirmation(first) else None
+        two += decide([PER_TENSOR, PER_CHANNEL], first, confirm=confirm
+                      ).winner == PER_CHANNEL.name
+    assert 0.06 <= one / n <= 0.14
+    assert two / n <= 0.02
+
+
+@pytest.mark.parametrize(("script", "want_winner"), [
+    ({"small": [[10.0] * 9], "big": [[10.0] * 9]}, "q=small"),  # level: one block
+    ({"small": [[10.0] * 9, [10.0] * 9], "big": [[7.0] * 9, [10.0] * 9]}, "q=small"),
+    ({"small": [[10.0] * 9, [10.0] * 9], "big": [[7.0] * 9, [6.0] * 9]}, "q=big"),
+])
+def test_settle_latency_asks_for_a_second_block_only_after_a_lead(
+    script: dict[str, list[list[float]]], want_winner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """search.settle_latency: one interleaved block when the candidates are level; a second,
+    timed with the models in reverse order, when the first shows a lead; the reported
+    latencies are the medians over the blocks' rounds, mapped back to the right models.
+    (A scripted ``timing.interleaved``: nothing is timed.)"""
+    import torch
+    from torch import nn
+
+    from torchyard_trainer.compress import search, timing
+    from torchyard_trainer.compress.search import Candidate, TrialResult
+
+    def trial(name: str, size: int) -> TrialResult:
+        stats = {"accuracy": 0.9, "bytes": size, "nonZeroParams": 10, "latencyMs": 1.0}
+        return TrialResult(Candidate((("q", name),)), nn.Identity(), {}, stats, True, [], 0.0)
+
+    ctx: Any = SimpleNamespace(ds=SimpleNamespace(val_x=torch.zeros(4, 2)), batch_size=2)
+    source, small, big = nn.Identity(), trial("small", 100), trial("big", 200)
+    by_model = {id(source): "source", id(small.model): "small", id(big.model): "big"}
+    orders: list[list[str]] = []
+
+    def scripted(models: list[Any], x: Any, n: int, **_: Any) -> list[list[float]]:
+        names = [by_model[id(m)] for m in models]
+        orders.append(names)
+        return [[20.0] * 9 if name == "source" else script[name][len(orders) - 1]
+                for name in names]
+
+    monkeypatch.setattr(timing, "interleaved", scripted)
+    pick = search.settle_latency(source, [small, big], small, ctx, 1)
+    blocks = len(script["big"])
+    assert len(orders) == blocks
+    assert orders[0] == ["source", "small", "big"]
+    assert orders[1:] == [["big", "small", "source"]] * (blocks - 1)
+    assert pick.winner.candidate.name == want_winner
+    assert big.stats["latencyMs"] == statistics.median([t for b in script["big"] for t in b])
+    assert pick.baseline_ms == 20.0

@@ -186,19 +186,28 @@ def settle_latency(source: nn.Module, results: list[TrialResult], winner: TrialR
     when it is clearly faster, else the smallest of those within noise. Every re-timed trial's
     ``latencyMs`` becomes its interleaved median, so the trial table, the winner and the
     baseline are the same kind of figure. With no passing candidate ``winner`` (the most
-    accurate) stays, re-timed beside the source."""
+    accurate) stays, re-timed beside the source. When the first block of rounds shows one
+    candidate clearly faster than another, a second block (models in reverse order) must
+    show it too (:func:`timing.needs_confirmation`); the medians are then over both."""
     timed = [r for r in results if r.passed] or [winner]
-    rounds = timing.interleaved([source, *(r.model for r in timed)], latency_batch(ctx),
-                                n_threads)
-    times = {r.candidate.name: rounds[i + 1] for i, r in enumerate(timed)}
-    for r in timed:
-        r.stats["latencyMs"] = round(statistics.median(times[r.candidate.name]), 4)
-    baseline_ms = round(statistics.median(rounds[0]), 4)
+    models, batch = [source, *(r.model for r in timed)], latency_batch(ctx)
+    blocks = [timing.interleaved(models, batch, n_threads)]
+
+    def by_name(rounds: list[list[float]]) -> dict[str, list[float]]:
+        return {r.candidate.name: rounds[i + 1] for i, r in enumerate(timed)}
+
+    if winner.passed and timing.needs_confirmation(by_name(blocks[0])):
+        blocks.append(timing.interleaved(models[::-1], batch, n_threads)[::-1])
+    pooled = [[t for block in blocks for t in block[i]] for i in range(len(models))]
+    for r, rounds in zip(timed, pooled[1:], strict=True):
+        r.stats["latencyMs"] = round(statistics.median(rounds), 4)
+    baseline_ms = round(statistics.median(pooled[0]), 4)
     if not winner.passed:
         return LatencyPick(winner, baseline_ms, [])
     decision = timing.decide(
         [timing.Entry(r.candidate.name, r.stats["bytes"], r.stats["nonZeroParams"],
-                      r.stats["accuracy"]) for r in timed], times)
+                      r.stats["accuracy"]) for r in timed], by_name(blocks[0]),
+        confirm=by_name(blocks[1]) if len(blocks) > 1 else None)
     log.info("%s", decision.reason)
     chosen = next(r for r in timed if r.candidate.name == decision.winner)
     return LatencyPick(chosen, baseline_ms, [decision.reason] if len(timed) > 1 else [])

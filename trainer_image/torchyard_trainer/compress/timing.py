@@ -19,6 +19,15 @@ noise* of each other; among them the smallest on disk wins (then fewer non-zero 
 then the more accurate). Both conditions are needed: the sign test alone calls a steady 1%
 difference "faster" (it is real but not worth a bigger file), the margin alone trusts two
 medians that one burst of load can move.
+
+Confirmation (:func:`needs_confirmation`): when one block of rounds shows a candidate clearly
+faster than another, a second block is timed (the models in reverse order) and a candidate
+counts as clearly faster only when it is so in *both* blocks; the medians are then over both
+blocks' rounds. Why: the sign test takes the rounds as independent, and load on a shared
+machine is not — one stretch of it can favour one model for a whole block (CI, same kernels:
+0.069 vs 0.091 ms, faster in 8/9 rounds; here, under a Go build, 1 run in 60: 9/9, 0.051 vs
+0.065 ms). A second block a second later rarely repeats the same stretch, so a false pick
+needs two; a real difference costs one more block.
 """
 
 from __future__ import annotations
@@ -108,34 +117,56 @@ def clearly_faster(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA,
             and statistics.median(a) < (1.0 - margin) * statistics.median(b))
 
 
+def needs_confirmation(times: Mapping[str, Sequence[float]], alpha: float = ALPHA,
+                       margin: float = MARGIN) -> bool:
+    """One block of rounds shows some candidate clearly faster than another: time a second
+    block before believing it (see the module's docstring)."""
+    return any(a != b and clearly_faster(times[a], times[b], alpha, margin)
+               for a in times for b in times)
+
+
 def decide(entries: Sequence[Entry], times: Mapping[str, Sequence[float]],
-           alpha: float = ALPHA, margin: float = MARGIN) -> Decision:
+           alpha: float = ALPHA, margin: float = MARGIN,
+           confirm: Mapping[str, Sequence[float]] | None = None) -> Decision:
     """The latency objective's pick among passing candidates, from per-round timings
-    (``times[name][r]``: the candidate's ms in round ``r``; rounds are paired by index)."""
+    (``times[name][r]``: the candidate's ms in round ``r``; rounds are paired by index).
+    ``confirm``: the same candidates' rounds in a second, later block; given, a candidate is
+    clearly faster than another only when it is so in both blocks, and each median is over
+    both blocks' rounds."""
     if not entries:
         raise ValueError("decide() needs at least one candidate")
     names = [e.name for e in entries]
-    medians = {n: statistics.median(times[n]) for n in names}
-    beaten = {b for b in names for a in names
-              if a != b and clearly_faster(times[a], times[b], alpha, margin)}
+    blocks = [times] if confirm is None else [times, confirm]
+    medians = {n: statistics.median([t for block in blocks for t in block[n]]) for n in names}
+
+    def beats(a: str, b: str) -> bool:
+        return all(clearly_faster(block[a], block[b], alpha, margin) for block in blocks)
+
+    beaten = {b for b in names for a in names if a != b and beats(a, b)}
     front = [e for e in entries if e.name not in beaten]  # never empty: the lowest median
     best = min(front, key=lambda e: (e.bytes, e.params, -e.accuracy, medians[e.name]))
     n_rounds = len(times[names[0]])
+    rounds_of = (f"{n_rounds} interleaved rounds" if confirm is None
+                 else f"two blocks of {n_rounds} interleaved rounds")
     rule = (f"a clear difference needs {required_wins(n_rounds, alpha)}/{n_rounds} rounds won "
-            f"and a median {margin:.0%} lower")
+            f"and a median {margin:.0%} lower" + ("" if confirm is None else ", in each block"))
     if len(names) == 1:
         reason = f"objective latency: {best.name} was the only passing candidate"
     elif len(front) > 1:
         listed = ", ".join(f"{e.name} {medians[e.name]:.3f} ms" for e in front)
-        reason = (f"objective latency: {NOISE_NOTE} — {listed} (medians of {n_rounds} "
-                  f"interleaved rounds; {rule}); {best.name} is the smallest "
-                  f"({best.bytes} bytes)")
+        unconfirmed = ("; the first block's lead was not confirmed by the second"
+                       if confirm is not None and needs_confirmation(
+                           {n: times[n] for n in names}, alpha, margin) else "")
+        reason = (f"objective latency: {NOISE_NOTE} — {listed} (medians of {rounds_of}; "
+                  f"{rule}{unconfirmed}); {best.name} is the smallest ({best.bytes} bytes)")
     else:
         runner_up = min((n for n in names if n != best.name), key=lambda n: medians[n])
+        won = " and ".join(f"{wins(block[best.name], block[runner_up])}/{n_rounds}"
+                           for block in blocks)
         reason = (f"objective latency: {best.name} is clearly the fastest — "
                   f"{medians[best.name]:.3f} vs {medians[runner_up]:.3f} ms ({runner_up}), "
-                  f"faster in {wins(times[best.name], times[runner_up])}/{n_rounds} "
-                  f"interleaved rounds")
+                  f"faster in {won} interleaved rounds"
+                  + ("" if confirm is None else " (two blocks)"))
     return Decision(best.name, medians, tuple(e.name for e in front), reason)
 
 
