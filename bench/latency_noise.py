@@ -79,12 +79,12 @@ def _trial(pair: tuple[str, str], sizes: tuple[int, int], models: dict[str, Any]
     def by_name(rounds: list[list[float]]) -> dict[str, list[float]]:
         return {pair[0]: rounds[1], pair[1]: rounds[2]}
 
-    first = by_name(timing.interleaved(mods, x, 1))
+    timed = timing.blocks(mods, x, 1, compared=slice(1, None))  # as settle_latency times
+    first = by_name(timed[0])
     one = timing.decide(entries, first).winner
-    confirm = (by_name(timing.interleaved(mods[::-1], x, 1)[::-1])
-               if timing.needs_confirmation(first) else None)
-    confirmed = timing.decide(entries, first, confirm=confirm)
-    return {"one": one, "confirmed": confirmed.winner, "blocks": 1 if confirm is None else 2,
+    confirmed = timing.decide(entries, first,
+                              confirm=by_name(timed[1]) if len(timed) > 1 else None)
+    return {"one": one, "confirmed": confirmed.winner, "blocks": len(timed),
             "confirmed lead": not confirmed.by_size}
 
 

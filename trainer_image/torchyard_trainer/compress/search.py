@@ -188,17 +188,15 @@ def settle_latency(source: nn.Module, results: list[TrialResult], winner: TrialR
     baseline are the same kind of figure. With no passing candidate ``winner`` (the most
     accurate) stays, re-timed beside the source. When the first block of rounds shows one
     candidate clearly faster than another, a second block (models in reverse order) must
-    show it too (:func:`timing.needs_confirmation`); the medians are then over both."""
+    show it too (:func:`timing.blocks`); the medians are then over both."""
     timed = [r for r in results if r.passed] or [winner]
-    models, batch = [source, *(r.model for r in timed)], latency_batch(ctx)
-    blocks = [timing.interleaved(models, batch, n_threads)]
+    blocks = timing.blocks([source, *(r.model for r in timed)], latency_batch(ctx), n_threads,
+                           compared=slice(1, None))
 
     def by_name(rounds: list[list[float]]) -> dict[str, list[float]]:
         return {r.candidate.name: rounds[i + 1] for i, r in enumerate(timed)}
 
-    if winner.passed and timing.needs_confirmation(by_name(blocks[0])):
-        blocks.append(timing.interleaved(models[::-1], batch, n_threads)[::-1])
-    pooled = [[t for block in blocks for t in block[i]] for i in range(len(models))]
+    pooled = [[t for block in blocks for t in block[i]] for i in range(len(timed) + 1)]
     for r, rounds in zip(timed, pooled[1:], strict=True):
         r.stats["latencyMs"] = round(statistics.median(rounds), 4)
     baseline_ms = round(statistics.median(pooled[0]), 4)

@@ -125,6 +125,19 @@ def needs_confirmation(times: Mapping[str, Sequence[float]], alpha: float = ALPH
                for a in times for b in times)
 
 
+def blocks(models: Sequence[Callable[[torch.Tensor], Any]], x: torch.Tensor, n_threads: int,
+           compared: slice = slice(None)) -> list[list[list[float]]]:
+    """What a decision is made on: one block of :func:`interleaved` rounds, and a second one
+    (timed with the models in reverse order, returned in the given order) when the first shows
+    one of ``models[compared]`` clearly faster than another of them (:func:`needs_confirmation`).
+    ``out[block][i][r]``: model ``i``'s ms in round ``r`` of that block."""
+    first = interleaved(models, x, n_threads)
+    indices = range(len(models))[compared]
+    if not needs_confirmation({str(i): first[i] for i in indices}):
+        return [first]
+    return [first, interleaved(models[::-1], x, n_threads)[::-1]]
+
+
 def decide(entries: Sequence[Entry], times: Mapping[str, Sequence[float]],
            alpha: float = ALPHA, margin: float = MARGIN,
            confirm: Mapping[str, Sequence[float]] | None = None) -> Decision:
