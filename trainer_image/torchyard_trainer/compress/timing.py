@@ -149,11 +149,12 @@ def decide(entries: Sequence[Entry], times: Mapping[str, Sequence[float]],
     if not entries:
         raise ValueError("decide() needs at least one candidate")
     names = [e.name for e in entries]
-    blocks = [times] if confirm is None else [times, confirm]
-    medians = {n: statistics.median([t for block in blocks for t in block[n]]) for n in names}
+    per_block = [times] if confirm is None else [times, confirm]
+    medians = {n: statistics.median([t for block in per_block for t in block[n]])
+               for n in names}
 
     def beats(a: str, b: str) -> bool:
-        return all(clearly_faster(block[a], block[b], alpha, margin) for block in blocks)
+        return all(clearly_faster(block[a], block[b], alpha, margin) for block in per_block)
 
     beaten = {b for b in names for a in names if a != b and beats(a, b)}
     front = [e for e in entries if e.name not in beaten]  # never empty: the lowest median
@@ -175,7 +176,7 @@ def decide(entries: Sequence[Entry], times: Mapping[str, Sequence[float]],
     else:
         runner_up = min((n for n in names if n != best.name), key=lambda n: medians[n])
         won = " and ".join(f"{wins(block[best.name], block[runner_up])}/{n_rounds}"
-                           for block in blocks)
+                           for block in per_block)
         reason = (f"objective latency: {best.name} is clearly the fastest — "
                   f"{medians[best.name]:.3f} vs {medians[runner_up]:.3f} ms ({runner_up}), "
                   f"faster in {won} interleaved rounds"
